@@ -1,0 +1,275 @@
+//! The container engine, behind a trait of our own.
+//!
+//! Everything the supervisor asks of Docker or Podman goes through [`ContainerRuntime`].
+//! The bollard implementation lives in [`docker`], a recording fake for unit tests of the
+//! layers above lives in [`fake`]. This module knows nothing of manifests: callers turn a
+//! manifest into a [`ContainerSpec`] first.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+
+/// Label every container we own carries; its value is the app id.
+pub const LABEL_APP: &str = "io.archipelago.app";
+/// Label holding the hash of the resolved container spec (see [`ContainerSpec::hash`]).
+pub const LABEL_SPEC_HASH: &str = "io.archipelago.spec-hash";
+/// Label holding the app version the container was created from.
+pub const LABEL_VERSION: &str = "io.archipelago.version";
+
+/// The engine's name for an app's container.
+pub fn container_name(app: &str) -> String {
+    format!("archipelago-{app}")
+}
+
+/// What the engine says about itself, after API version negotiation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineVersion {
+    /// Product version, e.g. `20.10.24` (Docker) or `4.3.1` (Podman).
+    pub version: String,
+    /// The API version we speak with it, e.g. `1.41`.
+    pub api_version: String,
+}
+
+/// A container's run state, as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl RunState {
+    /// True when the container's process is alive.
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            RunState::Running | RunState::Paused | RunState::Restarting
+        )
+    }
+}
+
+/// One of our containers as the list call sees it: enough for a reconcile tick, which
+/// makes one list call and no per-container call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Value of [`LABEL_APP`].
+    pub app: String,
+    /// Value of [`LABEL_SPEC_HASH`], if present.
+    pub spec_hash: Option<String>,
+    /// Value of [`LABEL_VERSION`], if present.
+    pub version: Option<String>,
+    pub image: String,
+    pub state: RunState,
+}
+
+/// Full facts about one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerDetails {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: RunState,
+    pub exit_code: Option<i64>,
+    /// RFC 3339 as the engine wrote it; compared for equality to prove "not restarted".
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Memory limit in bytes; 0 means unlimited.
+    pub memory_limit: u64,
+    pub oom_killed: bool,
+}
+
+/// A host port published by a container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortBinding {
+    pub host: u16,
+    pub container: u16,
+    pub udp: bool,
+}
+
+/// A host folder mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bind {
+    /// Absolute host path, always under `<data_dir>/apps/<id>/`.
+    pub host: PathBuf,
+    pub container: String,
+    pub read_only: bool,
+}
+
+/// Everything needed to create an app's container: the resolved manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// The app id; the container is named [`container_name`] of it.
+    pub app: String,
+    pub version: String,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub ports: Vec<PortBinding>,
+    pub binds: Vec<Bind>,
+    /// `bridge`, `host`, `none` or a network name.
+    pub network: String,
+    /// Bytes. Changing it alone never needs a recreate: see [`ContainerRuntime::update_memory`].
+    pub memory_limit: u64,
+    pub stop_timeout: Duration,
+}
+
+/// A request to build an image from a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRequest {
+    /// Absolute path of the build context.
+    pub context: PathBuf,
+    /// Dockerfile path relative to the context.
+    pub dockerfile: String,
+    pub args: BTreeMap<String, String>,
+    /// Tag given to the result, e.g. `archipelago/lnd:0.18.3`.
+    pub tag: String,
+}
+
+/// Progress of a pull or build, reported as it streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Human-readable line, e.g. `Downloading 3f4e…`.
+    pub message: String,
+    /// Bytes done over all layers seen so far, when the engine says.
+    pub done: Option<u64>,
+    pub total: Option<u64>,
+}
+
+/// Receives progress; called from the engine task, must not block.
+pub type ProgressSink<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+/// Result of running a command inside a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    /// stdout and stderr interleaved, as text.
+    pub output: String,
+}
+
+/// An engine event about one of our containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    pub container_id: String,
+    /// Value of [`LABEL_APP`].
+    pub app: String,
+    /// `create`, `start`, `die`, `stop`, `kill`, `oom`, `destroy`, `health_status`, …
+    pub action: String,
+    pub exit_code: Option<i64>,
+}
+
+/// Basic facts about a local image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub tags: Vec<String>,
+}
+
+/// What kind of failure an [`EngineError`] is, for callers that must branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineErrorKind {
+    Unreachable,
+    ImageNotFound,
+    ContainerNotFound,
+    NameConflict,
+    PullFailed,
+    BuildFailed,
+    Timeout,
+    NotModified,
+    Other,
+}
+
+/// Every engine failure, with the thing at fault named.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine unreachable at {host}: {reason}")]
+    Unreachable { host: String, reason: String },
+    #[error("image not found: {image}")]
+    ImageNotFound { image: String },
+    #[error("container not found: {container}")]
+    ContainerNotFound { container: String },
+    #[error("name conflict: a container named {container} already exists")]
+    NameConflict { container: String },
+    #[error("pull failed: {image}: {reason}")]
+    PullFailed { image: String, reason: String },
+    #[error("build failed: {tag}: {reason}")]
+    BuildFailed { tag: String, reason: String },
+    #[error("timed out after {after:?}: {what}")]
+    Timeout { what: String, after: Duration },
+    /// The container is already in the asked-for state (Docker's HTTP 304).
+    #[error("{container}: already {what}")]
+    NotModified { container: String, what: String },
+    #[error("engine error on {target}: {reason}")]
+    Other { target: String, reason: String },
+}
+
+impl EngineError {
+    pub fn kind(&self) -> EngineErrorKind {
+        match self {
+            EngineError::Unreachable { .. } => EngineErrorKind::Unreachable,
+            EngineError::ImageNotFound { .. } => EngineErrorKind::ImageNotFound,
+            EngineError::ContainerNotFound { .. } => EngineErrorKind::ContainerNotFound,
+            EngineError::NameConflict { .. } => EngineErrorKind::NameConflict,
+            EngineError::PullFailed { .. } => EngineErrorKind::PullFailed,
+            EngineError::BuildFailed { .. } => EngineErrorKind::BuildFailed,
+            EngineError::Timeout { .. } => EngineErrorKind::Timeout,
+            EngineError::NotModified { .. } => EngineErrorKind::NotModified,
+            EngineError::Other { .. } => EngineErrorKind::Other,
+        }
+    }
+}
+
+/// The container engine as the supervisor sees it. Implementations touch only containers
+/// that carry [`LABEL_APP`]; `list` and `events` never return anything else.
+#[async_trait::async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Pings the engine and returns its version and the negotiated API version.
+    async fn version(&self) -> Result<EngineVersion, EngineError>;
+    /// All our containers, in any state. One API call.
+    async fn list(&self) -> Result<Vec<ContainerSummary>, EngineError>;
+    /// One container by name or id.
+    async fn inspect(&self, container: &str) -> Result<ContainerDetails, EngineError>;
+    async fn pull(&self, image: &str, progress: ProgressSink<'_>) -> Result<(), EngineError>;
+    async fn build(
+        &self,
+        req: &BuildRequest,
+        progress: ProgressSink<'_>,
+    ) -> Result<(), EngineError>;
+    /// Creates (does not start) the container for `spec`, labelled with app, version and
+    /// spec hash. Returns the container id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
+    async fn start(&self, container: &str) -> Result<(), EngineError>;
+    /// SIGTERM, then SIGKILL after `timeout`.
+    async fn stop(&self, container: &str, timeout: Duration) -> Result<(), EngineError>;
+    async fn kill(&self, container: &str, signal: &str) -> Result<(), EngineError>;
+    /// Removes the container (forced); never its volumes, which are host folders.
+    async fn remove(&self, container: &str) -> Result<(), EngineError>;
+    async fn exec(
+        &self,
+        container: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, EngineError>;
+    /// The last `tail` lines of stdout and stderr.
+    async fn logs(&self, container: &str, tail: usize) -> Result<Vec<String>, EngineError>;
+    /// The engine's event stream, filtered to our label. Ends or errors when the engine
+    /// goes away; the caller resubscribes with backoff.
+    fn events(&self) -> BoxStream<'static, Result<EngineEvent, EngineError>>;
+    /// Changes the memory limit of a running container without restarting it.
+    async fn update_memory(&self, container: &str, bytes: u64) -> Result<(), EngineError>;
+    /// `Ok(None)` when the image is not present locally.
+    async fn image_inspect(&self, image: &str) -> Result<Option<ImageInfo>, EngineError>;
+    async fn image_tag(&self, image: &str, new_ref: &str) -> Result<(), EngineError>;
+    async fn image_remove(&self, image: &str) -> Result<(), EngineError>;
+}

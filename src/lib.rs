@@ -1,0 +1,5 @@
+//! archipelago: the supervisor of a self-hosted Bitcoin & Lightning node.
+//!
+//! See `docs/architecture.md` for the bird's-eye view and the code map.
+
+pub mod engine;

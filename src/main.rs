@@ -1,0 +1,3 @@
+//! The `archipelago` binary: command-line entry point.
+
+fn main() {}
