@@ -1,0 +1,355 @@
+#!/usr/bin/env bash
+# Starts, stops and reports the real container engines that the integration tests use:
+# a private dockerd, a podman API service and a loopback image registry, all under
+# /tmp/archipelago-test, plus the tiny image archipelago-test/busybox:latest on both engines.
+#
+# usage: scripts/test-env.sh up|down|status|env
+#
+#   up      install what is missing (Debian packages), start whatever is not answering,
+#           build and load the test image; safe to run again
+#   down    remove leftover archipelago-* containers, then stop the three services
+#   status  say what is running
+#   env     print `export` lines for the test environment (eval "$(scripts/test-env.sh env)")
+set -euo pipefail
+
+BASE=/tmp/archipelago-test
+DOCKER_SOCK="$BASE/docker.sock"
+DOCKER_PID="$BASE/docker.pid"
+DOCKER_LOG="$BASE/docker.log"
+PODMAN_SOCK="$BASE/podman.sock"
+PODMAN_PID="$BASE/podman.pid"
+PODMAN_LOG="$BASE/podman.log"
+REGISTRY_ADDR="127.0.0.1:5000"
+REGISTRY_NAME="localhost:5000"
+REGISTRY_PID="$BASE/registry.pid"
+REGISTRY_LOG="$BASE/registry.log"
+REGISTRY_CONFIG="$BASE/registry.yml"
+REGISTRY_DATA="$BASE/registry"
+IMAGE="archipelago-test/busybox:latest"
+REGISTRY_IMAGE="$REGISTRY_NAME/archipelago-test/busybox:1"
+CONTAINERS_CONF=/etc/containers/containers.conf
+REGISTRIES_DROPIN=/etc/containers/registries.conf.d/50-archipelago-test.conf
+ULIMITS='default_ulimits = ["nofile=1024:1024","nproc=1024:1024"]'
+
+PACKAGES=(docker.io busybox-static docker-registry podman chromium chromium-driver
+    docker-compose shellcheck systemd curl)
+
+# Seconds each start and stop may take before the script gives up with an error.
+START_TIMEOUT=${ARCHIPELAGO_TEST_START_TIMEOUT:-60}
+STOP_TIMEOUT=20
+
+log() { printf 'test-env: %s\n' "$*" >&2; }
+die() {
+    printf 'test-env: error: %s\n' "$*" >&2
+    exit 1
+}
+
+docker_cli() { docker -H "unix://$DOCKER_SOCK" "$@"; }
+podman_cli() { podman --url "unix://$PODMAN_SOCK" "$@"; }
+
+# True when the Docker-style API on the socket answers /_ping.
+ping_socket() {
+    [ -S "$1" ] && curl -fsS --max-time 2 --unix-socket "$1" http://localhost/_ping >/dev/null 2>&1
+}
+
+ping_registry() {
+    curl -fsS --max-time 2 "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1
+}
+
+# wait_for NAME LOGFILE CHECK...: polls CHECK every 0.2 s for at most START_TIMEOUT seconds.
+wait_for() {
+    local name=$1 logfile=$2
+    shift 2
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until "$@"; do
+        if ((SECONDS >= deadline)); then
+            log "last lines of $logfile:"
+            tail -n 20 "$logfile" >&2 || true
+            die "$name did not answer within ${START_TIMEOUT}s (log: $logfile)"
+        fi
+        sleep 0.2
+    done
+}
+
+pid_alive() {
+    local pid
+    [ -f "$1" ] || return 1
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}); run as root to install them"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Update the package lists once, and only when they are absent or too old to install from.
+    if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then
+        apt-get update -q </dev/null
+        apt-get install -y -q "${missing[@]}" </dev/null
+    elif ! apt-get install -y -q "${missing[@]}" </dev/null; then
+        apt-get update -q </dev/null
+        apt-get install -y -q "${missing[@]}" </dev/null
+    fi
+}
+
+# Makes podman usable here: low default ulimits (the sandbox's hard limits are lower than
+# podman's defaults) and the loopback registry reachable without TLS.
+configure_podman() {
+    mkdir -p /etc/containers/registries.conf.d
+    if [ ! -f "$CONTAINERS_CONF" ]; then
+        printf '[containers]\n%s\n' "$ULIMITS" >"$CONTAINERS_CONF"
+    elif ! grep -qxF "$ULIMITS" "$CONTAINERS_CONF"; then
+        # Replace default_ulimits inside [containers], or add it right after the header,
+        # or append the section; other settings stay as they are.
+        local tmp
+        tmp=$(mktemp)
+        awk -v line="$ULIMITS" '
+            /^[[:space:]]*\[/ {
+                if (in_c && !done) { print line; done = 1 }
+                in_c = ($0 ~ /^[[:space:]]*\[containers\][[:space:]]*$/)
+                print
+                next
+            }
+            in_c && /^[[:space:]]*default_ulimits[[:space:]]*=/ {
+                if (!done) { print line; done = 1 }
+                # skip a value continued over several lines
+                while ($0 !~ /\]/ && (getline) > 0) {}
+                next
+            }
+            { print }
+            END {
+                if (in_c && !done) { print line; done = 1 }
+                if (!done) { print ""; print "[containers]"; print line }
+            }
+        ' "$CONTAINERS_CONF" >"$tmp"
+        cat "$tmp" >"$CONTAINERS_CONF"
+        rm -f "$tmp"
+    fi
+    local dropin
+    dropin=$(
+        cat <<EOF
+# Loopback registry used by archipelago's tests (scripts/test-env.sh).
+[[registry]]
+location = "$REGISTRY_NAME"
+insecure = true
+
+[[registry]]
+location = "$REGISTRY_ADDR"
+insecure = true
+EOF
+    )
+    if [ "$(cat "$REGISTRIES_DROPIN" 2>/dev/null)" != "$dropin" ]; then
+        printf '%s\n' "$dropin" >"$REGISTRIES_DROPIN"
+    fi
+}
+
+start_docker() {
+    if ping_socket "$DOCKER_SOCK"; then
+        log "dockerd already answering on $DOCKER_SOCK"
+        return 0
+    fi
+    if pid_alive "$DOCKER_PID"; then
+        die "dockerd (pid $(cat "$DOCKER_PID")) is running but not answering on $DOCKER_SOCK; run '$0 down' first"
+    fi
+    rm -f "$DOCKER_SOCK" "$DOCKER_PID"
+    mkdir -p "$BASE/docker-data" "$BASE/docker-exec"
+    log "starting dockerd (log: $DOCKER_LOG)"
+    setsid nohup dockerd --iptables=false --ip-forward=false --bridge=none \
+        --storage-driver=overlay2 -H "unix://$DOCKER_SOCK" \
+        --data-root "$BASE/docker-data" --exec-root "$BASE/docker-exec" \
+        --pidfile "$DOCKER_PID" >"$DOCKER_LOG" 2>&1 </dev/null &
+    wait_for dockerd "$DOCKER_LOG" ping_socket "$DOCKER_SOCK"
+}
+
+start_registry() {
+    if ping_registry; then
+        log "registry already answering on $REGISTRY_ADDR"
+        return 0
+    fi
+    mkdir -p "$REGISTRY_DATA"
+    cat >"$REGISTRY_CONFIG" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DATA
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+EOF
+    log "starting docker-registry (log: $REGISTRY_LOG)"
+    setsid nohup docker-registry serve "$REGISTRY_CONFIG" >"$REGISTRY_LOG" 2>&1 </dev/null &
+    echo $! >"$REGISTRY_PID"
+    wait_for registry "$REGISTRY_LOG" ping_registry
+}
+
+start_podman() {
+    if ping_socket "$PODMAN_SOCK"; then
+        log "podman service already answering on $PODMAN_SOCK"
+        return 0
+    fi
+    rm -f "$PODMAN_SOCK"
+    log "starting podman system service (log: $PODMAN_LOG)"
+    setsid nohup podman system service --time=0 "unix://$PODMAN_SOCK" \
+        >"$PODMAN_LOG" 2>&1 </dev/null &
+    echo $! >"$PODMAN_PID"
+    wait_for "podman service" "$PODMAN_LOG" ping_socket "$PODMAN_SOCK"
+}
+
+# Builds the image tar: static busybox, one link per applet, /tmp and minimal passwd/group.
+build_image_tar() {
+    local out=$1 root applet
+    local busybox=/bin/busybox
+    [ -x "$busybox" ] || die "$busybox is missing; install busybox-static"
+    root=$(mktemp -d)
+    mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/root"
+    chmod 1777 "$root/tmp"
+    cp "$busybox" "$root/bin/busybox"
+    for applet in $("$busybox" --list); do
+        [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' \
+        >"$root/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+    tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$out" .
+    rm -rf "$root"
+}
+
+load_images() {
+    local tmp
+    if docker_cli image inspect "$IMAGE" >/dev/null 2>&1; then
+        log "docker has $IMAGE"
+    else
+        tmp=$(mktemp -d)
+        build_image_tar "$tmp/rootfs.tar"
+        log "importing $IMAGE into docker"
+        docker_cli import --change 'ENV PATH=/bin' --change 'CMD ["sh"]' \
+            "$tmp/rootfs.tar" "$IMAGE" >/dev/null
+        rm -rf "$tmp"
+    fi
+    if podman_cli image exists "$IMAGE" 2>/dev/null; then
+        log "podman has $IMAGE"
+    else
+        tmp=$(mktemp -d)
+        log "loading $IMAGE into podman"
+        docker_cli save -o "$tmp/image.tar" "$IMAGE"
+        podman_cli load -q -i "$tmp/image.tar" >/dev/null
+        rm -rf "$tmp"
+        podman_cli image exists "$IMAGE" || die "podman load did not give $IMAGE"
+    fi
+    docker_cli tag "$IMAGE" "$REGISTRY_IMAGE"
+    log "pushing $REGISTRY_IMAGE"
+    docker_cli push -q "$REGISTRY_IMAGE" >/dev/null
+}
+
+cmd_up() {
+    mkdir -p "$BASE"
+    install_packages
+    configure_podman
+    start_docker
+    start_registry
+    start_podman
+    load_images
+    log "ready: docker unix://$DOCKER_SOCK, podman unix://$PODMAN_SOCK, registry $REGISTRY_NAME"
+}
+
+remove_test_containers() {
+    local cli=$1 names
+    names=$("$cli" ps -a --format '{{.Names}}' 2>/dev/null | grep '^archipelago-' || true)
+    if [ -n "$names" ]; then
+        log "$cli: removing leftover containers: $(echo "$names" | tr '\n' ' ')"
+        # shellcheck disable=SC2086 # one name per word
+        "$cli" rm -f $names >/dev/null || log "$cli: could not remove every container"
+    fi
+}
+
+# stop_pid NAME PIDFILE: SIGTERM, wait up to STOP_TIMEOUT seconds, then SIGKILL.
+stop_pid() {
+    local name=$1 pidfile=$2 pid deadline
+    if ! pid_alive "$pidfile"; then
+        rm -f "$pidfile"
+        return 0
+    fi
+    pid=$(cat "$pidfile")
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            log "$name did not stop within ${STOP_TIMEOUT}s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+    done
+    rm -f "$pidfile"
+}
+
+cmd_down() {
+    if ping_socket "$DOCKER_SOCK"; then remove_test_containers docker_cli; fi
+    if ping_socket "$PODMAN_SOCK"; then remove_test_containers podman_cli; fi
+    stop_pid "podman service" "$PODMAN_PID"
+    stop_pid registry "$REGISTRY_PID"
+    stop_pid dockerd "$DOCKER_PID"
+    rm -f "$PODMAN_SOCK"
+    local left=()
+    ping_socket "$DOCKER_SOCK" && left+=("dockerd on $DOCKER_SOCK")
+    ping_socket "$PODMAN_SOCK" && left+=("podman on $PODMAN_SOCK")
+    ping_registry && left+=("registry on $REGISTRY_ADDR")
+    if [ "${#left[@]}" -gt 0 ]; then
+        die "still answering (not started by this script?): ${left[*]}"
+    fi
+    log "stopped"
+}
+
+cmd_status() {
+    local rc=0
+    if ping_socket "$DOCKER_SOCK"; then
+        echo "docker:   up    unix://$DOCKER_SOCK (server $(docker_cli version -f '{{.Server.Version}}' 2>/dev/null || echo '?'))"
+    else
+        echo "docker:   down  unix://$DOCKER_SOCK"
+        rc=1
+    fi
+    if ping_socket "$PODMAN_SOCK"; then
+        echo "podman:   up    unix://$PODMAN_SOCK"
+    else
+        echo "podman:   down  unix://$PODMAN_SOCK"
+        rc=1
+    fi
+    if ping_registry; then
+        echo "registry: up    $REGISTRY_NAME"
+    else
+        echo "registry: down  $REGISTRY_NAME"
+        rc=1
+    fi
+    return "$rc"
+}
+
+cmd_env() {
+    echo "export DOCKER_HOST=unix://$DOCKER_SOCK"
+    echo "export ARCHIPELAGO_TEST_DOCKER_HOST=unix://$DOCKER_SOCK"
+    echo "export ARCHIPELAGO_TEST_PODMAN_HOST=unix://$PODMAN_SOCK"
+    echo "export ARCHIPELAGO_TEST_REGISTRY=$REGISTRY_NAME"
+}
+
+case "${1:-}" in
+up) cmd_up ;;
+down) cmd_down ;;
+status) cmd_status ;;
+env) cmd_env ;;
+*)
+    echo "usage: $0 up|down|status|env" >&2
+    exit 2
+    ;;
+esac
