@@ -1,0 +1,29 @@
+#!/bin/sh
+# First-boot machine set-up for an archipelago node (run by archipelago-firstboot.service).
+# Idempotent: every step checks before it acts, so a boot cut short just runs it again.
+set -eu
+
+DATA_DIR=/var/lib/archipelago
+CONF_DIR=/etc/archipelago
+PASSWORD_FILE="$CONF_DIR/password"
+
+umask 077
+
+# data_dir: state file, secrets and app volumes live here; only root may read it.
+install -d -m 0700 -o root -g root "$DATA_DIR"
+install -d -m 0700 -o root -g root "$DATA_DIR/secrets"
+install -d -m 0700 -o root -g root "$DATA_DIR/apps"
+
+# Dashboard password: 24 random characters from the kernel CSPRNG, made once.
+install -d -m 0755 -o root -g root "$CONF_DIR"
+if [ ! -s "$PASSWORD_FILE" ]; then
+    tmp="$PASSWORD_FILE.tmp.$$"
+    pw=$(tr -dc 'A-Za-z0-9' </dev/urandom | head -c 24)
+    printf '%s\n' "$pw" >"$tmp"
+    chmod 0600 "$tmp"
+    mv -f "$tmp" "$PASSWORD_FILE"
+    echo "archipelago: dashboard password written to $PASSWORD_FILE"
+fi
+
+touch "$DATA_DIR/.firstboot-done"
+sync
