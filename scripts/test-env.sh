@@ -7,8 +7,11 @@
 #
 #   up      install what is missing (Debian packages), start whatever is not answering,
 #           build and load the test image; safe to run again
-#   down    remove leftover archipelago-* containers, then stop the three services
-#   status  say what is running
+#   down [docker|podman|registry]...
+#           remove leftover archipelago-* containers, then stop the named services (all three
+#           by default)
+#   status [docker|podman|registry]
+#           say what is running; with a name, only the exit code tells whether it is up
 #   env     print `export` lines for the test environment (eval "$(scripts/test-env.sh env)")
 set -euo pipefail
 
@@ -296,24 +299,55 @@ stop_pid() {
     rm -f "$pidfile"
 }
 
+# down [docker|podman|registry]...: stops the named services, or all three.
 cmd_down() {
-    if ping_socket "$DOCKER_SOCK"; then remove_test_containers docker_cli; fi
-    if ping_socket "$PODMAN_SOCK"; then remove_test_containers podman_cli; fi
-    stop_pid "podman service" "$PODMAN_PID"
-    stop_pid registry "$REGISTRY_PID"
-    stop_pid dockerd "$DOCKER_PID"
-    rm -f "$PODMAN_SOCK"
-    local left=()
-    ping_socket "$DOCKER_SOCK" && left+=("dockerd on $DOCKER_SOCK")
-    ping_socket "$PODMAN_SOCK" && left+=("podman on $PODMAN_SOCK")
-    ping_registry && left+=("registry on $REGISTRY_ADDR")
+    local what=("$@") w left=()
+    [ "${#what[@]}" -gt 0 ] || what=(docker podman registry)
+    for w in "${what[@]}"; do
+        case "$w" in
+        docker | podman | registry) ;;
+        *) die "unknown service '$w' (want docker, podman or registry)" ;;
+        esac
+    done
+    # Containers first, while both engines still answer.
+    for w in "${what[@]}"; do
+        case "$w" in
+        docker) if ping_socket "$DOCKER_SOCK"; then remove_test_containers docker_cli; fi ;;
+        podman) if ping_socket "$PODMAN_SOCK"; then remove_test_containers podman_cli; fi ;;
+        esac
+    done
+    for w in "${what[@]}"; do
+        case "$w" in
+        podman)
+            stop_pid "podman service" "$PODMAN_PID"
+            if ping_socket "$PODMAN_SOCK"; then left+=("podman on $PODMAN_SOCK"); else rm -f "$PODMAN_SOCK"; fi
+            ;;
+        registry)
+            stop_pid registry "$REGISTRY_PID"
+            if ping_registry; then left+=("registry on $REGISTRY_ADDR"); fi
+            ;;
+        docker)
+            stop_pid dockerd "$DOCKER_PID"
+            if ping_socket "$DOCKER_SOCK"; then left+=("dockerd on $DOCKER_SOCK"); fi
+            ;;
+        esac
+    done
     if [ "${#left[@]}" -gt 0 ]; then
         die "still answering (not started by this script?): ${left[*]}"
     fi
-    log "stopped"
+    log "stopped: ${what[*]}"
 }
 
+# status [docker|podman|registry]: reports all three (exit 1 if any is down), or only
+# answers through the exit code whether the named one is up.
 cmd_status() {
+    case "${1:-}" in
+    docker) ping_socket "$DOCKER_SOCK"; return ;;
+    podman) ping_socket "$PODMAN_SOCK"; return ;;
+    registry) ping_registry; return ;;
+    "") ;;
+    *) die "unknown service '$1' (want docker, podman or registry)" ;;
+    esac
     local rc=0
     if ping_socket "$DOCKER_SOCK"; then
         echo "docker:   up    unix://$DOCKER_SOCK (server $(docker_cli version -f '{{.Server.Version}}' 2>/dev/null || echo '?'))"
@@ -345,11 +379,14 @@ cmd_env() {
 
 case "${1:-}" in
 up) cmd_up ;;
-down) cmd_down ;;
-status) cmd_status ;;
+down)
+    shift
+    cmd_down "$@"
+    ;;
+status) cmd_status "${2:-}" ;;
 env) cmd_env ;;
 *)
-    echo "usage: $0 up|down|status|env" >&2
+    echo "usage: $0 up | down [docker|podman|registry]... | status [docker|podman|registry] | env" >&2
     exit 2
     ;;
 esac
