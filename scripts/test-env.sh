@@ -267,14 +267,18 @@ cmd_up() {
     log "ready: docker unix://$DOCKER_SOCK, podman unix://$PODMAN_SOCK, registry $REGISTRY_NAME"
 }
 
+# remove_test_containers docker|podman: force-removes every container named archipelago-*.
 remove_test_containers() {
-    local cli=$1 names
+    local engine=$1 cli names
+    cli=${engine}_cli
     names=$("$cli" ps -a --format '{{.Names}}' 2>/dev/null | grep '^archipelago-' || true)
-    if [ -n "$names" ]; then
-        log "$cli: removing leftover containers: $(echo "$names" | tr '\n' ' ')"
-        # shellcheck disable=SC2086 # one name per word
-        "$cli" rm -f $names >/dev/null || log "$cli: could not remove every container"
-    fi
+    [ -n "$names" ] || return 0
+    log "$engine: removing leftover containers: $(echo "$names" | tr '\n' ' ')"
+    local extra=()
+    # podman's rm -f would first wait out the stop timeout
+    [ "$engine" = podman ] && extra=(-t 0)
+    # shellcheck disable=SC2086 # one name per word
+    "$cli" rm -f "${extra[@]}" $names >/dev/null || log "$engine: could not remove every container"
 }
 
 # stop_pid NAME PIDFILE: SIGTERM, wait up to STOP_TIMEOUT seconds, then SIGKILL.
@@ -312,8 +316,8 @@ cmd_down() {
     # Containers first, while both engines still answer.
     for w in "${what[@]}"; do
         case "$w" in
-        docker) if ping_socket "$DOCKER_SOCK"; then remove_test_containers docker_cli; fi ;;
-        podman) if ping_socket "$PODMAN_SOCK"; then remove_test_containers podman_cli; fi ;;
+        docker) if ping_socket "$DOCKER_SOCK"; then remove_test_containers docker; fi ;;
+        podman) if ping_socket "$PODMAN_SOCK"; then remove_test_containers podman; fi ;;
         esac
     done
     for w in "${what[@]}"; do
