@@ -95,7 +95,7 @@ install_packages() {
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     # Update the package lists once, and only when they are absent or too old to install from.
-    if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
         apt-get update -q </dev/null
         apt-get install -y -q "${missing[@]}" </dev/null
     elif ! apt-get install -y -q "${missing[@]}" </dev/null; then
