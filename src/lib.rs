@@ -2,4 +2,7 @@
 //!
 //! See `docs/architecture.md` for the bird's-eye view and the code map.
 
+pub mod api;
 pub mod engine;
+pub mod error;
+pub mod supervisor;
