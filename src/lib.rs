@@ -5,4 +5,7 @@
 pub mod api;
 pub mod engine;
 pub mod error;
+pub mod lifecycle;
+pub mod planner;
+pub mod store;
 pub mod supervisor;
