@@ -3,3 +3,4 @@
 //! See `docs/architecture.md` for the bird's-eye view and the code map.
 
 pub mod engine;
+pub mod memory;
