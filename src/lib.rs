@@ -3,4 +3,5 @@
 //! See `docs/architecture.md` for the bird's-eye view and the code map.
 
 pub mod engine;
+pub mod manifest;
 pub mod memory;
