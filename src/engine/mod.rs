@@ -11,6 +11,13 @@ use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 
+pub mod docker;
+pub mod fake;
+mod hash;
+
+pub use docker::DockerRuntime;
+pub use fake::{Call, CallKind, FakeRuntime};
+
 /// Label every container we own carries; its value is the app id.
 pub const LABEL_APP: &str = "io.archipelago.app";
 /// Label holding the hash of the resolved container spec (see [`ContainerSpec::hash`]).
