@@ -223,7 +223,7 @@ impl Supervisor {
             };
             (version, list)
         };
-        ctx.spawn(fut.into_actor(self).then(move |(version, list), act, _ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |(version, list), act, ctx| {
             act.ticking = false;
             match version {
                 Ok(v) => {
@@ -241,7 +241,7 @@ impl Supervisor {
             }
             let list = match list {
                 Ok(l) => l,
-                Err(_) => return fut::Either::Left(fut::ready(())),
+                Err(_) => return,
             };
             let mut by_app: HashMap<String, ContainerSummary> = HashMap::new();
             for c in list {
@@ -261,7 +261,7 @@ impl Supervisor {
                     })
                 })
                 .collect();
-            fut::Either::Right(
+            ctx.spawn(
                 futures_util::future::join_all(sends)
                     .into_actor(act)
                     .map(move |results, act, _| {
@@ -272,7 +272,7 @@ impl Supervisor {
                             actions: actions as u64,
                         };
                     }),
-            )
+            );
         }));
     }
 

@@ -1100,6 +1100,24 @@ impl ContainerRuntime for DockerRuntime {
         self.bounded(|| format!("remove image {image}"), self.call_timeout, fut)
             .await
     }
+
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError> {
+        let opts = bollard::query_parameters::RenameContainerOptionsBuilder::new()
+            .name(new_name)
+            .build();
+        let fut = async {
+            self.docker
+                .rename_container(container, opts)
+                .await
+                .map_err(|e| self.err(Target::Container(container), e))
+        };
+        self.bounded(
+            || format!("rename {container} to {new_name}"),
+            self.call_timeout,
+            fut,
+        )
+        .await
+    }
 }
 
 #[cfg(test)]

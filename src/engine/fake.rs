@@ -46,6 +46,7 @@ pub enum Call {
     ImageInspect(String),
     ImageTag(String, String),
     ImageRemove(String),
+    Rename(String, String),
 }
 
 /// The kind of a [`Call`], without its arguments: what [`FakeRuntime::fail_next`] matches.
@@ -68,6 +69,7 @@ pub enum CallKind {
     ImageInspect,
     ImageTag,
     ImageRemove,
+    Rename,
 }
 
 impl Call {
@@ -91,6 +93,7 @@ impl Call {
             Call::ImageInspect(_) => CallKind::ImageInspect,
             Call::ImageTag(..) => CallKind::ImageTag,
             Call::ImageRemove(_) => CallKind::ImageRemove,
+            Call::Rename(..) => CallKind::Rename,
         }
     }
 }
@@ -615,6 +618,22 @@ impl ContainerRuntime for FakeRuntime {
                 image: image.to_string(),
             })
         }
+    }
+
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError> {
+        self.enter(Call::Rename(container.to_string(), new_name.to_string()))?;
+        let mut state = self.lock();
+        let key = state.find_key(container)?;
+        if state.containers.contains_key(new_name) {
+            return Err(EngineError::NameConflict {
+                container: new_name.to_string(),
+            });
+        }
+        // The key was just found, so the entry exists.
+        let mut c = state.containers.remove(&key).expect("found above");
+        c.name = new_name.to_string();
+        state.containers.insert(new_name.to_string(), c);
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use futures_util::stream::BoxStream;
 
 pub mod docker;
 pub mod fake;
+pub mod reconnect;
 mod hash;
 
 pub use docker::DockerRuntime;
@@ -279,4 +280,6 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn image_inspect(&self, image: &str) -> Result<Option<ImageInfo>, EngineError>;
     async fn image_tag(&self, image: &str, new_ref: &str) -> Result<(), EngineError>;
     async fn image_remove(&self, image: &str) -> Result<(), EngineError>;
+    /// Renames a container (an upgrade keeps the old one aside under another name).
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError>;
 }
