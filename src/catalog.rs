@@ -466,6 +466,9 @@ mod tests {
         (catalog, lines)
     }
 
+    /// (name, apps as (folder, manifest), apps kept, problem lines)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a [&'a str], Vec<&'a str>);
+
     #[test]
     fn checks_cross_app_rules() {
         let with_port =
@@ -479,7 +482,7 @@ mod tests {
             app(&format!("dependencies: [{deps}]\n{secrets}"))
                 .replace("  image:", &format!("  env: {{X: \"{value}\"}}\n  image:"))
         };
-        let cases: Vec<(&str, Vec<(&str, String)>, &[&str], Vec<&str>)> = vec![
+        let cases: Vec<Case> = vec![
             ("fine", vec![("a", app("")), ("b", deps("a"))], &["a", "b"], vec![]),
             (
                 "missing dependency",
