@@ -393,7 +393,10 @@ impl Handler<PackageChanged> for Supervisor {
         let _ = self.shared.events.send(Event::Package(Box::new(pkg.clone())));
         self.packages.insert(id.clone(), pkg);
         if readiness_changed {
-            for dependent in self.catalog.dependents_of(&id) {
+            let dependents = AppId::try_from(id.clone())
+                .map(|id| self.catalog.dependents(&id))
+                .unwrap_or_default();
+            for dependent in dependents {
                 if let Some(addr) = self.actors.get(dependent.as_str()) {
                     addr.do_send(DepsChanged(self.deps_of(dependent.as_str())));
                 }
