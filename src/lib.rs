@@ -3,6 +3,7 @@
 //! See `docs/architecture.md` for the bird's-eye view and the code map.
 
 pub mod catalog;
+pub mod config;
 pub mod engine;
 pub mod manifest;
 pub mod memory;
