@@ -114,10 +114,7 @@ impl AppActor {
             installed: self.record.installed.is_some(),
             running: self.running(),
             in_flight: self.in_flight(),
-            failed: self.crash.given_up()
-                || (self.record.last_error.is_some()
-                    && self.record.desired == Desired::Running
-                    && !self.running()),
+            failed: self.crash.given_up(),
             restart_pending: self.crash.restart_pending(),
         })
     }
@@ -175,7 +172,10 @@ impl AppActor {
     }
 
     fn publish_operation(&self, op: &Operation) {
-        let _ = self.shared.events.send(Event::Operation(Box::new(op.clone())));
+        let _ = self
+            .shared
+            .events
+            .send(Event::Operation(Box::new(op.clone())));
     }
 
     fn env(&self, ctx: &mut Context<Self>, op_id: &str) -> OpEnv {
@@ -205,7 +205,12 @@ impl AppActor {
 
     /// Starts an operation: the actor marks it in flight, the work runs as a future, and
     /// [`OpFinished`] comes back when it ends.
-    fn begin(&mut self, ctx: &mut Context<Self>, kind: OperationKind, params: OpParams) -> Operation {
+    fn begin(
+        &mut self,
+        ctx: &mut Context<Self>,
+        kind: OperationKind,
+        params: OpParams,
+    ) -> Operation {
         self.op_counter += 1;
         let op = Operation {
             id: format!("{}-{}-{}", self.id(), std::process::id(), self.op_counter),
@@ -225,7 +230,10 @@ impl AppActor {
         tracing::info!(app = self.id(), operation = %op.id, ?kind, "operation started");
         actix::spawn(async move {
             let end = ops::run(kind, env, record, op_id.clone(), params).await;
-            addr.do_send(OpFinished { op_id, end: Box::new(end) });
+            addr.do_send(OpFinished {
+                op_id,
+                end: Box::new(end),
+            });
         });
         self.publish_operation(&op);
         self.publish();
@@ -289,7 +297,7 @@ impl AppActor {
             in_flight: self.in_flight(),
             deps: &self.deps,
             backoff: self.crash.backoff(now),
-            given_up: self.crash.given_up() || self.state() == api::AppState::Failed,
+            given_up: self.crash.given_up(),
         };
         let actions = planner::plan(&facts);
         for action in &actions {
@@ -313,7 +321,10 @@ impl AppActor {
                 Action::RemoveOrphan => {
                     let engine = self.shared.engine.clone();
                     let name = container_name(self.id());
-                    tracing::warn!(app = self.id(), "removing a container of an app that is not installed");
+                    tracing::warn!(
+                        app = self.id(),
+                        "removing a container of an app that is not installed"
+                    );
                     actix::spawn(async move {
                         let _ = engine.remove(&name).await;
                     });
@@ -362,14 +373,21 @@ impl AppActor {
             RestartPolicy::Always => false,
         };
         if keep_stopped {
-            tracing::info!(app = self.id(), code, "container exited; restart policy keeps it stopped");
+            tracing::info!(
+                app = self.id(),
+                code,
+                "container exited; restart policy keeps it stopped"
+            );
             self.record.desired = Desired::Stopped;
             self.record.last_error = (code != 0).then(|| format!("exited with code {code}"));
             self.save();
             self.publish();
             return;
         }
-        match self.crash.crashed(Instant::now(), &self.shared.crash_policy) {
+        match self
+            .crash
+            .crashed(Instant::now(), &self.shared.crash_policy)
+        {
             Some(wait) => {
                 tracing::warn!(app = self.id(), code, backoff = ?wait, "container crashed; restarting");
                 self.record.last_error = Some(format!("crashed with exit code {code}"));
@@ -428,7 +446,12 @@ impl Actor for AppActor {
         if self.record.journal.is_some() {
             // Finish or undo what a previous supervisor left half-done, before anything
             // else touches the app.
-            let kind = self.record.journal.as_ref().map(|j| j.kind).unwrap_or(OperationKind::Start);
+            let kind = self
+                .record
+                .journal
+                .as_ref()
+                .map(|j| j.kind)
+                .unwrap_or(OperationKind::Start);
             self.op_counter += 1;
             let op = Operation {
                 id: format!("{}-{}-recover", self.id(), std::process::id()),
@@ -450,7 +473,10 @@ impl Actor for AppActor {
             let addr = ctx.address();
             actix::spawn(async move {
                 let end = ops::recover(&env, record).await;
-                addr.do_send(OpFinished { op_id: op.id, end: Box::new(end) });
+                addr.do_send(OpFinished {
+                    op_id: op.id,
+                    end: Box::new(end),
+                });
             });
         }
         self.publish();
@@ -524,10 +550,13 @@ impl Handler<OpFinished> for AppActor {
                 }
             }
         }
-        if op.status == OperationStatus::Failed && matches!(op.kind, OperationKind::Start | OperationKind::Restart) {
+        if op.status == OperationStatus::Failed
+            && matches!(op.kind, OperationKind::Start | OperationKind::Restart)
+        {
             // A start that fails counts toward the crash loop, so it is retried with
             // backoff and ends `failed` instead of looping.
-            self.crash.crashed(Instant::now(), &self.shared.crash_policy);
+            self.crash
+                .crashed(Instant::now(), &self.shared.crash_policy);
         }
         self.publish_operation(&op);
         self.remember(op);

@@ -21,13 +21,15 @@ pub async fn probe(
     let fut = async {
         match &check.probe {
             HealthProbe::Http { port, path } => {
-                let host_port = probe_port(spec, *port)
-                    .ok_or_else(|| format!("port {port} is neither published nor on host network"))?;
+                let host_port = probe_port(spec, *port).ok_or_else(|| {
+                    format!("port {port} is neither published nor on host network")
+                })?;
                 http_get(host_port, path).await
             }
             HealthProbe::Tcp { port } => {
-                let host_port = probe_port(spec, *port)
-                    .ok_or_else(|| format!("port {port} is neither published nor on host network"))?;
+                let host_port = probe_port(spec, *port).ok_or_else(|| {
+                    format!("port {port} is neither published nor on host network")
+                })?;
                 TcpStream::connect(("127.0.0.1", host_port))
                     .await
                     .map(|_| ())
@@ -41,14 +43,21 @@ pub async fn probe(
                 if out.exit_code == 0 {
                     Ok(())
                 } else {
-                    Err(format!("exec exited {}: {}", out.exit_code, out.output.trim()))
+                    Err(format!(
+                        "exec exited {}: {}",
+                        out.exit_code,
+                        out.output.trim()
+                    ))
                 }
             }
         }
     };
     match tokio::time::timeout(check.timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after {}", humantime::format_duration(check.timeout))),
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(check.timeout)
+        )),
     }
 }
 
@@ -137,10 +146,19 @@ mod tests {
         let c = check(10, 2);
         let mut t = HealthTracker::started();
         for s in 0..10 {
-            assert_eq!(t.record(false, Duration::from_secs(s), &c), Health::Starting);
+            assert_eq!(
+                t.record(false, Duration::from_secs(s), &c),
+                Health::Starting
+            );
         }
-        assert_eq!(t.record(false, Duration::from_secs(10), &c), Health::Starting);
-        assert_eq!(t.record(false, Duration::from_secs(11), &c), Health::Unhealthy);
+        assert_eq!(
+            t.record(false, Duration::from_secs(10), &c),
+            Health::Starting
+        );
+        assert_eq!(
+            t.record(false, Duration::from_secs(11), &c),
+            Health::Unhealthy
+        );
         assert_eq!(t.record(true, Duration::from_secs(12), &c), Health::Healthy);
     }
 
@@ -151,7 +169,10 @@ mod tests {
         assert_eq!(t.record(true, Duration::ZERO, &c), Health::Healthy);
         assert_eq!(t.record(false, Duration::from_secs(1), &c), Health::Healthy);
         assert_eq!(t.record(false, Duration::from_secs(2), &c), Health::Healthy);
-        assert_eq!(t.record(false, Duration::from_secs(3), &c), Health::Unhealthy);
+        assert_eq!(
+            t.record(false, Duration::from_secs(3), &c),
+            Health::Unhealthy
+        );
     }
 
     #[tokio::test]

@@ -53,7 +53,9 @@ impl OpEnv {
     }
 
     fn save(&self, record: &AppRecord) -> Result<(), String> {
-        self.store.save(self.id(), record).map_err(|e| e.to_string())
+        self.store
+            .save(self.id(), record)
+            .map_err(|e| e.to_string())
     }
 
     /// The image and version the catalog offers now.
@@ -104,15 +106,21 @@ pub async fn run(
     let mut started = false;
     let mut health = None;
     let result = match kind {
-        OperationKind::Install => install(&env, &mut record, &op_id, params, &mut started, &mut health).await,
+        OperationKind::Install => {
+            install(&env, &mut record, &op_id, params, &mut started, &mut health).await
+        }
         OperationKind::Start => start(&env, &mut record, &mut started, &mut health).await,
         OperationKind::Stop => stop(&env).await.map(|_| "stopped".to_string()),
         OperationKind::Restart => match stop(&env).await {
             Ok(()) => start(&env, &mut record, &mut started, &mut health).await,
             Err(e) => Err(e),
         },
-        OperationKind::Upgrade => upgrade(&env, &mut record, &op_id, &mut started, &mut health).await,
-        OperationKind::Rollback => rollback(&env, &mut record, &op_id, &mut started, &mut health).await,
+        OperationKind::Upgrade => {
+            upgrade(&env, &mut record, &op_id, &mut started, &mut health).await
+        }
+        OperationKind::Rollback => {
+            rollback(&env, &mut record, &op_id, &mut started, &mut health).await
+        }
         OperationKind::Uninstall => uninstall(&env, &mut record, &op_id, params.purge).await,
     };
     record.journal = None;
@@ -130,7 +138,13 @@ pub async fn run(
     }
 }
 
-fn journal(env: &OpEnv, record: &mut AppRecord, op_id: &str, kind: OperationKind, step: &str) -> Result<(), String> {
+fn journal(
+    env: &OpEnv,
+    record: &mut AppRecord,
+    op_id: &str,
+    kind: OperationKind,
+    step: &str,
+) -> Result<(), String> {
     match &mut record.journal {
         Some(j) if j.operation == op_id => j.step = step.to_string(),
         _ => {
@@ -198,7 +212,9 @@ async fn ensure_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), Strin
     let name = container_name(&spec.app);
     let engine = &env.engine;
     match engine.inspect(&name).await {
-        Ok(d) if d.labels.get(LABEL_SPEC_HASH).map(String::as_str) == Some(spec.hash().as_str()) => {
+        Ok(d)
+            if d.labels.get(LABEL_SPEC_HASH).map(String::as_str) == Some(spec.hash().as_str()) =>
+        {
             return Ok(())
         }
         Ok(_) => {
@@ -209,7 +225,11 @@ async fn ensure_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), Strin
         Err(e) => return Err(e.to_string()),
     }
     env.say("creating container");
-    engine.create(spec).await.map(|_| ()).map_err(|e| e.to_string())
+    engine
+        .create(spec)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Starts the installed image's container, runs the `post_create` hooks once, and waits
@@ -241,7 +261,11 @@ async fn start(
     let started_at = Instant::now();
     if !record.hooks_done && !env.app.manifest.hooks.post_create.is_empty() {
         for (i, hook) in env.app.manifest.hooks.post_create.iter().enumerate() {
-            env.say(format!("post_create hook {}: {}", i + 1, hook.exec.join(" ")));
+            env.say(format!(
+                "post_create hook {}: {}",
+                i + 1,
+                hook.exec.join(" ")
+            ));
             let out = run_hook(env.engine.as_ref(), &name, &hook.exec, hook.timeout).await?;
             if out != 0 {
                 return Err(format!(
@@ -320,7 +344,14 @@ async fn stop(env: &OpEnv) -> Result<(), String> {
     ));
     match env.engine.stop(&name, timeout).await {
         Ok(()) => Ok(()),
-        Err(e) if matches!(e.kind(), EngineErrorKind::NotModified | EngineErrorKind::ContainerNotFound) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                EngineErrorKind::NotModified | EngineErrorKind::ContainerNotFound
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -345,7 +376,8 @@ async fn install(
     journal(env, record, op_id, OperationKind::Install, "prepare")?;
     let prepared = async {
         env.say("generating secrets");
-        secrets::generate(&env.store, env.id(), &env.app.manifest.secrets).map_err(|e| e.to_string())?;
+        secrets::generate(&env.store, env.id(), &env.app.manifest.secrets)
+            .map_err(|e| e.to_string())?;
         create_volume_dirs(&env.app, &env.store).map_err(|e| format!("volume folders: {e}"))?;
         fetch_image(env, &target, false).await
     }
@@ -373,7 +405,12 @@ async fn install(
     }
 }
 
-async fn uninstall(env: &OpEnv, record: &mut AppRecord, op_id: &str, purge: bool) -> Result<String, String> {
+async fn uninstall(
+    env: &OpEnv,
+    record: &mut AppRecord,
+    op_id: &str,
+    purge: bool,
+) -> Result<String, String> {
     journal(env, record, op_id, OperationKind::Uninstall, "remove")?;
     stop(env).await?;
     let name = container_name(env.id());
@@ -387,7 +424,12 @@ async fn uninstall(env: &OpEnv, record: &mut AppRecord, op_id: &str, purge: bool
     }
     env.store.remove(env.id()).map_err(|e| e.to_string())?;
     *record = AppRecord::default();
-    Ok(if purge { "removed with data" } else { "removed; data kept" }.into())
+    Ok(if purge {
+        "removed with data"
+    } else {
+        "removed; data kept"
+    }
+    .into())
 }
 
 fn remove_tree(path: &Path) -> Result<(), String> {
@@ -501,7 +543,10 @@ async fn swap(
         restore_snapshot(env, src)?;
     }
     let attempt = async {
-        env.engine.create(&new_spec).await.map_err(|e| e.to_string())?;
+        env.engine
+            .create(&new_spec)
+            .await
+            .map_err(|e| e.to_string())?;
         env.say(format!("starting {}", to.version));
         env.engine.start(&name).await.map_err(|e| e.to_string())?;
         wait_healthy(env, &new_spec, Instant::now()).await
@@ -524,7 +569,11 @@ async fn swap(
             *started = was_running;
             Err(format!(
                 "{} to {} failed: {e}; back on {}",
-                if kind == OperationKind::Upgrade { "upgrade" } else { "rollback" },
+                if kind == OperationKind::Upgrade {
+                    "upgrade"
+                } else {
+                    "rollback"
+                },
                 to.version,
                 from.version
             ))
@@ -539,14 +588,19 @@ async fn undo_swap(env: &OpEnv, snapshot: &Path, start_old: bool) -> Result<(), 
     let engine = env.engine.as_ref();
     let old_exists = engine.inspect(&aside).await.is_ok();
     if old_exists {
-        let _ = engine.stop(&name, env.app.manifest.container.stop_timeout).await;
+        let _ = engine
+            .stop(&name, env.app.manifest.container.stop_timeout)
+            .await;
         remove_quietly(engine, &name).await?;
     }
     if snapshot.exists() {
         restore_snapshot(env, snapshot)?;
     }
     if old_exists {
-        engine.rename(&aside, &name).await.map_err(|e| e.to_string())?;
+        engine
+            .rename(&aside, &name)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     if start_old {
         match engine.start(&name).await {
@@ -567,7 +621,18 @@ async fn upgrade(
 ) -> Result<String, String> {
     let from = record.installed.clone().ok_or("not installed")?;
     let to = env.catalog_install();
-    swap(env, record, op_id, OperationKind::Upgrade, from, to, None, started, health).await
+    swap(
+        env,
+        record,
+        op_id,
+        OperationKind::Upgrade,
+        from,
+        to,
+        None,
+        started,
+        health,
+    )
+    .await
 }
 
 async fn rollback(
@@ -578,9 +643,23 @@ async fn rollback(
     health: &mut Option<Health>,
 ) -> Result<String, String> {
     let from = record.installed.clone().ok_or("not installed")?;
-    let to = record.previous.clone().ok_or("no previous version to roll back to")?;
+    let to = record
+        .previous
+        .clone()
+        .ok_or("no previous version to roll back to")?;
     let snapshot = latest_snapshot(env);
-    let result = swap(env, record, op_id, OperationKind::Rollback, from, to, snapshot, started, health).await;
+    let result = swap(
+        env,
+        record,
+        op_id,
+        OperationKind::Rollback,
+        from,
+        to,
+        snapshot,
+        started,
+        health,
+    )
+    .await;
     if result.is_ok() {
         // A rollback is not undone by another rollback.
         record.previous = None;
@@ -603,7 +682,12 @@ fn latest_snapshot(env: &OpEnv) -> Option<std::path::PathBuf> {
 /// rollback are undone (the old container and the snapshot are put back).
 pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
     let Some(j) = record.journal.clone() else {
-        return OpEnd { record, result: Ok("nothing to recover".into()), started: false, health: None };
+        return OpEnd {
+            record,
+            result: Ok("nothing to recover".into()),
+            started: false,
+            health: None,
+        };
     };
     tracing::warn!(app = env.id(), operation = %j.operation, kind = ?j.kind, step = %j.step, "recovering an interrupted operation");
     let mut started = false;
@@ -611,11 +695,24 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
     let result = match j.kind {
         OperationKind::Install if record.installed.is_none() => {
             // Cut off before anything was installed: nothing to undo but the container.
-            remove_quietly(env.engine.as_ref(), &container_name(env.id())).await.map(|_| "install undone".to_string())
+            remove_quietly(env.engine.as_ref(), &container_name(env.id()))
+                .await
+                .map(|_| "install undone".to_string())
         }
         OperationKind::Install => {
-            let params = OpParams { purge: false, deps_ready: false };
-            install(env, &mut record, &j.operation, params, &mut started, &mut health).await
+            let params = OpParams {
+                purge: false,
+                deps_ready: false,
+            };
+            install(
+                env,
+                &mut record,
+                &j.operation,
+                params,
+                &mut started,
+                &mut health,
+            )
+            .await
         }
         OperationKind::Uninstall => uninstall(env, &mut record, &j.operation, false).await,
         OperationKind::Upgrade | OperationKind::Rollback => {
@@ -623,7 +720,11 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
                 let snapshot = j.snapshot.clone().unwrap_or_default();
                 let desired_running = record.desired == Desired::Running;
                 undo_swap(env, &snapshot, desired_running).await.map(|_| {
-                    format!("interrupted {:?} undone; back on {}", j.kind, j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?"))
+                    format!(
+                        "interrupted {:?} undone; back on {}",
+                        j.kind,
+                        j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?")
+                    )
                 })
             } else {
                 Ok("interrupted before the swap; nothing changed".into())
@@ -637,7 +738,12 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
             tracing::error!(app = env.id(), error = %e, "could not persist state");
         }
     }
-    OpEnd { record, result, started, health }
+    OpEnd {
+        record,
+        result,
+        started,
+        health,
+    }
 }
 
 /// Convenience for callers matching engine errors by kind.

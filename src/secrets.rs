@@ -224,7 +224,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut specs = BTreeMap::new();
-        specs.insert("rpc_password".to_string(), SecretSpec::Password { length: 32 });
+        specs.insert(
+            "rpc_password".to_string(),
+            SecretSpec::Password { length: 32 },
+        );
         specs.insert(
             "rpcauth".to_string(),
             SecretSpec::Rpcauth {
@@ -250,7 +253,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
 
         generate(&store, "bitcoind", &specs).unwrap();
-        assert_eq!(read(&store, "bitcoind", "rpc_password").unwrap(), pw, "kept");
+        assert_eq!(
+            read(&store, "bitcoind", "rpc_password").unwrap(),
+            pw,
+            "kept"
+        );
 
         let rendered = render(&store, "lnd", "u:${secret:bitcoind/rpc_password}@x").unwrap();
         assert_eq!(rendered, format!("u:{pw}@x"));

@@ -74,7 +74,9 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::api::{AppState, EngineStatus, Health, MemoryStatus, ReconcileStatus};
-use crate::app::{self, AppActor, Command, DepsChanged, FindOperation, Observe, PackageChanged, Shared};
+use crate::app::{
+    self, AppActor, Command, DepsChanged, FindOperation, Observe, PackageChanged, Shared,
+};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::engine::{ContainerRuntime, ContainerSummary, EngineError};
@@ -172,12 +174,20 @@ impl Supervisor {
             }
         };
         let actor = AppActor::new(app, record, self.shared.clone(), ctx.address().recipient());
+        // Known at once, so `package.list` never misses an app that is still starting.
+        self.packages.insert(id.to_string(), actor.package());
         self.actors.insert(id.to_string(), actor.start());
     }
 
     /// Readiness of an app's dependencies, from the packages the apps last reported.
     fn deps_of(&self, id: &str) -> Deps {
-        let Some(app) = self.catalog.apps.iter().find(|(k, _)| k.as_str() == id).map(|(_, a)| a) else {
+        let Some(app) = self
+            .catalog
+            .apps
+            .iter()
+            .find(|(k, _)| k.as_str() == id)
+            .map(|(_, a)| a)
+        else {
             return Deps::Ready;
         };
         for dep in &app.manifest.dependencies {
@@ -261,18 +271,16 @@ impl Supervisor {
                     })
                 })
                 .collect();
-            ctx.spawn(
-                futures_util::future::join_all(sends)
-                    .into_actor(act)
-                    .map(move |results, act, _| {
-                        let actions: usize = results.into_iter().filter_map(Result::ok).sum();
-                        act.last_reconcile = ReconcileStatus {
-                            at: Some(crate::api::now()),
-                            took_ms: started.elapsed().as_millis() as u64,
-                            actions: actions as u64,
-                        };
-                    }),
-            );
+            ctx.spawn(futures_util::future::join_all(sends).into_actor(act).map(
+                move |results, act, _| {
+                    let actions: usize = results.into_iter().filter_map(Result::ok).sum();
+                    act.last_reconcile = ReconcileStatus {
+                        at: Some(crate::api::now()),
+                        took_ms: started.elapsed().as_millis() as u64,
+                        actions: actions as u64,
+                    };
+                },
+            ));
         }));
     }
 
@@ -329,7 +337,11 @@ impl Actor for Supervisor {
         for id in &ids {
             self.spawn_app(id, ctx);
         }
-        tracing::info!(apps = ids.len(), first_boot = self.first_boot, "supervisor started");
+        tracing::info!(
+            apps = ids.len(),
+            first_boot = self.first_boot,
+            "supervisor started"
+        );
         if self.first_boot {
             // First boot: install the default apps; each starts once its dependencies
             // are running and healthy (the planner waits for them).
@@ -390,7 +402,10 @@ impl Handler<PackageChanged> for Supervisor {
             .packages
             .get(&id)
             .is_none_or(|old| old.state != pkg.state || old.health != pkg.health);
-        let _ = self.shared.events.send(Event::Package(Box::new(pkg.clone())));
+        let _ = self
+            .shared
+            .events
+            .send(Event::Package(Box::new(pkg.clone())));
         self.packages.insert(id.clone(), pkg);
         if readiness_changed {
             let dependents = AppId::try_from(id.clone())
@@ -431,7 +446,11 @@ impl Handler<RunOperation> for Supervisor {
         };
         let starts = matches!(
             msg.kind,
-            OperationKind::Install | OperationKind::Start | OperationKind::Restart | OperationKind::Upgrade | OperationKind::Rollback
+            OperationKind::Install
+                | OperationKind::Start
+                | OperationKind::Restart
+                | OperationKind::Upgrade
+                | OperationKind::Rollback
         );
         let pkg = self.packages.get(&id).cloned();
         let already_running = pkg.as_ref().is_some_and(|p| p.state == AppState::Running);
@@ -448,7 +467,9 @@ impl Handler<RunOperation> for Supervisor {
             }
             if let (Some(budget), Some(p)) = (self.memory_budget, &pkg) {
                 let reserved = self.reserved_memory(&id);
-                if reserved + p.memory_limit_bytes > budget && p.desired != crate::api::Desired::Running {
+                if reserved + p.memory_limit_bytes > budget
+                    && p.desired != crate::api::Desired::Running
+                {
                     let needed = p.memory_limit_bytes;
                     return Box::pin(async move {
                         Err(AppError::MemoryBudget {
@@ -487,7 +508,9 @@ impl Handler<GetOperation> for Supervisor {
         Box::pin(async move {
             let unknown = || AppError::UnknownOperation { id: msg.id.clone() };
             let addr = addr.ok_or_else(unknown)?;
-            addr.send(FindOperation(msg.id.clone())).await?.ok_or_else(unknown)
+            addr.send(FindOperation(msg.id.clone()))
+                .await?
+                .ok_or_else(unknown)
         })
     }
 }
@@ -501,7 +524,10 @@ impl Handler<GetLogs> for Supervisor {
             if !known {
                 return Err(AppError::UnknownApp { id: msg.id });
             }
-            match engine.logs(&crate::engine::container_name(&msg.id), msg.tail).await {
+            match engine
+                .logs(&crate::engine::container_name(&msg.id), msg.tail)
+                .await
+            {
                 Ok(lines) => Ok(lines),
                 Err(e) if crate::ops::is_not_found(&e) => Ok(vec![]),
                 Err(e) => Err(e.into()),

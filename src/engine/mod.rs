@@ -13,8 +13,8 @@ use futures_util::stream::BoxStream;
 
 pub mod docker;
 pub mod fake;
-pub mod reconnect;
 mod hash;
+pub mod reconnect;
 
 pub use docker::DockerRuntime;
 pub use fake::{Call, CallKind, FakeRuntime};

@@ -25,7 +25,10 @@ impl ReconnectingRuntime {
         }
     }
 
-    async fn get(conn: &Mutex<Option<DockerRuntime>>, host: &str) -> Result<DockerRuntime, EngineError> {
+    async fn get(
+        conn: &Mutex<Option<DockerRuntime>>,
+        host: &str,
+    ) -> Result<DockerRuntime, EngineError> {
         let mut guard = conn.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
@@ -73,7 +76,11 @@ impl ContainerRuntime for ReconnectingRuntime {
     async fn pull(&self, image: &str, progress: ProgressSink<'_>) -> Result<(), EngineError> {
         forward!(self, c => c.pull(image, progress))
     }
-    async fn build(&self, req: &BuildRequest, progress: ProgressSink<'_>) -> Result<(), EngineError> {
+    async fn build(
+        &self,
+        req: &BuildRequest,
+        progress: ProgressSink<'_>,
+    ) -> Result<(), EngineError> {
         forward!(self, c => c.build(req, progress))
     }
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
@@ -91,7 +98,12 @@ impl ContainerRuntime for ReconnectingRuntime {
     async fn remove(&self, container: &str) -> Result<(), EngineError> {
         forward!(self, c => c.remove(container))
     }
-    async fn exec(&self, container: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput, EngineError> {
+    async fn exec(
+        &self,
+        container: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, EngineError> {
         forward!(self, c => c.exec(container, cmd, timeout))
     }
     async fn logs(&self, container: &str, tail: usize) -> Result<Vec<String>, EngineError> {
