@@ -2,4 +2,19 @@
 //!
 //! See `docs/architecture.md` for the bird's-eye view and the code map.
 
+pub mod api;
+pub mod app;
+pub mod catalog;
+pub mod config;
 pub mod engine;
+pub mod error;
+pub mod health;
+pub mod lifecycle;
+pub mod manifest;
+pub mod memory;
+pub mod ops;
+pub mod planner;
+pub mod secrets;
+pub mod spec;
+pub mod store;
+pub mod supervisor;

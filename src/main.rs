@@ -1,3 +1,134 @@
 //! The `archipelago` binary: command-line entry point.
+//!
+//! Parses the command line, sets up logging and hands over to the library. Exit codes:
+//! 0 success, 1 `validate` found problems, 2 unusable config or command line.
 
-fn main() {}
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use archipelago::catalog::Catalog;
+use archipelago::config::Config;
+
+/// Supervisor of a self-hosted Bitcoin & Lightning node.
+#[derive(Debug, Parser)]
+#[command(name = "archipelago", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the supervisor: app actors, reconcile ticks, web server.
+    Serve {
+        /// The config file (YAML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Load and validate every app manifest and the rules between apps.
+    ///
+    /// Prints one line per problem as `PATH: FIELD: reason` and exits 1 if there is any.
+    /// The apps folder is DIR, --apps-dir, the config's apps_dir, or `apps`.
+    Validate {
+        /// Also check the config file, and that its default_apps are in the catalog.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The apps folder (overrides the config's apps_dir).
+        #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+        apps_dir: Option<PathBuf>,
+        /// The apps folder, as a positional argument.
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Exit code when `validate` found problems.
+const EXIT_PROBLEMS: u8 = 1;
+/// Exit code for an unusable config.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Validate {
+            config,
+            apps_dir,
+            dir,
+        } => validate(config.as_deref(), apps_dir.or(dir)),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Loads the config or prints its one-line error.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|err| {
+        eprintln!("{err}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn serve(config_path: &Path) -> ExitCode {
+    let config = match load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    println!(
+        "archipelago {}: listen {}, apps_dir {}, data_dir {}, engine {}",
+        env!("CARGO_PKG_VERSION"),
+        config.listen,
+        config.apps_dir.display(),
+        config.data_dir.display(),
+        config.engine.host,
+    );
+    ExitCode::SUCCESS
+}
+
+fn validate(config_path: Option<&Path>, apps_dir: Option<PathBuf>) -> ExitCode {
+    let config = match config_path.map(load_config).transpose() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let apps_dir = apps_dir
+        .or_else(|| config.as_ref().map(|c| c.apps_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("apps"));
+    let (catalog, mut problems) = Catalog::load(&apps_dir);
+    if let (Some(config), Some(path)) = (&config, config_path) {
+        problems.extend(catalog.check_listed(path, "default_apps", &config.default_apps));
+    }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    let apps = catalog.apps.len();
+    eprintln!(
+        "{apps} app{}, {} problem{}",
+        plural(apps),
+        problems.len(),
+        plural(problems.len())
+    );
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PROBLEMS)
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

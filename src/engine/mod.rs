@@ -11,6 +11,14 @@ use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 
+pub mod docker;
+pub mod fake;
+mod hash;
+pub mod reconnect;
+
+pub use docker::DockerRuntime;
+pub use fake::{Call, CallKind, FakeRuntime};
+
 /// Label every container we own carries; its value is the app id.
 pub const LABEL_APP: &str = "io.archipelago.app";
 /// Label holding the hash of the resolved container spec (see [`ContainerSpec::hash`]).
@@ -272,4 +280,6 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn image_inspect(&self, image: &str) -> Result<Option<ImageInfo>, EngineError>;
     async fn image_tag(&self, image: &str, new_ref: &str) -> Result<(), EngineError>;
     async fn image_remove(&self, image: &str) -> Result<(), EngineError>;
+    /// Renames a container (an upgrade keeps the old one aside under another name).
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError>;
 }

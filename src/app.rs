@@ -1,0 +1,773 @@
+//! The app actor: one per catalog app. It owns the app's container lifecycle and memory
+//! limit: only this actor (through the operations it spawns) changes the app's container.
+//!
+//! It holds the facts the user-visible state is derived from (the persisted record, what
+//! the engine last reported, health, the operation in flight) and never stores a state.
+//! Long work runs as a spawned future that reports back by message, so the actor keeps
+//! answering while an operation runs; one operation at a time.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::{broadcast, Semaphore};
+use tokio::time::Instant;
+
+use crate::api::{
+    self, Desired, Event, Health, Operation, OperationKind, OperationProgress, OperationStatus,
+    Package,
+};
+use crate::catalog::CatalogApp;
+use crate::engine::{container_name, ContainerRuntime, ContainerSummary, EngineEvent};
+use crate::error::AppError;
+use crate::health::{self, HealthTracker};
+use crate::lifecycle::{self, Guard, GuardFacts, StateFacts};
+use crate::ops::{self, OpEnd, OpEnv, OpParams};
+use crate::planner::{self, Action, CrashPolicy, CrashTracker, Deps, Observed};
+use crate::store::{AppRecord, Installed, Store};
+
+/// What every app actor shares.
+pub struct Shared {
+    pub engine: Arc<dyn ContainerRuntime>,
+    pub store: Store,
+    pub default_network: String,
+    pub start_slots: Arc<Semaphore>,
+    pub events: broadcast::Sender<Event>,
+    pub crash_policy: CrashPolicy,
+}
+
+/// Sent to the supervisor whenever the app's `Package` changes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PackageChanged(pub Package);
+
+/// How many finished operations an app keeps for `operation.get`.
+const KEPT_OPERATIONS: usize = 16;
+
+pub struct AppActor {
+    app: CatalogApp,
+    shared: Arc<Shared>,
+    supervisor: Recipient<PackageChanged>,
+    /// Persisted facts: desired, installed, previous, journal.
+    record: AppRecord,
+    /// The container the engine last reported; `None` when it has none.
+    observed: Option<ContainerSummary>,
+    /// Health of the running container, from the probe loop or the start operation.
+    health: HealthTracker,
+    /// When our container last started, for health start periods.
+    running_since: Option<Instant>,
+    /// The operation in flight, if any; it owns the state until it ends.
+    op: Option<Operation>,
+    /// Recent operations, newest last.
+    finished: VecDeque<Operation>,
+    /// Crash restarts and their backoff.
+    crash: CrashTracker,
+    /// Whether dependencies allow a start, as the supervisor last said.
+    deps: Deps,
+    /// A probe is in flight (never two at once).
+    probing: bool,
+    op_counter: u64,
+    /// The last Package sent, to send only changes.
+    last_sent: Option<Package>,
+}
+
+impl AppActor {
+    pub fn new(
+        app: CatalogApp,
+        record: AppRecord,
+        shared: Arc<Shared>,
+        supervisor: Recipient<PackageChanged>,
+    ) -> Self {
+        AppActor {
+            app,
+            shared,
+            supervisor,
+            record,
+            observed: None,
+            health: HealthTracker::started(),
+            running_since: None,
+            op: None,
+            finished: VecDeque::new(),
+            crash: CrashTracker::default(),
+            deps: Deps::Ready,
+            probing: false,
+            op_counter: 0,
+            last_sent: None,
+        }
+    }
+
+    fn id(&self) -> &str {
+        self.app.manifest.id.as_str()
+    }
+
+    fn running(&self) -> bool {
+        self.observed.as_ref().is_some_and(|o| o.state.is_running())
+    }
+
+    fn in_flight(&self) -> Option<OperationKind> {
+        self.op.as_ref().map(|o| o.kind)
+    }
+
+    /// The state a user sees, derived from the facts.
+    pub fn state(&self) -> api::AppState {
+        lifecycle::derive_state(StateFacts {
+            installed: self.record.installed.is_some(),
+            running: self.running(),
+            in_flight: self.in_flight(),
+            failed: self.crash.given_up(),
+            restart_pending: self.crash.restart_pending(),
+        })
+    }
+
+    fn update_available(&self) -> bool {
+        match &self.record.installed {
+            Some(i) => {
+                let m = &self.app.manifest;
+                i.version != m.version || i.image != m.container.image_ref(&m.id, &m.version)
+            }
+            None => false,
+        }
+    }
+
+    fn health(&self) -> Health {
+        if self.app.manifest.container.health.is_none() || !self.running() {
+            return Health::None;
+        }
+        self.health.health()
+    }
+
+    pub fn package(&self) -> Package {
+        let m = &self.app.manifest;
+        Package {
+            id: m.id.to_string(),
+            name: m.name.clone(),
+            version: m.version.clone(),
+            installed_version: self.record.installed.as_ref().map(|i| i.version.clone()),
+            state: self.state(),
+            desired: self.record.desired,
+            health: self.health(),
+            memory_limit_bytes: m.container.memory_limit.bytes(),
+            image: Some(
+                self.record
+                    .installed
+                    .as_ref()
+                    .map(|i| i.image.clone())
+                    .unwrap_or_else(|| m.container.image_ref(&m.id, &m.version)),
+            ),
+            container_id: self.observed.as_ref().map(|o| o.id.clone()),
+            update_available: self.update_available(),
+            dependencies: m.dependencies.iter().map(|d| d.to_string()).collect(),
+            last_error: self.record.last_error.clone(),
+            operation: self.op.clone().or_else(|| self.finished.back().cloned()),
+        }
+    }
+
+    /// Tells the supervisor (and through it the event stream) when anything changed.
+    fn publish(&mut self) {
+        let pkg = self.package();
+        if self.last_sent.as_ref() != Some(&pkg) {
+            self.last_sent = Some(pkg.clone());
+            self.supervisor.do_send(PackageChanged(pkg));
+        }
+    }
+
+    fn publish_operation(&self, op: &Operation) {
+        let _ = self
+            .shared
+            .events
+            .send(Event::Operation(Box::new(op.clone())));
+    }
+
+    fn env(&self, ctx: &mut Context<Self>, op_id: &str) -> OpEnv {
+        let addr = ctx.address();
+        let op_id = op_id.to_string();
+        OpEnv {
+            engine: self.shared.engine.clone(),
+            store: self.shared.store.clone(),
+            app: self.app.clone(),
+            default_network: self.shared.default_network.clone(),
+            start_slots: self.shared.start_slots.clone(),
+            progress: Arc::new(move |p: OperationProgress| {
+                addr.do_send(OpProgress {
+                    op_id: op_id.clone(),
+                    progress: p,
+                })
+            }),
+        }
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.shared.store.save(self.id(), &self.record) {
+            tracing::error!(app = self.id(), error = %e, "could not persist state");
+            self.record.last_error = Some(format!("could not persist state: {e}"));
+        }
+    }
+
+    /// Starts an operation: the actor marks it in flight, the work runs as a future, and
+    /// [`OpFinished`] comes back when it ends.
+    fn begin(
+        &mut self,
+        ctx: &mut Context<Self>,
+        kind: OperationKind,
+        params: OpParams,
+    ) -> Operation {
+        self.op_counter += 1;
+        let op = Operation {
+            id: format!("{}-{}-{}", self.id(), std::process::id(), self.op_counter),
+            package: self.id().to_string(),
+            kind,
+            status: OperationStatus::Running,
+            started_at: api::now(),
+            finished_at: None,
+            error: None,
+            progress: OperationProgress::default(),
+        };
+        self.op = Some(op.clone());
+        let env = self.env(ctx, &op.id);
+        let record = self.record.clone();
+        let op_id = op.id.clone();
+        let addr = ctx.address();
+        tracing::info!(app = self.id(), operation = %op.id, ?kind, "operation started");
+        actix::spawn(async move {
+            let end = ops::run(kind, env, record, op_id.clone(), params).await;
+            addr.do_send(OpFinished {
+                op_id,
+                end: Box::new(end),
+            });
+        });
+        self.publish_operation(&op);
+        self.publish();
+        op
+    }
+
+    /// An operation that is already satisfied: answered `succeeded` at once.
+    fn satisfied(&mut self, kind: OperationKind) -> Operation {
+        self.op_counter += 1;
+        let now = api::now();
+        let op = Operation {
+            id: format!("{}-{}-{}", self.id(), std::process::id(), self.op_counter),
+            package: self.id().to_string(),
+            kind,
+            status: OperationStatus::Succeeded,
+            started_at: now.clone(),
+            finished_at: Some(now),
+            error: None,
+            progress: OperationProgress {
+                message: "already done".into(),
+                done: None,
+                total: None,
+            },
+        };
+        self.remember(op.clone());
+        op
+    }
+
+    fn remember(&mut self, op: Operation) {
+        self.finished.push_back(op);
+        while self.finished.len() > KEPT_OPERATIONS {
+            self.finished.pop_front();
+        }
+    }
+
+    /// Reconcile: plan from the facts and carry the actions out.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) -> usize {
+        let wanted = match (&self.record.installed, self.env(ctx, "plan")) {
+            (Some(i), env) => match env.spec_for(i) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    self.record.last_error = Some(e);
+                    None
+                }
+            },
+            (None, _) => None,
+        };
+        let hash = wanted.as_ref().map(|s| s.hash()).unwrap_or_default();
+        let observed = self.observed.as_ref().map(|o| Observed {
+            state: o.state,
+            spec_hash: o.spec_hash.clone(),
+        });
+        let now = Instant::now();
+        let facts = planner::Facts {
+            installed: self.record.installed.is_some() && wanted.is_some(),
+            desired: self.record.desired,
+            wanted_hash: &hash,
+            wanted_memory: self.app.manifest.container.memory_limit.bytes(),
+            applied_memory: self.record.memory_limit,
+            observed: observed.as_ref(),
+            in_flight: self.in_flight(),
+            deps: &self.deps,
+            backoff: self.crash.backoff(now),
+            given_up: self.crash.given_up(),
+        };
+        let actions = planner::plan(&facts);
+        for action in &actions {
+            tracing::debug!(app = self.id(), ?action, "reconcile");
+            match action {
+                Action::Start(_) => {
+                    let kind = if self.crash.restart_pending() || self.crash.quick_crashes() > 0 {
+                        OperationKind::Restart
+                    } else {
+                        OperationKind::Start
+                    };
+                    self.begin(ctx, kind, OpParams::default());
+                }
+                Action::Recreate => {
+                    self.begin(ctx, OperationKind::Restart, OpParams::default());
+                }
+                Action::Stop => {
+                    self.begin(ctx, OperationKind::Stop, OpParams::default());
+                }
+                Action::UpdateMemory(bytes) => self.update_memory(ctx, *bytes),
+                Action::RemoveOrphan => {
+                    let engine = self.shared.engine.clone();
+                    let name = container_name(self.id());
+                    tracing::warn!(
+                        app = self.id(),
+                        "removing a container of an app that is not installed"
+                    );
+                    actix::spawn(async move {
+                        let _ = engine.remove(&name).await;
+                    });
+                }
+                Action::Backoff(wait) => {
+                    ctx.run_later(*wait, |act, ctx| {
+                        act.reconcile(ctx);
+                    });
+                }
+                Action::WaitForDependency { .. } => {}
+            }
+        }
+        self.publish();
+        actions.len()
+    }
+
+    fn update_memory(&mut self, ctx: &mut Context<Self>, bytes: u64) {
+        let engine = self.shared.engine.clone();
+        let name = container_name(self.id());
+        let fut = async move { engine.update_memory(&name, bytes).await };
+        // Wait for it in the actor's context so a second tick cannot send it twice.
+        ctx.wait(fut.into_actor(self).map(move |res, act, _| match res {
+            Ok(()) => {
+                tracing::info!(app = act.id(), bytes, "memory limit applied live");
+                act.record.memory_limit = Some(bytes);
+                act.save();
+            }
+            Err(e) => {
+                tracing::warn!(app = act.id(), error = %e, "memory limit update failed");
+                act.record.last_error = Some(format!("memory limit update: {e}"));
+            }
+        }));
+    }
+
+    /// The container died with nobody asking: a crash, unless the restart policy or a
+    /// clean exit says the app meant to stop.
+    fn on_exit(&mut self, ctx: &mut Context<Self>, exit_code: Option<i64>) {
+        use crate::manifest::RestartPolicy;
+        if self.in_flight().is_some() || self.record.desired != Desired::Running {
+            return;
+        }
+        let code = exit_code.unwrap_or(-1);
+        let keep_stopped = match self.app.manifest.container.restart {
+            RestartPolicy::Never => true,
+            RestartPolicy::OnFailure => code == 0,
+            RestartPolicy::Always => false,
+        };
+        if keep_stopped {
+            tracing::info!(
+                app = self.id(),
+                code,
+                "container exited; restart policy keeps it stopped"
+            );
+            self.record.desired = Desired::Stopped;
+            self.record.last_error = (code != 0).then(|| format!("exited with code {code}"));
+            self.save();
+            self.publish();
+            return;
+        }
+        match self
+            .crash
+            .crashed(Instant::now(), &self.shared.crash_policy)
+        {
+            Some(wait) => {
+                tracing::warn!(app = self.id(), code, backoff = ?wait, "container crashed; restarting");
+                self.record.last_error = Some(format!("crashed with exit code {code}"));
+                self.reconcile(ctx);
+            }
+            None => {
+                tracing::error!(app = self.id(), code, "container keeps crashing; giving up");
+                self.record.last_error = Some(format!(
+                    "crashed {} times in a row (last exit code {code}); press Retry to start it again",
+                    self.crash.quick_crashes()
+                ));
+                self.publish();
+            }
+        }
+    }
+
+    fn probe_health(&mut self, ctx: &mut Context<Self>) {
+        let Some(check) = self.app.manifest.container.health.clone() else {
+            return;
+        };
+        if self.probing || self.in_flight().is_some() || !self.running() {
+            return;
+        }
+        let Some(installed) = self.record.installed.clone() else {
+            return;
+        };
+        let Ok(spec) = self.env(ctx, "probe").spec_for(&installed) else {
+            return;
+        };
+        self.probing = true;
+        let engine = self.shared.engine.clone();
+        let fut = async move { health::probe(engine.as_ref(), &spec, &check).await };
+        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
+            act.probing = false;
+            let Some(check) = act.app.manifest.container.health.clone() else {
+                return;
+            };
+            let since = act.running_since.map(|t| t.elapsed()).unwrap_or(check.start_period);
+            let before = act.health.health();
+            let after = act.health.record(res.is_ok(), since, &check);
+            if before != after {
+                tracing::info!(app = act.id(), health = ?after, reason = ?res.err(), "health changed");
+            }
+            act.publish();
+        }));
+    }
+}
+
+impl Actor for AppActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(check) = &self.app.manifest.container.health {
+            ctx.run_interval(check.interval, |act, ctx| act.probe_health(ctx));
+        }
+        if self.record.journal.is_some() {
+            // Finish or undo what a previous supervisor left half-done, before anything
+            // else touches the app.
+            let kind = self
+                .record
+                .journal
+                .as_ref()
+                .map(|j| j.kind)
+                .unwrap_or(OperationKind::Start);
+            self.op_counter += 1;
+            let op = Operation {
+                id: format!("{}-{}-recover", self.id(), std::process::id()),
+                package: self.id().to_string(),
+                kind,
+                status: OperationStatus::Running,
+                started_at: api::now(),
+                finished_at: None,
+                error: None,
+                progress: OperationProgress {
+                    message: "recovering an interrupted operation".into(),
+                    done: None,
+                    total: None,
+                },
+            };
+            self.op = Some(op.clone());
+            let env = self.env(ctx, &op.id);
+            let record = self.record.clone();
+            let addr = ctx.address();
+            actix::spawn(async move {
+                let end = ops::recover(&env, record).await;
+                addr.do_send(OpFinished {
+                    op_id: op.id,
+                    end: Box::new(end),
+                });
+            });
+        }
+        self.publish();
+    }
+}
+
+/// Progress of the operation in flight.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct OpProgress {
+    op_id: String,
+    progress: OperationProgress,
+}
+
+impl Handler<OpProgress> for AppActor {
+    type Result = ();
+    fn handle(&mut self, msg: OpProgress, _: &mut Context<Self>) {
+        if let Some(op) = self.op.as_mut().filter(|o| o.id == msg.op_id) {
+            // Keep the last known totals when a message carries none.
+            let mut p = msg.progress;
+            if p.total.is_none() {
+                p.done = p.done.or(op.progress.done);
+                p.total = op.progress.total;
+            }
+            op.progress = p;
+            let op = op.clone();
+            self.publish_operation(&op);
+            self.publish();
+        }
+    }
+}
+
+/// The operation in flight ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct OpFinished {
+    op_id: String,
+    end: Box<OpEnd>,
+}
+
+impl Handler<OpFinished> for AppActor {
+    type Result = ();
+    fn handle(&mut self, msg: OpFinished, ctx: &mut Context<Self>) {
+        let Some(mut op) = self.op.take().filter(|o| o.id == msg.op_id) else {
+            return;
+        };
+        let end = *msg.end;
+        self.record = end.record;
+        op.finished_at = Some(api::now());
+        match &end.result {
+            Ok(message) => {
+                op.status = OperationStatus::Succeeded;
+                op.progress.message = message.clone();
+                tracing::info!(app = self.id(), operation = %op.id, %message, "operation succeeded");
+            }
+            Err(e) => {
+                op.status = OperationStatus::Failed;
+                op.error = Some(e.clone());
+                tracing::warn!(app = self.id(), operation = %op.id, error = %e, "operation failed");
+            }
+        }
+        if end.started {
+            self.crash.started(Instant::now());
+            self.running_since = Some(Instant::now());
+            self.health = HealthTracker::started();
+            if let Some(h) = end.health {
+                if h == Health::Healthy {
+                    if let Some(check) = &self.app.manifest.container.health {
+                        self.health.record(true, std::time::Duration::ZERO, check);
+                    }
+                }
+            }
+        }
+        if op.status == OperationStatus::Failed
+            && matches!(op.kind, OperationKind::Start | OperationKind::Restart)
+        {
+            // A start that fails counts toward the crash loop, so it is retried with
+            // backoff and ends `failed` instead of looping.
+            self.crash
+                .crashed(Instant::now(), &self.shared.crash_policy);
+        }
+        self.publish_operation(&op);
+        self.remember(op);
+        // Learn the container's new facts at once instead of waiting for a tick.
+        self.refresh(ctx);
+    }
+}
+
+impl AppActor {
+    /// Re-reads the app's container from the engine and reconciles.
+    fn refresh(&mut self, ctx: &mut Context<Self>) {
+        let engine = self.shared.engine.clone();
+        let name = container_name(self.id());
+        let fut = async move { engine.inspect(&name).await };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            match res {
+                Ok(d) => {
+                    act.observed = Some(ContainerSummary {
+                        id: d.id,
+                        name: d.name,
+                        app: act.id().to_string(),
+                        spec_hash: d.labels.get(crate::engine::LABEL_SPEC_HASH).cloned(),
+                        version: d.labels.get(crate::engine::LABEL_VERSION).cloned(),
+                        image: d.image,
+                        state: d.state,
+                    })
+                }
+                Err(e) if ops::is_not_found(&e) => act.observed = None,
+                Err(_) => {}
+            }
+            act.reconcile(ctx);
+        }));
+    }
+}
+
+/// A reconcile tick: what the engine's list said about this app, and whether its
+/// dependencies are ready. Answers how many actions were taken.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct Observe {
+    pub container: Option<ContainerSummary>,
+    pub deps: Deps,
+}
+
+impl Handler<Observe> for AppActor {
+    type Result = usize;
+    fn handle(&mut self, msg: Observe, ctx: &mut Context<Self>) -> usize {
+        let was_running = self.running();
+        self.observed = msg.container;
+        self.deps = msg.deps;
+        if self.running() && !was_running && self.in_flight().is_none() {
+            // Adopted (or started from outside): health starts over.
+            self.running_since.get_or_insert_with(Instant::now);
+        }
+        self.reconcile(ctx)
+    }
+}
+
+/// Dependencies changed readiness.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DepsChanged(pub Deps);
+
+impl Handler<DepsChanged> for AppActor {
+    type Result = ();
+    fn handle(&mut self, msg: DepsChanged, ctx: &mut Context<Self>) {
+        if self.deps != msg.0 {
+            self.deps = msg.0;
+            self.reconcile(ctx);
+        }
+    }
+}
+
+/// An engine event about this app's container.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ContainerEvent(pub EngineEvent);
+
+impl Handler<ContainerEvent> for AppActor {
+    type Result = ();
+    fn handle(&mut self, msg: ContainerEvent, ctx: &mut Context<Self>) {
+        let ev = msg.0;
+        match ev.action.as_str() {
+            "die" | "oom" => {
+                // Confirm with the engine before calling it a crash: a late event from a
+                // stop that has already ended must not restart anything.
+                let engine = self.shared.engine.clone();
+                let name = container_name(self.id());
+                let code = ev.exit_code;
+                let fut = async move { engine.inspect(&name).await };
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                    if let Ok(d) = res {
+                        if !d.state.is_running() {
+                            if let Some(o) = act.observed.as_mut() {
+                                o.state = d.state;
+                            }
+                            act.on_exit(ctx, d.exit_code.or(code));
+                        }
+                    }
+                    act.publish();
+                }));
+            }
+            "start" | "destroy" | "create" | "rename" => {
+                if self.in_flight().is_none() {
+                    self.refresh(ctx);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The app's `Package` now.
+#[derive(Debug, Message)]
+#[rtype(result = "Package")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for AppActor {
+    type Result = MessageResult<Snapshot>;
+    fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.package())
+    }
+}
+
+/// An operation asked for by the owner. The supervisor has checked dependencies and the
+/// memory budget.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Operation, AppError>")]
+pub struct Command {
+    pub kind: OperationKind,
+    pub params: OpParams,
+}
+
+impl Handler<Command> for AppActor {
+    type Result = Result<Operation, AppError>;
+    fn handle(&mut self, msg: Command, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(op) = &self.op {
+            return Err(AppError::Conflict {
+                app: self.id().to_string(),
+                operation: op.id.clone(),
+                kind: format!("{:?}", op.kind).to_lowercase(),
+            });
+        }
+        let facts = GuardFacts {
+            update_available: self.update_available(),
+            has_previous: self.record.previous.is_some(),
+        };
+        let kind = msg.kind;
+        match lifecycle::check(self.id(), self.state(), kind, facts)? {
+            Guard::AlreadySatisfied => {
+                if kind == OperationKind::Install && self.record.desired != Desired::Running {
+                    self.record.desired = Desired::Running;
+                    self.save();
+                    self.reconcile(ctx);
+                }
+                return Ok(self.satisfied(kind));
+            }
+            Guard::Proceed => {}
+        }
+        // The owner's wish is persisted before the work starts.
+        match kind {
+            OperationKind::Start | OperationKind::Restart => {
+                self.crash.reset();
+                self.record.desired = Desired::Running;
+                self.record.last_error = None;
+            }
+            OperationKind::Stop => {
+                self.crash.reset();
+                self.record.desired = Desired::Stopped;
+            }
+            _ => {}
+        }
+        if kind != OperationKind::Install {
+            self.save();
+        }
+        Ok(self.begin(ctx, kind, msg.params))
+    }
+}
+
+/// Looks up one of this app's operations.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Operation>")]
+pub struct FindOperation(pub String);
+
+impl Handler<FindOperation> for AppActor {
+    type Result = Option<Operation>;
+    fn handle(&mut self, msg: FindOperation, _: &mut Context<Self>) -> Self::Result {
+        self.op
+            .iter()
+            .chain(self.finished.iter())
+            .find(|o| o.id == msg.0)
+            .cloned()
+    }
+}
+
+/// The catalog changed this app's manifest.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CatalogUpdate(pub CatalogApp);
+
+impl Handler<CatalogUpdate> for AppActor {
+    type Result = ();
+    fn handle(&mut self, msg: CatalogUpdate, ctx: &mut Context<Self>) {
+        self.app = msg.0;
+        self.reconcile(ctx);
+    }
+}
+
+/// Installed facts for tests and the supervisor's memory budget.
+impl AppActor {
+    pub fn installed(&self) -> Option<&Installed> {
+        self.record.installed.as_ref()
+    }
+}

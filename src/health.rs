@@ -1,0 +1,197 @@
+//! Health probes (http, tcp, exec) and the rules that turn their results into `healthy`,
+//! `unhealthy` or `starting`, Docker's way: failures during the start period do not count,
+//! `retries` failures in a row make an app unhealthy, one success makes it healthy.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::api::Health;
+use crate::engine::{container_name, ContainerRuntime, ContainerSpec};
+use crate::manifest::{HealthCheck, HealthProbe};
+use crate::spec::probe_port;
+
+/// Runs one probe. `Err` says why it failed.
+pub async fn probe(
+    engine: &dyn ContainerRuntime,
+    spec: &ContainerSpec,
+    check: &HealthCheck,
+) -> Result<(), String> {
+    let fut = async {
+        match &check.probe {
+            HealthProbe::Http { port, path } => {
+                let host_port = probe_port(spec, *port).ok_or_else(|| {
+                    format!("port {port} is neither published nor on host network")
+                })?;
+                http_get(host_port, path).await
+            }
+            HealthProbe::Tcp { port } => {
+                let host_port = probe_port(spec, *port).ok_or_else(|| {
+                    format!("port {port} is neither published nor on host network")
+                })?;
+                TcpStream::connect(("127.0.0.1", host_port))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("tcp 127.0.0.1:{host_port}: {e}"))
+            }
+            HealthProbe::Exec(cmd) => {
+                let out = engine
+                    .exec(&container_name(&spec.app), cmd, check.timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if out.exit_code == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "exec exited {}: {}",
+                        out.exit_code,
+                        out.output.trim()
+                    ))
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(check.timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(check.timeout)
+        )),
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback; any 2xx or 3xx status is healthy.
+async fn http_get(port: u16, path: &str) -> Result<(), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: archipelago-health\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
+    let mut head = [0u8; 64];
+    let n = stream
+        .read(&mut head)
+        .await
+        .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("http 127.0.0.1:{port}{path}: not an HTTP answer"))?;
+    if (200..400).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("http 127.0.0.1:{port}{path}: status {status}"))
+    }
+}
+
+/// Turns probe results into a health value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthTracker {
+    health: Health,
+    failures: u32,
+    since_start: Duration,
+}
+
+impl HealthTracker {
+    /// A freshly started container: `starting`.
+    pub fn started() -> Self {
+        HealthTracker {
+            health: Health::Starting,
+            failures: 0,
+            since_start: Duration::ZERO,
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Records one probe result, `elapsed` after the container started.
+    pub fn record(&mut self, ok: bool, elapsed: Duration, check: &HealthCheck) -> Health {
+        self.since_start = elapsed;
+        if ok {
+            self.failures = 0;
+            self.health = Health::Healthy;
+        } else if elapsed >= check.start_period || self.health == Health::Healthy {
+            self.failures += 1;
+            if self.failures >= check.retries.max(1) {
+                self.health = Health::Unhealthy;
+            }
+        }
+        self.health
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(start_period: u64, retries: u32) -> HealthCheck {
+        HealthCheck {
+            probe: HealthProbe::Tcp { port: 1 },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            retries,
+            start_period: Duration::from_secs(start_period),
+        }
+    }
+
+    #[test]
+    fn failures_in_the_start_period_do_not_count() {
+        let c = check(10, 2);
+        let mut t = HealthTracker::started();
+        for s in 0..10 {
+            assert_eq!(
+                t.record(false, Duration::from_secs(s), &c),
+                Health::Starting
+            );
+        }
+        assert_eq!(
+            t.record(false, Duration::from_secs(10), &c),
+            Health::Starting
+        );
+        assert_eq!(
+            t.record(false, Duration::from_secs(11), &c),
+            Health::Unhealthy
+        );
+        assert_eq!(t.record(true, Duration::from_secs(12), &c), Health::Healthy);
+    }
+
+    #[test]
+    fn a_healthy_app_needs_retries_failures_to_turn_unhealthy() {
+        let c = check(0, 3);
+        let mut t = HealthTracker::started();
+        assert_eq!(t.record(true, Duration::ZERO, &c), Health::Healthy);
+        assert_eq!(t.record(false, Duration::from_secs(1), &c), Health::Healthy);
+        assert_eq!(t.record(false, Duration::from_secs(2), &c), Health::Healthy);
+        assert_eq!(
+            t.record(false, Duration::from_secs(3), &c),
+            Health::Unhealthy
+        );
+    }
+
+    #[tokio::test]
+    async fn http_probe_reads_the_status_line() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            for status in ["200 OK", "503 Service Unavailable"] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await.unwrap();
+                s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        assert_eq!(http_get(port, "/").await, Ok(()));
+        let err = http_get(port, "/").await.unwrap_err();
+        assert!(err.contains("status 503"), "{err}");
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,94 @@
+//! Turns an app's manifest into the container spec the engine is asked for: the image,
+//! secrets rendered into env and command, volumes as binds under the app's data folder,
+//! the network, the memory limit.
+
+use std::path::Path;
+
+use crate::catalog::CatalogApp;
+use crate::engine::{Bind, ContainerSpec, PortBinding};
+use crate::manifest::Protocol;
+use crate::secrets::{self, SecretError};
+use crate::store::Store;
+
+/// The spec for an app's container, as the manifest says now.
+pub fn container_spec(
+    app: &CatalogApp,
+    store: &Store,
+    default_network: &str,
+) -> Result<ContainerSpec, SecretError> {
+    let m = &app.manifest;
+    let c = &m.container;
+    let id = m.id.as_str();
+    let render = |s: &String| secrets::render(store, id, s);
+    let render_all = |v: &Option<Vec<String>>| -> Result<Option<Vec<String>>, SecretError> {
+        v.as_ref()
+            .map(|v| v.iter().map(render).collect())
+            .transpose()
+    };
+    let env = c
+        .env
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), render(v)?)))
+        .collect::<Result<_, SecretError>>()?;
+    let volumes_root = store.app_dir(id);
+    Ok(ContainerSpec {
+        app: id.to_string(),
+        version: m.version.clone(),
+        image: c.image_ref(&m.id, &m.version),
+        env,
+        command: render_all(&c.command)?,
+        entrypoint: render_all(&c.entrypoint)?,
+        user: c.user.clone(),
+        ports: c
+            .ports
+            .iter()
+            .map(|p| PortBinding {
+                host: p.host,
+                container: p.container,
+                udp: p.protocol == Protocol::Udp,
+            })
+            .collect(),
+        binds: c
+            .volumes
+            .iter()
+            .map(|v| Bind {
+                host: volumes_root.join(&v.name),
+                container: v.path.clone(),
+                read_only: v.read_only,
+            })
+            .collect(),
+        network: c
+            .network
+            .clone()
+            .unwrap_or_else(|| default_network.to_string()),
+        memory_limit: c.memory_limit.bytes(),
+        stop_timeout: c.stop_timeout,
+    })
+}
+
+/// Creates the host folders an app's volumes are bound from.
+pub fn create_volume_dirs(app: &CatalogApp, store: &Store) -> std::io::Result<()> {
+    let root = store.app_dir(app.manifest.id.as_str());
+    std::fs::create_dir_all(&root)?;
+    for v in &app.manifest.container.volumes {
+        std::fs::create_dir_all(root.join(&v.name))?;
+    }
+    Ok(())
+}
+
+/// The host port where a container port can be probed from the host: the port itself
+/// under host networking, else the published host port that maps to it.
+pub fn probe_port(spec: &ContainerSpec, container_port: u16) -> Option<u16> {
+    if spec.network == "host" {
+        return Some(container_port);
+    }
+    spec.ports
+        .iter()
+        .find(|p| p.container == container_port && !p.udp)
+        .map(|p| p.host)
+}
+
+/// True when `path` is inside `root` (used for volume snapshots and purges).
+pub fn is_within(path: &Path, root: &Path) -> bool {
+    path.starts_with(root)
+}

@@ -1,0 +1,362 @@
+//! Persisted state in `data_dir`: one small JSON file per app holding what the owner wants
+//! (`desired`), what is installed, the previous install (for rollback), whether the
+//! `post_create` hooks ran, and the journal of the operation in flight.
+//!
+//! Writes are atomic: temp file, fsync, the current file moved to `.bak`, temp renamed
+//! into place, fsync of the folder. A file that cannot be read or parsed is reported and
+//! the `.bak` copy (the last good one) is used instead. This module does no engine I/O.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Desired, OperationKind};
+
+/// What is installed for an app: enough to recreate its container or go back to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    pub version: String,
+    pub image: String,
+}
+
+/// The step an interrupted operation had reached, written before the step acts, so the
+/// next boot knows whether to finish or undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub operation: String,
+    pub kind: OperationKind,
+    pub step: String,
+    pub started_at: String,
+    /// For upgrade and rollback: what the app ran before the operation.
+    #[serde(default)]
+    pub from: Option<Installed>,
+    /// For upgrade and rollback: what the operation moves to.
+    #[serde(default)]
+    pub to: Option<Installed>,
+    /// Snapshot folder of the app's volumes taken before an upgrade.
+    #[serde(default)]
+    pub snapshot: Option<PathBuf>,
+}
+
+/// Everything persisted about one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub desired: Desired,
+    #[serde(default)]
+    pub installed: Option<Installed>,
+    #[serde(default)]
+    pub previous: Option<Installed>,
+    /// The memory limit last applied to the container, in bytes; a different value in the
+    /// manifest is applied live.
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
+    #[serde(default)]
+    pub hooks_done: bool,
+    #[serde(default)]
+    pub journal: Option<JournalEntry>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl Default for AppRecord {
+    fn default() -> Self {
+        AppRecord {
+            desired: Desired::NotInstalled,
+            installed: None,
+            previous: None,
+            memory_limit: None,
+            hooks_done: false,
+            journal: None,
+            last_error: None,
+        }
+    }
+}
+
+/// A state file problem, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt state file: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A record read back, with a warning when the last good copy had to be used.
+#[derive(Debug)]
+pub struct Loaded {
+    pub record: AppRecord,
+    pub warning: Option<String>,
+}
+
+/// The folder layout under `data_dir`, and the per-app state files.
+#[derive(Debug, Clone)]
+pub struct Store {
+    data_dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (and creates) `data_dir` with its `state/`, `secrets/` (0700) and `apps/`
+    /// folders.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        for sub in ["state", "secrets", "apps", "snapshots"] {
+            let dir = data_dir.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        let secrets = data_dir.join("secrets");
+        set_mode(&secrets, 0o700)?;
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// True when no app has any state yet: the node's first boot.
+    pub fn is_first_boot(&self) -> Result<bool, StoreError> {
+        let dir = self.data_dir.join("state");
+        let mut entries = fs::read_dir(&dir).map_err(io_err(&dir))?;
+        Ok(entries.next().is_none())
+    }
+
+    /// `<data_dir>/apps/<id>`: the app's volumes live below it.
+    pub fn app_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("apps").join(id)
+    }
+
+    /// `<data_dir>/secrets/<id>`: one 0600 file per secret.
+    pub fn secrets_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("secrets").join(id)
+    }
+
+    /// `<data_dir>/snapshots/<id>`: volume snapshots taken before upgrades.
+    pub fn snapshots_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("snapshots").join(id)
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.data_dir.join("state").join(format!("{id}.json"))
+    }
+
+    /// Reads an app's record; `Ok(None)` when it has none. A corrupt or unreadable file
+    /// falls back to the last good copy, with a warning saying so.
+    pub fn load(&self, id: &str) -> Result<Option<Loaded>, StoreError> {
+        let path = self.state_path(id);
+        let backup = path.with_extension("json.bak");
+        match read_record(&path) {
+            Ok(Some(record)) => Ok(Some(Loaded {
+                record,
+                warning: None,
+            })),
+            Ok(None) => match read_record(&backup)? {
+                // The current file is missing but a backup exists: a save was cut off
+                // between its two renames.
+                Some(record) => Ok(Some(Loaded {
+                    record,
+                    warning: Some(format!(
+                        "{}: missing, using last good copy {}",
+                        path.display(),
+                        backup.display()
+                    )),
+                })),
+                None => Ok(None),
+            },
+            Err(err) => match read_record(&backup) {
+                Ok(Some(record)) => Ok(Some(Loaded {
+                    record,
+                    warning: Some(format!("{err}; using last good copy {}", backup.display())),
+                })),
+                _ => Err(err),
+            },
+        }
+    }
+
+    /// Writes an app's record atomically, keeping the previous one as `.bak`.
+    pub fn save(&self, id: &str, record: &AppRecord) -> Result<(), StoreError> {
+        let path = self.state_path(id);
+        let dir = self.data_dir.join("state");
+        let tmp = path.with_extension("json.tmp");
+        let backup = path.with_extension("json.bak");
+        // Serializing plain data with string keys cannot fail.
+        let body = serde_json::to_vec_pretty(record).expect("AppRecord serializes");
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(&body)?;
+            file.sync_all()
+        };
+        if let Err(source) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Io { path: tmp, source });
+        }
+        if path.exists() && read_record(&path).is_ok() {
+            fs::rename(&path, &backup).map_err(io_err(&backup))?;
+        }
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(&dir)
+    }
+
+    /// Deletes an app's record and its backup (after an uninstall).
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.state_path(id);
+        for p in [path.with_extension("json.bak"), path.clone()] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { path: p, source }),
+            }
+        }
+        sync_dir(&self.data_dir.join("state"))
+    }
+}
+
+fn read_record(path: &Path) -> Result<Option<AppRecord>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Sets a Unix permission mode on a path.
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(desired: Desired) -> AppRecord {
+        AppRecord {
+            desired,
+            installed: Some(Installed {
+                version: "1".into(),
+                image: "img:1".into(),
+            }),
+            ..AppRecord::default()
+        }
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_keeps_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.is_first_boot().unwrap());
+        store.save("lnd", &record(Desired::Running)).unwrap();
+        store.save("lnd", &record(Desired::Stopped)).unwrap();
+        let loaded = store.load("lnd").unwrap().unwrap();
+        assert_eq!(loaded.record.desired, Desired::Stopped);
+        assert!(loaded.warning.is_none());
+        assert!(!store.is_first_boot().unwrap());
+        let bak = fs::read(dir.path().join("state/lnd.json.bak")).unwrap();
+        let bak: AppRecord = serde_json::from_slice(&bak).unwrap();
+        assert_eq!(bak.desired, Desired::Running);
+    }
+
+    #[test]
+    fn a_truncated_file_falls_back_to_the_last_good_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save("lnd", &record(Desired::Running)).unwrap();
+        store.save("lnd", &record(Desired::Stopped)).unwrap();
+        let path = dir.path().join("state/lnd.json");
+        let full = fs::read(&path).unwrap();
+        fs::write(&path, &full[..full.len() / 2]).unwrap();
+        let loaded = store.load("lnd").unwrap().unwrap();
+        assert_eq!(loaded.record.desired, Desired::Running);
+        let warning = loaded.warning.unwrap();
+        assert!(warning.contains("corrupt state file"), "{warning}");
+        assert!(warning.contains("lnd.json"), "{warning}");
+    }
+
+    #[test]
+    fn a_write_cut_off_before_the_rename_leaves_the_previous_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save("lnd", &record(Desired::Running)).unwrap();
+        // A crash mid-write leaves a partial temp file and nothing else changed.
+        fs::write(
+            dir.path().join("state/lnd.json.tmp"),
+            b"{\"desired\": \"sto",
+        )
+        .unwrap();
+        let loaded = store.load("lnd").unwrap().unwrap();
+        assert_eq!(loaded.record.desired, Desired::Running);
+        assert!(loaded.warning.is_none());
+        // And the next save succeeds over it.
+        store.save("lnd", &record(Desired::Stopped)).unwrap();
+        assert_eq!(
+            store.load("lnd").unwrap().unwrap().record.desired,
+            Desired::Stopped
+        );
+    }
+
+    #[test]
+    fn a_cut_between_the_renames_uses_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save("lnd", &record(Desired::Running)).unwrap();
+        fs::rename(
+            dir.path().join("state/lnd.json"),
+            dir.path().join("state/lnd.json.bak"),
+        )
+        .unwrap();
+        let loaded = store.load("lnd").unwrap().unwrap();
+        assert_eq!(loaded.record.desired, Desired::Running);
+        assert!(loaded.warning.unwrap().contains("missing"));
+    }
+
+    #[test]
+    fn corrupt_file_and_backup_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fs::write(dir.path().join("state/lnd.json"), b"not json").unwrap();
+        let err = store.load("lnd").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("state/lnd.json"), "{err}");
+    }
+
+    #[test]
+    fn secrets_folder_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path()).unwrap();
+        let mode = fs::metadata(dir.path().join("secrets"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

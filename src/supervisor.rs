@@ -1,0 +1,581 @@
+//! The supervisor actor: owns the app actors, schedules reconcile ticks, routes engine
+//! events to the app they concern, and answers the web layer's questions.
+//!
+//! The messages below are the whole interface the web layer uses: each RPC becomes one of
+//! them, and the answer comes back at once (an operation is answered when it starts, not
+//! when it ends).
+
+use actix::prelude::*;
+use tokio::sync::broadcast;
+
+use crate::api::{Event, Operation, OperationKind, Package, ServerStatus};
+use crate::error::AppError;
+
+/// `package.list`: every catalog app, sorted by id.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Package>")]
+pub struct ListPackages;
+
+/// `package.get`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Package, AppError>")]
+pub struct GetPackage {
+    pub id: String,
+}
+
+/// `package.install` / `start` / `stop` / `restart` / `upgrade` / `rollback` / `uninstall`.
+/// Answers with the operation as soon as it has started (or at once `succeeded` when the
+/// request is already satisfied).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Operation, AppError>")]
+pub struct RunOperation {
+    pub id: String,
+    pub kind: OperationKind,
+    /// Only for uninstall: also delete volumes and secrets.
+    pub purge: bool,
+}
+
+/// `operation.get`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Operation, AppError>")]
+pub struct GetOperation {
+    pub id: String,
+}
+
+/// `package.logs`: the last `tail` lines of the app's container.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<String>, AppError>")]
+pub struct GetLogs {
+    pub id: String,
+    pub tail: usize,
+}
+
+/// `catalog.reload`: re-reads `apps_dir`; answers the number of apps.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, AppError>")]
+pub struct ReloadCatalog;
+
+/// `server.status`.
+#[derive(Debug, Message)]
+#[rtype(result = "ServerStatus")]
+pub struct GetStatus;
+
+/// Subscribes to package and operation changes, for `/api/events`.
+#[derive(Debug, Message)]
+#[rtype(result = "broadcast::Receiver<Event>")]
+pub struct Subscribe;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::api::{AppState, EngineStatus, Health, MemoryStatus, ReconcileStatus};
+use crate::app::{
+    self, AppActor, Command, DepsChanged, FindOperation, Observe, PackageChanged, Shared,
+};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::engine::{ContainerRuntime, ContainerSummary, EngineError};
+use crate::manifest::AppId;
+use crate::ops::OpParams;
+use crate::planner::{CrashPolicy, Deps};
+use crate::store::Store;
+
+/// How many apps may be starting at once.
+pub const START_PARALLELISM: usize = 4;
+
+/// The supervisor actor.
+pub struct Supervisor {
+    apps_dir: PathBuf,
+    reconcile_interval: Duration,
+    default_apps: Vec<AppId>,
+    memory_budget: Option<u64>,
+    catalog: Catalog,
+    shared: Arc<Shared>,
+    /// One actor per catalog app.
+    actors: BTreeMap<String, Addr<AppActor>>,
+    /// The last `Package` each app reported: `package.list` answers from here at once,
+    /// whatever the app actors are doing.
+    packages: BTreeMap<String, Package>,
+    /// Operation id → app, for `operation.get`.
+    operations: HashMap<String, String>,
+    engine_status: EngineStatus,
+    last_reconcile: ReconcileStatus,
+    /// A tick is running (ticks never overlap).
+    ticking: bool,
+    first_boot: bool,
+}
+
+impl Supervisor {
+    /// Builds the supervisor from a loaded config and catalog. Nothing runs until the
+    /// actor starts.
+    pub fn new(
+        config: &Config,
+        catalog: Catalog,
+        engine: Arc<dyn ContainerRuntime>,
+        store: Store,
+    ) -> Result<Self, crate::store::StoreError> {
+        let first_boot = store.is_first_boot()?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Supervisor {
+            apps_dir: config.apps_dir.clone(),
+            reconcile_interval: config.reconcile_interval,
+            default_apps: config.default_apps.clone(),
+            memory_budget: config.memory_budget.map(|m| m.bytes()),
+            catalog,
+            shared: Arc::new(Shared {
+                engine,
+                store,
+                default_network: config.engine.default_network.clone(),
+                start_slots: Arc::new(Semaphore::new(START_PARALLELISM)),
+                events,
+                crash_policy: CrashPolicy::default(),
+            }),
+            actors: BTreeMap::new(),
+            packages: BTreeMap::new(),
+            operations: HashMap::new(),
+            engine_status: EngineStatus::default(),
+            last_reconcile: ReconcileStatus::default(),
+            ticking: false,
+            first_boot,
+        })
+    }
+
+    /// Overrides the crash-restart policy (tests use short backoffs).
+    pub fn with_crash_policy(mut self, policy: CrashPolicy) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.crash_policy = policy;
+        }
+        self
+    }
+
+    fn spawn_app(&mut self, id: &AppId, ctx: &mut Context<Self>) {
+        let Some(app) = self.catalog.get(id).cloned() else {
+            return;
+        };
+        let record = match self.shared.store.load(id.as_str()) {
+            Ok(Some(loaded)) => {
+                if let Some(w) = loaded.warning {
+                    tracing::warn!(app = %id, "{w}");
+                }
+                loaded.record
+            }
+            Ok(None) => Default::default(),
+            Err(e) => {
+                tracing::error!(app = %id, error = %e, "state unreadable; treating the app as not installed until fixed");
+                crate::store::AppRecord {
+                    last_error: Some(e.to_string()),
+                    ..Default::default()
+                }
+            }
+        };
+        let actor = AppActor::new(app, record, self.shared.clone(), ctx.address().recipient());
+        // Known at once, so `package.list` never misses an app that is still starting.
+        self.packages.insert(id.to_string(), actor.package());
+        self.actors.insert(id.to_string(), actor.start());
+    }
+
+    /// Readiness of an app's dependencies, from the packages the apps last reported.
+    fn deps_of(&self, id: &str) -> Deps {
+        let Some(app) = self
+            .catalog
+            .apps
+            .iter()
+            .find(|(k, _)| k.as_str() == id)
+            .map(|(_, a)| a)
+        else {
+            return Deps::Ready;
+        };
+        for dep in &app.manifest.dependencies {
+            let ready = self.packages.get(dep.as_str()).is_some_and(|p| {
+                p.state == AppState::Running && matches!(p.health, Health::Healthy | Health::None)
+            });
+            if !ready {
+                let state = self
+                    .packages
+                    .get(dep.as_str())
+                    .map(|p| format!("{}, health {:?}", p.state.as_str(), p.health).to_lowercase())
+                    .unwrap_or_else(|| "unknown".into());
+                return Deps::Blocked {
+                    dependency: dep.to_string(),
+                    state,
+                };
+            }
+        }
+        Deps::Ready
+    }
+
+    /// Memory reserved by apps that are wanted running, other than `except`.
+    fn reserved_memory(&self, except: &str) -> u64 {
+        self.packages
+            .values()
+            .filter(|p| p.id != except && p.desired == crate::api::Desired::Running)
+            .map(|p| p.memory_limit_bytes)
+            .sum()
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.ticking {
+            return;
+        }
+        self.ticking = true;
+        let engine = self.shared.engine.clone();
+        let started = Instant::now();
+        let fut = async move {
+            let version = engine.version().await;
+            let list = match &version {
+                Ok(_) => engine.list().await,
+                Err(e) => Err(clone_err(e)),
+            };
+            (version, list)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(version, list), act, ctx| {
+            act.ticking = false;
+            match version {
+                Ok(v) => {
+                    act.engine_status = EngineStatus {
+                        reachable: true,
+                        version: Some(v.version),
+                    }
+                }
+                Err(e) => {
+                    if act.engine_status.reachable || act.engine_status.version.is_none() {
+                        tracing::warn!(error = %e, "engine unreachable");
+                    }
+                    act.engine_status.reachable = false;
+                }
+            }
+            let list = match list {
+                Ok(l) => l,
+                Err(_) => return,
+            };
+            let mut by_app: HashMap<String, ContainerSummary> = HashMap::new();
+            for c in list {
+                // Only the app's own container counts; `-previous` copies belong to an
+                // upgrade in flight.
+                if c.name == crate::engine::container_name(&c.app) {
+                    by_app.insert(c.app.clone(), c);
+                }
+            }
+            let sends: Vec<_> = act
+                .actors
+                .iter()
+                .map(|(id, addr)| {
+                    addr.send(Observe {
+                        container: by_app.remove(id),
+                        deps: act.deps_of(id),
+                    })
+                })
+                .collect();
+            ctx.spawn(futures_util::future::join_all(sends).into_actor(act).map(
+                move |results, act, _| {
+                    let actions: usize = results.into_iter().filter_map(Result::ok).sum();
+                    act.last_reconcile = ReconcileStatus {
+                        at: Some(crate::api::now()),
+                        took_ms: started.elapsed().as_millis() as u64,
+                        actions: actions as u64,
+                    };
+                },
+            ));
+        }));
+    }
+
+    /// Follows the engine's event stream, resubscribing with backoff when it ends.
+    fn follow_events(&self, ctx: &mut Context<Self>) {
+        let engine = self.shared.engine.clone();
+        let addr = ctx.address();
+        let task = async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let mut stream = engine.events();
+                let mut got_any = false;
+                // A new subscription may have missed events: relist at once.
+                addr.do_send(Tick);
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(ev) => {
+                            got_any = true;
+                            backoff = Duration::from_millis(250);
+                            addr.do_send(RouteEvent(ev));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "engine event stream error");
+                            break;
+                        }
+                    }
+                }
+                if !got_any {
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                if !addr.connected() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+            }
+        };
+        ctx.spawn(fut::wrap_future(task));
+    }
+}
+
+fn clone_err(e: &EngineError) -> EngineError {
+    EngineError::Unreachable {
+        host: String::new(),
+        reason: e.to_string(),
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        let ids: Vec<AppId> = self.catalog.topo_order();
+        for id in &ids {
+            self.spawn_app(id, ctx);
+        }
+        tracing::info!(
+            apps = ids.len(),
+            first_boot = self.first_boot,
+            "supervisor started"
+        );
+        if self.first_boot {
+            // First boot: install the default apps; each starts once its dependencies
+            // are running and healthy (the planner waits for them).
+            for id in self.default_apps.clone() {
+                if let Some(addr) = self.actors.get(id.as_str()) {
+                    addr.do_send(Command {
+                        kind: OperationKind::Install,
+                        params: OpParams {
+                            purge: false,
+                            deps_ready: false,
+                        },
+                    });
+                } else {
+                    tracing::warn!(app = %id, "default app is not in the catalog");
+                }
+            }
+        }
+        self.follow_events(ctx);
+        ctx.run_interval(self.reconcile_interval, |act, ctx| act.tick(ctx));
+    }
+}
+
+/// Runs a reconcile tick now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+impl Handler<Tick> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.tick(ctx);
+    }
+}
+
+/// An engine event, to be routed to its app's actor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct RouteEvent(crate::engine::EngineEvent);
+
+impl Handler<RouteEvent> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: RouteEvent, _: &mut Context<Self>) {
+        if let Some(addr) = self.actors.get(&msg.0.app) {
+            addr.do_send(app::ContainerEvent(msg.0));
+        }
+    }
+}
+
+impl Handler<PackageChanged> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: PackageChanged, _: &mut Context<Self>) {
+        let pkg = msg.0;
+        let id = pkg.id.clone();
+        if let Some(op) = &pkg.operation {
+            self.operations.insert(op.id.clone(), id.clone());
+        }
+        let readiness_changed = self
+            .packages
+            .get(&id)
+            .is_none_or(|old| old.state != pkg.state || old.health != pkg.health);
+        let _ = self
+            .shared
+            .events
+            .send(Event::Package(Box::new(pkg.clone())));
+        self.packages.insert(id.clone(), pkg);
+        if readiness_changed {
+            let dependents = AppId::try_from(id.clone())
+                .map(|id| self.catalog.dependents(&id))
+                .unwrap_or_default();
+            for dependent in dependents {
+                if let Some(addr) = self.actors.get(dependent.as_str()) {
+                    addr.do_send(DepsChanged(self.deps_of(dependent.as_str())));
+                }
+            }
+        }
+    }
+}
+
+impl Handler<ListPackages> for Supervisor {
+    type Result = MessageResult<ListPackages>;
+    fn handle(&mut self, _: ListPackages, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.packages.values().cloned().collect())
+    }
+}
+
+impl Handler<GetPackage> for Supervisor {
+    type Result = Result<Package, AppError>;
+    fn handle(&mut self, msg: GetPackage, _: &mut Context<Self>) -> Self::Result {
+        self.packages
+            .get(&msg.id)
+            .cloned()
+            .ok_or(AppError::UnknownApp { id: msg.id })
+    }
+}
+
+impl Handler<RunOperation> for Supervisor {
+    type Result = ResponseFuture<Result<Operation, AppError>>;
+    fn handle(&mut self, msg: RunOperation, _: &mut Context<Self>) -> Self::Result {
+        let id = msg.id.clone();
+        let Some(addr) = self.actors.get(&id).cloned() else {
+            return Box::pin(async move { Err(AppError::UnknownApp { id }) });
+        };
+        let starts = matches!(
+            msg.kind,
+            OperationKind::Install
+                | OperationKind::Start
+                | OperationKind::Restart
+                | OperationKind::Upgrade
+                | OperationKind::Rollback
+        );
+        let pkg = self.packages.get(&id).cloned();
+        let already_running = pkg.as_ref().is_some_and(|p| p.state == AppState::Running);
+        let mut deps_ready = true;
+        if starts && !already_running {
+            if let Deps::Blocked { dependency, state } = self.deps_of(&id) {
+                return Box::pin(async move {
+                    Err(AppError::DependencyNotReady {
+                        app: id,
+                        dependency,
+                        state,
+                    })
+                });
+            }
+            if let (Some(budget), Some(p)) = (self.memory_budget, &pkg) {
+                let reserved = self.reserved_memory(&id);
+                if reserved + p.memory_limit_bytes > budget
+                    && p.desired != crate::api::Desired::Running
+                {
+                    let needed = p.memory_limit_bytes;
+                    return Box::pin(async move {
+                        Err(AppError::MemoryBudget {
+                            app: id,
+                            needed_bytes: needed,
+                            reserved_bytes: reserved,
+                            budget_bytes: budget,
+                        })
+                    });
+                }
+            }
+        } else {
+            deps_ready = !matches!(self.deps_of(&id), Deps::Blocked { .. });
+        }
+        Box::pin(async move {
+            addr.send(Command {
+                kind: msg.kind,
+                params: OpParams {
+                    purge: msg.purge,
+                    deps_ready,
+                },
+            })
+            .await?
+        })
+    }
+}
+
+impl Handler<GetOperation> for Supervisor {
+    type Result = ResponseFuture<Result<Operation, AppError>>;
+    fn handle(&mut self, msg: GetOperation, _: &mut Context<Self>) -> Self::Result {
+        let addr = self
+            .operations
+            .get(&msg.id)
+            .and_then(|app| self.actors.get(app))
+            .cloned();
+        Box::pin(async move {
+            let unknown = || AppError::UnknownOperation { id: msg.id.clone() };
+            let addr = addr.ok_or_else(unknown)?;
+            addr.send(FindOperation(msg.id.clone()))
+                .await?
+                .ok_or_else(unknown)
+        })
+    }
+}
+
+impl Handler<GetLogs> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<String>, AppError>>;
+    fn handle(&mut self, msg: GetLogs, _: &mut Context<Self>) -> Self::Result {
+        let known = self.actors.contains_key(&msg.id);
+        let engine = self.shared.engine.clone();
+        Box::pin(async move {
+            if !known {
+                return Err(AppError::UnknownApp { id: msg.id });
+            }
+            match engine
+                .logs(&crate::engine::container_name(&msg.id), msg.tail)
+                .await
+            {
+                Ok(lines) => Ok(lines),
+                Err(e) if crate::ops::is_not_found(&e) => Ok(vec![]),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+impl Handler<ReloadCatalog> for Supervisor {
+    type Result = Result<usize, AppError>;
+    fn handle(&mut self, _: ReloadCatalog, ctx: &mut Context<Self>) -> Self::Result {
+        let (catalog, problems) = Catalog::load(&self.apps_dir);
+        for p in &problems {
+            tracing::warn!("{p}");
+        }
+        self.catalog = catalog;
+        for id in self.catalog.topo_order() {
+            match self.actors.get(id.as_str()) {
+                Some(addr) => {
+                    if let Some(app) = self.catalog.get(&id) {
+                        addr.do_send(app::CatalogUpdate(app.clone()));
+                    }
+                }
+                None => self.spawn_app(&id, ctx),
+            }
+        }
+        Ok(self.catalog.apps.len())
+    }
+}
+
+impl Handler<GetStatus> for Supervisor {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(ServerStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            engine: self.engine_status.clone(),
+            last_reconcile: self.last_reconcile.clone(),
+            memory: MemoryStatus {
+                budget_bytes: self.memory_budget,
+                reserved_bytes: self.reserved_memory(""),
+            },
+        })
+    }
+}
+
+impl Handler<Subscribe> for Supervisor {
+    type Result = MessageResult<Subscribe>;
+    fn handle(&mut self, _: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.shared.events.subscribe())
+    }
+}

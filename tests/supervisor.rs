@@ -1,0 +1,416 @@
+//! The actor core against a real engine: the seed bug (a slow stop owns `stopping`),
+//! crash detection, live memory updates, dependency order, and adoption on restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use archipelago::api::{AppState, OperationKind, OperationStatus, Package};
+use archipelago::catalog::Catalog;
+use archipelago::config::Config;
+use archipelago::engine::reconnect::ReconnectingRuntime;
+use archipelago::engine::ContainerRuntime;
+use archipelago::planner::CrashPolicy;
+use archipelago::store::Store;
+use archipelago::supervisor::{
+    GetOperation, GetPackage, ListPackages, ReloadCatalog, RunOperation, Supervisor,
+};
+
+/// A test node: a config, a catalog folder and a data folder in a temp dir.
+struct Node {
+    dir: tempfile::TempDir,
+    prefix: String,
+}
+
+impl Node {
+    fn new(tag: &str) -> Node {
+        Node {
+            dir: tempfile::tempdir().unwrap(),
+            prefix: format!("t{}{}", std::process::id(), tag),
+        }
+    }
+
+    fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn apps_dir(&self) -> PathBuf {
+        self.dir.path().join("apps")
+    }
+
+    /// Writes a busybox app. `extra` is YAML under `container:`; `top` is YAML at the top.
+    fn app(&self, name: &str, command: &str, extra: &str, top: &str) -> String {
+        let id = self.id(name);
+        let dir = self.apps_dir().join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = format!(
+            "id: {id}\nname: {name}\nversion: \"1\"\n{top}container:\n  image: {image}\n  command: [\"sh\", \"-c\", {command:?}]\n  memory_limit: 64MiB\n{extra}",
+            image = common::BUSYBOX_IMAGE,
+        );
+        std::fs::write(dir.join("manifest.yml"), manifest).unwrap();
+        id
+    }
+
+    fn config(&self, default_apps: &[String], extra: &str) -> PathBuf {
+        let path = self.dir.path().join("config.yml");
+        let apps = default_apps.join(", ");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\napps_dir: apps\ndata_dir: data\nengine:\n  host: {host}\n  default_network: none\nreconcile_interval: 200ms\ndefault_apps: [{apps}]\nauth:\n  password_file: password\n{extra}",
+                host = common::docker_host()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Starts a supervisor on this node's config.
+    fn start(&self, config: &Path) -> Addr<Supervisor> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let config = Config::load(config).unwrap();
+        let (catalog, problems) = Catalog::load(&config.apps_dir);
+        assert!(problems.is_empty(), "{problems:?}");
+        let engine: Arc<dyn ContainerRuntime> =
+            Arc::new(ReconnectingRuntime::new(&config.engine.host));
+        let store = Store::open(&config.data_dir).unwrap();
+        let policy = CrashPolicy {
+            initial_backoff: Duration::from_millis(200),
+            ..CrashPolicy::default()
+        };
+        Supervisor::new(&config, catalog, engine, store)
+            .unwrap()
+            .with_crash_policy(policy)
+            .start()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Remove this test's containers whatever happened.
+        let prefix = format!("archipelago-{}-", self.prefix);
+        let host = common::docker_host();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let docker = common::connect(&host).await;
+                let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .build();
+                for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+                    let named = c
+                        .names
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|n| n.trim_start_matches('/').starts_with(&prefix));
+                    if named {
+                        let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                            .force(true)
+                            .build();
+                        let _ = docker
+                            .remove_container(c.id.as_deref().unwrap_or_default(), Some(rm))
+                            .await;
+                    }
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+async fn package(sup: &Addr<Supervisor>, id: &str) -> Package {
+    sup.send(GetPackage { id: id.into() })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Polls until `id` reads `state`, or panics after `within`.
+async fn wait_state(
+    sup: &Addr<Supervisor>,
+    id: &str,
+    state: AppState,
+    within: Duration,
+) -> Package {
+    let deadline = Instant::now() + within;
+    loop {
+        let p = package(sup, id).await;
+        if p.state == state {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not reach {state:?} within {within:?}; it is {:?} (last_error {:?}, op {:?})",
+            p.state,
+            p.last_error,
+            p.operation
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn inspect(id: &str) -> bollard::models::ContainerInspectResponse {
+    let docker = common::connect(&common::docker_host()).await;
+    docker
+        .inspect_container(
+            &format!("archipelago-{id}"),
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The seed bug: with a 200 ms tick, an app whose stop takes 8 s reads `stopping` on
+/// every 100 ms poll until it is `stopped`, and the answers stay fast meanwhile.
+#[actix_web::test]
+async fn a_slow_stop_owns_stopping_until_it_ends() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("slow");
+    let cmd = "trap 'sleep 8; exit 0' TERM; while true; do sleep 1 & wait $!; done";
+    let id = node.app("lnd", cmd, "  network: none\n  stop_timeout: 30s\n", "");
+    let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
+    wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
+
+    let op = sup
+        .send(RunOperation {
+            id: id.clone(),
+            kind: OperationKind::Stop,
+            purge: false,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(op.status, OperationStatus::Running);
+    let began = Instant::now();
+    let mut latencies = vec![];
+    let mut polls = 0;
+    loop {
+        let t = Instant::now();
+        let p = package(&sup, &id).await;
+        let list = sup.send(ListPackages).await.unwrap();
+        latencies.push(t.elapsed());
+        assert!(list.iter().any(|p| p.id == id));
+        polls += 1;
+        if p.state == AppState::Stopped {
+            break;
+        }
+        assert_eq!(
+            p.state,
+            AppState::Stopping,
+            "poll {polls} at {:?}",
+            began.elapsed()
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "stop never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = began.elapsed();
+    latencies.sort();
+    println!(
+        "stop took {took:?}; {polls} polls all read stopping; status latency p50 {:?} p99 {:?} max {:?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+    assert!(
+        took >= Duration::from_secs(7),
+        "the stop was not slow: {took:?}"
+    );
+    assert!(polls >= 60, "only {polls} polls");
+    assert!(percentile(&latencies, 0.99) < Duration::from_millis(50));
+    let done = sup
+        .send(GetOperation { id: op.id.clone() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, OperationStatus::Succeeded);
+    // And it stays stopped through further ticks.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(package(&sup, &id).await.state, AppState::Stopped);
+}
+
+/// A container killed from outside is back `running` within 3 s.
+#[actix_web::test]
+async fn a_container_killed_from_outside_comes_back() {
+    let docker = common::connect(&common::docker_host()).await;
+    let node = Node::new("kill");
+    let id = node.app(
+        "app",
+        "while true; do sleep 1 & wait $!; done",
+        "  network: none\n  restart: always\n",
+        "",
+    );
+    let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
+    wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
+    let before = inspect(&id).await;
+    docker
+        .kill_container(
+            &format!("archipelago-{id}"),
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let killed = Instant::now();
+    loop {
+        let c = inspect(&id).await;
+        let st = c.state.unwrap();
+        if st.running == Some(true) && st.started_at != before.state.as_ref().unwrap().started_at {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "not running again within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("back running {:?} after the kill", killed.elapsed());
+    wait_state(&sup, &id, AppState::Running, Duration::from_secs(3)).await;
+}
+
+/// A manifest memory change is applied live: new limit, same start time.
+#[actix_web::test]
+async fn a_memory_change_is_applied_live() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("mem");
+    let id = node.app(
+        "app",
+        "while true; do sleep 1 & wait $!; done",
+        "  network: none\n",
+        "",
+    );
+    let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
+    wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
+    let before = inspect(&id).await;
+    assert_eq!(
+        before.host_config.as_ref().unwrap().memory,
+        Some(64 * 1024 * 1024)
+    );
+    let path = node.apps_dir().join(&id).join("manifest.yml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("64MiB", "96MiB");
+    std::fs::write(&path, text).unwrap();
+    sup.send(ReloadCatalog).await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = inspect(&id).await;
+        if now.host_config.as_ref().unwrap().memory == Some(96 * 1024 * 1024) {
+            assert_eq!(
+                now.state.unwrap().started_at,
+                before.state.unwrap().started_at,
+                "restarted"
+            );
+            assert_eq!(now.id, before.id, "recreated");
+            break;
+        }
+        assert!(Instant::now() < deadline, "limit not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A chain of three apps boots in dependency order: each starts only after the one it
+/// depends on is running and healthy.
+#[actix_web::test]
+async fn a_dependency_chain_boots_in_order() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("chain");
+    let port = |n: u16| 20000 + (std::process::id() % 20000) as u16 + n;
+    let (pa, pb) = (port(0), port(1));
+    // Each app serves HTTP after a short delay, so "running" and "healthy" differ.
+    let web = |p: u16| {
+        format!(
+            "sleep 1; mkdir -p /www; echo ok > /www/index.html; httpd -f -p 127.0.0.1:{p} -h /www"
+        )
+    };
+    let health = |p: u16| {
+        format!("  network: host\n  health:\n    http: {{port: {p}, path: /}}\n    interval: 200ms\n    retries: 3\n    start_period: 10s\n")
+    };
+    let a = node.app("a", &web(pa), &health(pa), "");
+    let b = node.app(
+        "b",
+        &web(pb),
+        &health(pb),
+        &format!("dependencies: [{a}]\n"),
+    );
+    let c = node.app(
+        "c",
+        "while true; do sleep 1 & wait $!; done",
+        "  network: none\n",
+        &format!("dependencies: [{b}]\n"),
+    );
+    // Listed in reverse on purpose: order comes from dependencies, not the list.
+    let sup = node.start(&node.config(&[c.clone(), b.clone(), a.clone()], ""));
+    for id in [&a, &b, &c] {
+        wait_state(&sup, id, AppState::Running, Duration::from_secs(60)).await;
+    }
+    let started = |i: &bollard::models::ContainerInspectResponse| {
+        i.state.as_ref().unwrap().started_at.clone().unwrap()
+    };
+    let (ia, ib, ic) = (inspect(&a).await, inspect(&b).await, inspect(&c).await);
+    // RFC 3339 with the same zone sorts as text.
+    assert!(
+        started(&ia) < started(&ib),
+        "a {} b {}",
+        started(&ia),
+        started(&ib)
+    );
+    assert!(
+        started(&ib) < started(&ic),
+        "b {} c {}",
+        started(&ib),
+        started(&ic)
+    );
+    // b waited for a's health (a needs >= 1 s to serve).
+    let ms = |s: String| humantime::parse_rfc3339(&format!("{}Z", &s[..23])).unwrap();
+    let gap = ms(started(&ib)).duration_since(ms(started(&ia))).unwrap();
+    println!("a→b start gap {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(900),
+        "b started {gap:?} after a: before a was healthy"
+    );
+}
+
+/// Starting an app whose dependency is down answers -32003 naming it.
+#[actix_web::test]
+async fn starting_with_a_dependency_down_is_refused() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("dep");
+    let a = node.app(
+        "a",
+        "while true; do sleep 1 & wait $!; done",
+        "  network: none\n",
+        "",
+    );
+    let b = node.app(
+        "b",
+        "while true; do sleep 1 & wait $!; done",
+        "  network: none\n",
+        &format!("dependencies: [{a}]\n"),
+    );
+    let sup = node.start(&node.config(&[], ""));
+    wait_state(&sup, &b, AppState::NotInstalled, Duration::from_secs(5)).await;
+    let err = sup
+        .send(RunOperation {
+            id: b.clone(),
+            kind: OperationKind::Install,
+            purge: false,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.rpc_code(), -32003);
+    assert!(err.to_string().contains(&a), "{err}");
+}

@@ -1,0 +1,153 @@
+//! `archipelago validate` (and `serve`'s config handling) as a user runs them: the built
+//! binary on the fixtures under `tests/fixtures/`, checking exit codes and every line.
+
+use std::process::{Command, Output};
+
+/// Runs the binary from the crate root, so fixture paths in its output are relative.
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archipelago"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the archipelago binary runs")
+}
+
+fn lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts exit code, stdout lines and stderr lines of one run.
+fn check(args: &[&str], code: i32, stdout: &[&str], stderr: &[&str]) {
+    let out = run(args);
+    let (got_out, got_err) = (lines(&out.stdout), lines(&out.stderr));
+    assert_eq!(got_out, stdout, "stdout of {args:?}");
+    assert_eq!(got_err, stderr, "stderr of {args:?}");
+    assert_eq!(out.status.code(), Some(code), "exit code of {args:?}");
+}
+
+#[test]
+fn good_catalog_passes() {
+    check(
+        &["validate", "tests/fixtures/good"],
+        0,
+        &[],
+        &["3 apps, 0 problems"],
+    );
+    check(
+        &["validate", "--apps-dir", "tests/fixtures/good"],
+        0,
+        &[],
+        &["3 apps, 0 problems"],
+    );
+    check(
+        &["validate", "--config", "tests/fixtures/config/good.yml"],
+        0,
+        &[],
+        &["3 apps, 0 problems"],
+    );
+}
+
+#[test]
+fn bad_catalog_gives_one_line_per_problem() {
+    check(
+        &["validate", "tests/fixtures/bad"],
+        1,
+        &[
+            "tests/fixtures/bad/ambiguous/manifest.yml: container.memory_limit: line 6: \"512m\" is ambiguous: write 512Mi for powers of 1024 or 512M for powers of 1000",
+            "tests/fixtures/bad/both/manifest.yml: container: has both image and build: keep exactly one",
+            "tests/fixtures/bad/cycle-a/manifest.yml: dependencies: dependency cycle: cycle-a -> cycle-b -> cycle-a",
+            "tests/fixtures/bad/typo/manifest.yml: container.privileged: line 7: unknown field `privileged`: privileged containers are not supported",
+        ],
+        &["0 apps, 4 problems"],
+    );
+}
+
+#[test]
+fn config_default_apps_must_be_in_the_catalog() {
+    check(
+        &["validate", "--config", "tests/fixtures/config/missing-default.yml"],
+        1,
+        &["tests/fixtures/config/missing-default.yml: default_apps[1]: `electrs` is not an app of the catalog"],
+        &["3 apps, 1 problem"],
+    );
+    // --apps-dir overrides the config's apps_dir.
+    check(
+        &["validate", "--config", "tests/fixtures/config/good.yml", "--apps-dir", "tests/fixtures/bad"],
+        1,
+        &[
+            "tests/fixtures/bad/ambiguous/manifest.yml: container.memory_limit: line 6: \"512m\" is ambiguous: write 512Mi for powers of 1024 or 512M for powers of 1000",
+            "tests/fixtures/bad/both/manifest.yml: container: has both image and build: keep exactly one",
+            "tests/fixtures/bad/cycle-a/manifest.yml: dependencies: dependency cycle: cycle-a -> cycle-b -> cycle-a",
+            "tests/fixtures/bad/typo/manifest.yml: container.privileged: line 7: unknown field `privileged`: privileged containers are not supported",
+            "tests/fixtures/config/good.yml: default_apps[0]: `bitcoind` is not an app of the catalog",
+            "tests/fixtures/config/good.yml: default_apps[1]: `lnd` is not an app of the catalog",
+        ],
+        &["0 apps, 6 problems"],
+    );
+}
+
+#[test]
+fn invalid_config_is_one_line_and_exit_2() {
+    let want = "tests/fixtures/config/invalid.yml: reconcile_interval: line 3: invalid duration \"5x\": unknown time unit \"x\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)";
+    check(
+        &["validate", "--config", "tests/fixtures/config/invalid.yml"],
+        2,
+        &[],
+        &[want],
+    );
+    check(
+        &["serve", "--config", "tests/fixtures/config/invalid.yml"],
+        2,
+        &[],
+        &[want],
+    );
+    check(
+        &["serve", "--config", "tests/fixtures/config/absent.yml"],
+        2,
+        &[],
+        &["tests/fixtures/config/absent.yml: cannot read: No such file or directory (os error 2)"],
+    );
+}
+
+#[test]
+fn missing_apps_folder_is_a_problem() {
+    check(
+        &["validate", "tests/fixtures/absent"],
+        1,
+        &["tests/fixtures/absent: apps_dir: cannot read folder: No such file or directory (os error 2)"],
+        &["0 apps, 1 problem"],
+    );
+}
+
+#[test]
+fn serve_reads_the_config() {
+    check(
+        &["serve", "--config", "tests/fixtures/config/good.yml"],
+        0,
+        &[&format!(
+            "archipelago {}: listen 127.0.0.1:8080, apps_dir tests/fixtures/config/../good, data_dir /tmp/archipelago-fixture-data, engine unix:///tmp/archipelago-test/docker.sock",
+            env!("CARGO_PKG_VERSION")
+        )],
+        &[],
+    );
+}
+
+#[test]
+fn both_positional_and_flag_is_a_usage_error() {
+    let out = run(&[
+        "validate",
+        "tests/fixtures/good",
+        "--apps-dir",
+        "tests/fixtures/bad",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        lines(&out.stderr)[0].contains("cannot be used with"),
+        "{:?}",
+        lines(&out.stderr)
+    );
+}
