@@ -1,0 +1,518 @@
+//! `archipelago ctl`: a thin command-line client of the JSON-RPC endpoint, with the small
+//! HTTP/1.1 client it needs (plain HTTP to the local supervisor; no TLS, no pooling).
+//!
+//! It logs in with the password from `--password-file` or `ARCHIPELAGO_PASSWORD`, sends one
+//! call, and prints a table for `list` and JSON otherwise. It keeps no state between runs.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Options of `archipelago ctl`.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// Base URL of the supervisor's web server.
+    #[arg(long, env = "ARCHIPELAGO_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// File whose first line is the password (else the ARCHIPELAGO_PASSWORD variable).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Longest wait for an answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// One `ctl` action; each is one RPC call.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// List every app as a table.
+    List,
+    /// Show one app.
+    Get { id: String },
+    /// Install an app.
+    Install { id: String },
+    /// Start an app.
+    Start { id: String },
+    /// Stop an app.
+    Stop { id: String },
+    /// Restart an app.
+    Restart { id: String },
+    /// Move an app to the version now in the catalog.
+    Upgrade { id: String },
+    /// Move an app back to its previous image and data snapshot.
+    Rollback { id: String },
+    /// Remove an app; its data is kept unless --purge.
+    Uninstall {
+        id: String,
+        /// Also delete the app's volumes and secrets.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Print the last lines of an app's log.
+    Logs {
+        id: String,
+        /// How many lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Show one operation.
+    Operation { id: String },
+    /// Re-read the app catalog.
+    Reload,
+    /// Show the server status (engine, last reconcile, memory).
+    Status,
+    /// Check that the server answers (no password needed).
+    Health,
+}
+
+impl CtlCommand {
+    /// The RPC method and params of this command.
+    fn request(&self) -> (&'static str, Value) {
+        match self {
+            CtlCommand::List => ("package.list", Value::Null),
+            CtlCommand::Get { id } => ("package.get", json!({ "id": id })),
+            CtlCommand::Install { id } => ("package.install", json!({ "id": id })),
+            CtlCommand::Start { id } => ("package.start", json!({ "id": id })),
+            CtlCommand::Stop { id } => ("package.stop", json!({ "id": id })),
+            CtlCommand::Restart { id } => ("package.restart", json!({ "id": id })),
+            CtlCommand::Upgrade { id } => ("package.upgrade", json!({ "id": id })),
+            CtlCommand::Rollback { id } => ("package.rollback", json!({ "id": id })),
+            CtlCommand::Uninstall { id, purge } => {
+                ("package.uninstall", json!({ "id": id, "purge": purge }))
+            }
+            CtlCommand::Logs { id, tail } => match tail {
+                Some(tail) => ("package.logs", json!({ "id": id, "tail": tail })),
+                None => ("package.logs", json!({ "id": id })),
+            },
+            CtlCommand::Operation { id } => ("operation.get", json!({ "id": id })),
+            CtlCommand::Reload => ("catalog.reload", Value::Null),
+            CtlCommand::Status => ("server.status", Value::Null),
+            CtlCommand::Health => ("server.health", Value::Null),
+        }
+    }
+}
+
+/// Why a `ctl` call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("{message} (code {code})")]
+    Rpc { code: i64, message: String },
+    #[error("{url}: unexpected answer: {reason}")]
+    BadResponse { url: String, reason: String },
+    #[error("cannot read password file {path}: {reason}")]
+    PasswordFile { path: PathBuf, reason: String },
+}
+
+/// Runs `ctl` on a runtime of its own. Call it outside any async runtime; from async code
+/// use [`run_async`].
+pub fn run(args: CtlArgs) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run_async(args)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `ctl`: prints the result on stdout, or the error on stderr with a failing exit code.
+pub async fn run_async(args: CtlArgs) -> ExitCode {
+    match execute(&args).await {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs in when a password is at hand, sends the command, and formats the result.
+async fn execute(args: &CtlArgs) -> Result<String, CtlError> {
+    let mut client = RpcClient::new(&args.url, args.timeout);
+    let (method, params) = args.command.request();
+    if method != "server.health" {
+        if let Some(password) = password(args.password_file.as_deref())? {
+            client.login(&password).await?;
+        }
+    }
+    let result = client.call(method, params).await?;
+    Ok(match &args.command {
+        CtlCommand::List => package_table(&result),
+        CtlCommand::Logs { .. } => result["lines"]
+            .as_array()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|l| l.as_str().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default(),
+        _ => serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string()),
+    })
+}
+
+/// The password from the file, else from `ARCHIPELAGO_PASSWORD`, else none.
+fn password(file: Option<&Path>) -> Result<Option<String>, CtlError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| CtlError::PasswordFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+    }
+    Ok(std::env::var("ARCHIPELAGO_PASSWORD").ok())
+}
+
+/// `package.list` as an aligned table.
+pub fn package_table(list: &Value) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "NAME".to_string(),
+        "VERSION".to_string(),
+        "STATE".to_string(),
+        "HEALTH".to_string(),
+        "MEMORY".to_string(),
+        "UPDATE".to_string(),
+    ]];
+    for p in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let s = |k: &str| p[k].as_str().unwrap_or("-").to_string();
+        let version = match p["installed_version"].as_str() {
+            Some(v) => v.to_string(),
+            None => s("version"),
+        };
+        rows.push([
+            s("id"),
+            s("name"),
+            version,
+            s("state"),
+            s("health"),
+            memory(p["memory_limit_bytes"].as_u64().unwrap_or(0)),
+            if p["update_available"].as_bool() == Some(true) {
+                s("version")
+            } else {
+                "-".to_string()
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Bytes as MiB or GiB, the way the dashboard shows them.
+pub fn memory(bytes: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let mib = bytes as f64 / MIB;
+    if mib >= 1024.0 {
+        let gib = mib / 1024.0;
+        if gib.fract() == 0.0 {
+            format!("{gib:.0} GiB")
+        } else {
+            format!("{gib:.1} GiB")
+        }
+    } else {
+        format!("{mib:.0} MiB")
+    }
+}
+
+/// A JSON-RPC client holding one session token.
+#[derive(Debug, Clone)]
+pub struct RpcClient {
+    url: String,
+    timeout: Duration,
+    token: Option<String>,
+    next_id: u64,
+}
+
+impl RpcClient {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str, timeout: Duration) -> Self {
+        RpcClient {
+            url: format!("{}/rpc/v1", base_url.trim_end_matches('/')),
+            timeout,
+            token: None,
+            next_id: 1,
+        }
+    }
+
+    /// Logs in and keeps the token for later calls.
+    pub async fn login(&mut self, password: &str) -> Result<(), CtlError> {
+        let result = self
+            .call("auth.login", json!({ "password": password }))
+            .await?;
+        self.token = result["token"].as_str().map(str::to_string);
+        Ok(())
+    }
+
+    /// Calls `method` and returns its `result`, or its `error` as [`CtlError::Rpc`].
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, CtlError> {
+        let mut request = json!({"jsonrpc": "2.0", "id": self.next_id, "method": method});
+        self.next_id += 1;
+        if !params.is_null() {
+            request["params"] = params;
+        }
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(b) = &bearer {
+            headers.push(("Authorization", b.as_str()));
+        }
+        let body = request.to_string();
+        let res = http_request("POST", &self.url, &headers, body.as_bytes(), self.timeout)
+            .await
+            .map_err(|e| CtlError::Http {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let bad = |reason: String| CtlError::BadResponse {
+            url: self.url.clone(),
+            reason,
+        };
+        let mut answer: Value = serde_json::from_slice(&res.body)
+            .map_err(|e| bad(format!("HTTP {}: {e}", res.status)))?;
+        if let Some(error) = answer.get("error") {
+            return Err(CtlError::Rpc {
+                code: error["code"].as_i64().unwrap_or(0),
+                message: error["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        answer
+            .get_mut("result")
+            .map(Value::take)
+            .ok_or_else(|| bad(format!("HTTP {}: no result", res.status)))
+    }
+}
+
+/// One HTTP response, read to its end.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Splits `http://host:port/path` into the address and the path.
+pub fn split_url(url: &str) -> io::Result<(String, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "only http:// URLs are supported",
+        )
+    })?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if host.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "URL without a host",
+        ));
+    }
+    let host = if host.contains(':') && !host.ends_with(']') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    Ok((host, path.to_string()))
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response, all
+/// within `timeout`.
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<HttpResponse> {
+    let (host, path) = split_url(url)?;
+    let exchange = async {
+        let mut stream = TcpStream::connect(&host).await?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))?
+}
+
+/// Parses a complete HTTP/1.1 response (plain, `Content-Length` or chunked body).
+pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("incomplete response head"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("response head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut res = HttpResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let rest = &raw[end + 4..];
+    res.body = if res
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
+    } else if let Some(len) = res.header("content-length").and_then(|v| v.parse().ok()) {
+        rest.get(..len)
+            .ok_or_else(|| bad("body shorter than content-length"))?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(res)
+}
+
+/// Decodes a chunked body; `None` when it is malformed or cut short.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_cases() {
+        let cases = [
+            ("http://127.0.0.1:8080", Some(("127.0.0.1:8080", "/"))),
+            (
+                "http://127.0.0.1:8080/rpc/v1",
+                Some(("127.0.0.1:8080", "/rpc/v1")),
+            ),
+            ("http://node.local/x", Some(("node.local:80", "/x"))),
+            ("https://x", None),
+            ("http:///x", None),
+        ];
+        for (url, want) in cases {
+            let got = split_url(url).ok();
+            let want = want.map(|(h, p)| (h.to_string(), p.to_string()));
+            assert_eq!(got, want, "{url}");
+        }
+    }
+
+    #[test]
+    fn response_bodies() {
+        let cases: [(&[u8], &[u8]); 3] = [
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi", b"hi"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3;x=y\r\nllo\r\n0\r\n\r\n", b"hello"),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+        ];
+        for (raw, body) in cases {
+            let res = parse_response(raw).unwrap();
+            assert_eq!(res.body, body);
+        }
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhi").is_err());
+        assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn memory_cases() {
+        let cases = [
+            (512 * 1024 * 1024, "512 MiB"),
+            (1024 * 1024 * 1024, "1 GiB"),
+            (1536 * 1024 * 1024, "1.5 GiB"),
+            (6 * 1024 * 1024, "6 MiB"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(memory(bytes), want);
+        }
+    }
+
+    #[test]
+    fn table_lists_each_package() {
+        let list = json!([
+            {"id": "bitcoind", "name": "Bitcoin Core", "version": "27.1", "installed_version": "27.0",
+             "state": "running", "health": "healthy", "memory_limit_bytes": 2147483648u64, "update_available": true},
+            {"id": "lnd", "name": "LND", "version": "0.18.3", "installed_version": null,
+             "state": "not-installed", "health": "none", "memory_limit_bytes": 1073741824u64, "update_available": false}
+        ]);
+        let table = package_table(&list);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("ID "), "{table}");
+        assert!(
+            lines[1].contains("27.0") && lines[1].contains("2 GiB") && lines[1].ends_with("27.1"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("not-installed") && lines[2].contains("0.18.3"),
+            "{table}"
+        );
+    }
+}

@@ -1,0 +1,926 @@
+//! The web layer's contract (§6–§7) over real HTTP, in front of a stub supervisor: every
+//! method, every error code, sessions, the login slow-down, batches, the body limit, the
+//! event stream and the metrics.
+
+mod web_stub;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use archipelago::api::{Event, Package};
+use archipelago::ctl::{
+    self, http_request, parse_response, CtlArgs, CtlCommand, HttpResponse, RpcClient,
+};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use web_stub::{Harness, Push, PASSWORD};
+
+const T: Duration = Duration::from_secs(10);
+
+fn harness() -> Harness {
+    Harness::start(Duration::from_millis(300), |_| {})
+}
+
+async fn post(h: &Harness, body: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    http_request(
+        "POST",
+        &format!("{}/rpc/v1", h.base),
+        &all,
+        body.as_bytes(),
+        T,
+    )
+    .await
+    .expect("request")
+}
+
+fn json_of(res: &HttpResponse) -> Value {
+    serde_json::from_slice(&res.body).unwrap_or_else(|e| {
+        panic!(
+            "HTTP {} body is not JSON ({e}): {}",
+            res.status,
+            String::from_utf8_lossy(&res.body)
+        )
+    })
+}
+
+async fn login(h: &Harness) -> String {
+    let res = post(h, &json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": PASSWORD}}).to_string(), &[]).await;
+    assert_eq!(res.status, 200);
+    json_of(&res)["result"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+/// One authenticated call; returns the HTTP status and the whole JSON-RPC response.
+async fn call(h: &Harness, token: &str, method: &str, params: Value) -> (u16, Value) {
+    let mut req = json!({"jsonrpc": "2.0", "id": 7, "method": method});
+    if !params.is_null() {
+        req["params"] = params;
+    }
+    let bearer = format!("Bearer {token}");
+    let res = post(h, &req.to_string(), &[("Authorization", &bearer)]).await;
+    (res.status, json_of(&res))
+}
+
+async fn result(h: &Harness, token: &str, method: &str, params: Value) -> Value {
+    let (status, v) = call(h, token, method, params).await;
+    assert_eq!(status, 200, "{method}: {v}");
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert_eq!(v["id"], 7);
+    assert!(v.get("error").is_none(), "{method}: {v}");
+    v["result"].clone()
+}
+
+async fn error_code(h: &Harness, token: &str, method: &str, params: Value) -> (i64, String) {
+    let (_, v) = call(h, token, method, params).await;
+    let code = v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{method}: no error in {v}"));
+    (
+        code,
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Waits (bounded) until `id` reaches `state`.
+async fn wait_state(h: &Harness, token: &str, id: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = result(h, token, "package.get", json!({"id": id})).await;
+        if p["state"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} never reached {state}: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_package_shape(p: &Value) {
+    for key in [
+        "id",
+        "name",
+        "version",
+        "installed_version",
+        "state",
+        "desired",
+        "health",
+        "memory_limit_bytes",
+        "image",
+        "container_id",
+        "update_available",
+        "dependencies",
+        "last_error",
+        "operation",
+    ] {
+        assert!(p.get(key).is_some(), "package lacks {key}: {p}");
+    }
+}
+
+fn assert_operation_shape(op: &Value) {
+    for key in [
+        "id",
+        "package",
+        "kind",
+        "status",
+        "started_at",
+        "finished_at",
+        "error",
+        "progress",
+    ] {
+        assert!(op.get(key).is_some(), "operation lacks {key}: {op}");
+    }
+    for key in ["message", "done", "total"] {
+        assert!(
+            op["progress"].get(key).is_some(),
+            "progress lacks {key}: {op}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn health_needs_no_session() {
+    let h = harness();
+    let res = http_request("GET", &format!("{}/healthz", h.base), &[], b"", T)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+    let v = json_of(&res);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let res = post(
+        &h,
+        r#"{"jsonrpc":"2.0","id":1,"method":"server.health"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(json_of(&res)["result"], v);
+}
+
+#[actix_web::test]
+async fn login_sets_a_strict_http_only_cookie_that_authenticates() {
+    let h = harness();
+    let res = post(&h, &json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": PASSWORD}}).to_string(), &[]).await;
+    assert_eq!(res.status, 200);
+    let token = json_of(&res)["result"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token}"
+    );
+    let cookie = res.header("set-cookie").expect("set-cookie");
+    println!(
+        "Set-Cookie: archipelago_session=<token>{}",
+        &cookie[cookie.find(';').unwrap()..]
+    );
+    assert!(
+        cookie.starts_with(&format!("archipelago_session={token};")),
+        "{cookie}"
+    );
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(
+            cookie.split("; ").any(|f| f == flag),
+            "{flag} missing in {cookie}"
+        );
+    }
+    let cookie_header = format!("archipelago_session={token}");
+    let res = post(
+        &h,
+        r#"{"jsonrpc":"2.0","id":2,"method":"package.list"}"#,
+        &[("Cookie", &cookie_header)],
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(json_of(&res)["result"].as_array().unwrap().len(), 5);
+    // Logging out ends the session.
+    let res = post(
+        &h,
+        r#"{"jsonrpc":"2.0","id":3,"method":"auth.logout"}"#,
+        &[("Cookie", &cookie_header)],
+    )
+    .await;
+    assert!(res.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let res = post(
+        &h,
+        r#"{"jsonrpc":"2.0","id":4,"method":"package.list"}"#,
+        &[("Cookie", &cookie_header)],
+    )
+    .await;
+    assert_eq!(res.status, 401);
+}
+
+#[actix_web::test]
+async fn without_a_session_every_other_method_is_refused_with_401() {
+    let h = harness();
+    let methods = [
+        "server.status",
+        "package.list",
+        "package.get",
+        "package.install",
+        "package.start",
+        "package.stop",
+        "package.restart",
+        "package.upgrade",
+        "package.rollback",
+        "package.uninstall",
+        "package.logs",
+        "operation.get",
+        "catalog.reload",
+    ];
+    for method in methods {
+        for headers in [
+            vec![],
+            vec![("Authorization", "Bearer 00ff")],
+            vec![("Cookie", "archipelago_session=nope")],
+        ] {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"id": "a"}})
+                .to_string();
+            let res = post(&h, &body, &headers).await;
+            assert_eq!(res.status, 401, "{method}");
+            assert_eq!(json_of(&res)["error"]["code"], -32001, "{method}");
+        }
+    }
+    let wrong =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": "wrong"}});
+    let res = post(&h, &wrong.to_string(), &[]).await;
+    assert_eq!(res.status, 401);
+    assert_eq!(json_of(&res)["error"]["code"], -32001);
+    assert!(res.header("set-cookie").is_none());
+}
+
+#[actix_web::test]
+async fn every_method_answers_with_the_contract_shape() {
+    let h = harness();
+    let token = login(&h).await;
+    let t = token.as_str();
+
+    let status = result(&h, t, "server.status", Value::Null).await;
+    assert_eq!(status["engine"]["reachable"], true);
+    assert_eq!(status["last_reconcile"]["took_ms"], 42);
+    assert!(status["memory"].get("budget_bytes").is_some());
+
+    let list = result(&h, t, "package.list", Value::Null).await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "big", "c", "slow"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .for_each(assert_package_shape);
+
+    let a = result(&h, t, "package.get", json!({"id": "a"})).await;
+    assert_package_shape(&a);
+    assert_eq!(a["state"], "stopped");
+
+    // A mutating call answers at once with the running operation.
+    let started = Instant::now();
+    let r = result(&h, t, "package.start", json!({"id": "a"})).await;
+    let took = started.elapsed();
+    println!("package.start answered in {took:?}");
+    assert!(took < Duration::from_millis(250), "{took:?}");
+    assert_operation_shape(&r["operation"]);
+    assert_eq!(r["operation"]["kind"], "start");
+    assert_eq!(r["operation"]["status"], "running");
+    let op_id = r["operation"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        result(&h, t, "package.get", json!({"id": "a"})).await["state"],
+        "starting"
+    );
+    let op = result(&h, t, "operation.get", json!({"id": op_id})).await;
+    assert_operation_shape(&op);
+    wait_state(&h, t, "a", "running").await;
+    assert_eq!(
+        result(&h, t, "operation.get", json!({"id": op_id})).await["status"],
+        "succeeded"
+    );
+
+    // Already satisfied: an operation that has already succeeded.
+    let r = result(&h, t, "package.start", json!({"id": "a"})).await;
+    assert_eq!(r["operation"]["status"], "succeeded");
+
+    for (method, id, settles_in) in [
+        ("package.restart", "a", "running"),
+        ("package.stop", "a", "stopped"),
+        ("package.upgrade", "b", "running"),
+        ("package.rollback", "b", "running"),
+        ("package.uninstall", "b", "not-installed"),
+        ("package.install", "b", "running"),
+    ] {
+        let r = result(&h, t, method, json!({"id": id})).await;
+        assert_operation_shape(&r["operation"]);
+        assert_eq!(r["operation"]["status"], "running", "{method}");
+        assert_eq!(r["operation"]["package"], id);
+        wait_state(&h, t, id, settles_in).await;
+    }
+    let r = result(
+        &h,
+        t,
+        "package.uninstall",
+        json!({"id": "a", "purge": true}),
+    )
+    .await;
+    assert_eq!(r["operation"]["kind"], "uninstall");
+    wait_state(&h, t, "a", "not-installed").await;
+
+    let logs = result(&h, t, "package.logs", json!({"id": "b", "tail": 2})).await;
+    assert_eq!(logs, json!({"lines": ["b line 1", "b line 2"]}));
+    let logs = result(&h, t, "package.logs", json!({"id": "b"})).await;
+    assert_eq!(logs["lines"].as_array().unwrap().len(), 3);
+
+    assert_eq!(
+        result(&h, t, "catalog.reload", Value::Null).await,
+        json!({"apps": 5})
+    );
+}
+
+#[actix_web::test]
+async fn framing_errors_have_their_codes() {
+    let h = harness();
+    let token = login(&h).await;
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let cases: &[(&str, i64)] = &[
+        ("{not json", -32700),
+        ("", -32700),
+        ("[]", -32600),
+        ("42", -32600),
+        (
+            r#"{"jsonrpc":"1.0","id":1,"method":"package.list"}"#,
+            -32600,
+        ),
+        (r#"{"id":1,"method":"package.list"}"#, -32600),
+        (r#"{"jsonrpc":"2.0","id":1}"#, -32600),
+        (r#"{"jsonrpc":"2.0","id":1,"method":5}"#, -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":{},"method":"package.list"}"#,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.explode"}"#,
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.get","params":["a"]}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.get","params":"a"}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.get","params":{}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.get","params":{"id":7}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.start","params":{"id":"../etc"}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.start","params":{"id":"A"}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.start","params":{"id":"a","x":1}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.logs","params":{"id":"a","tail":-1}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.logs","params":{"id":"a","tail":100000}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"package.uninstall","params":{"id":"a","purge":"yes"}}"#,
+            -32602,
+        ),
+    ];
+    for (body, code) in cases {
+        let res = post(&h, body, &auth).await;
+        assert_eq!(res.status, 200, "{body}");
+        let v = json_of(&res);
+        assert_eq!(v["jsonrpc"], "2.0", "{body}");
+        assert_eq!(v["error"]["code"], *code, "{body}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // The id of a well-formed request comes back with its error.
+    let v = json_of(&post(&h, r#"{"jsonrpc":"2.0","id":"x-9","method":"nope"}"#, &auth).await);
+    assert_eq!(v["id"], "x-9");
+}
+
+#[actix_web::test]
+async fn supervisor_errors_have_their_codes() {
+    let h = Harness::start(Duration::from_millis(800), |cfg| {
+        cfg.rpc_timeout = Duration::from_millis(400)
+    });
+    let token = login(&h).await;
+    let t = token.as_str();
+    result(&h, t, "package.start", json!({"id": "a"})).await;
+    let cases: &[(&str, Value, i64, &str)] = &[
+        ("package.get", json!({"id": "zzz"}), -32602, "unknown app"),
+        (
+            "operation.get",
+            json!({"id": "op-999"}),
+            -32602,
+            "unknown operation",
+        ),
+        ("package.stop", json!({"id": "a"}), -32002, "still running"),
+        (
+            "package.rollback",
+            json!({"id": "big"}),
+            -32002,
+            "cannot rollback",
+        ),
+        ("package.start", json!({"id": "c"}), -32003, "dependency a"),
+        (
+            "package.install",
+            json!({"id": "big"}),
+            -32004,
+            "memory budget",
+        ),
+        (
+            "package.logs",
+            json!({"id": "c"}),
+            -32000,
+            "engine unreachable",
+        ),
+        (
+            "package.get",
+            json!({"id": "slow"}),
+            -32000,
+            "did not answer within",
+        ),
+    ];
+    for (method, params, code, needle) in cases {
+        let started = Instant::now();
+        let (got, message) = error_code(&h, t, method, params.clone()).await;
+        assert_eq!(got, *code, "{method} {params}: {message}");
+        assert!(
+            message.contains(needle),
+            "{method}: {message:?} lacks {needle:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{method} took {:?}",
+            started.elapsed()
+        );
+        println!("{method} {params} -> {got} {message}");
+    }
+}
+
+#[actix_web::test]
+async fn batches_and_notifications() {
+    let h = harness();
+    let token = login(&h).await;
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "server.health"},
+        {"jsonrpc": "2.0", "method": "package.list"},
+        {"jsonrpc": "2.0", "id": 2, "method": "package.get", "params": {"id": "b"}},
+        {"jsonrpc": "2.0", "id": 3, "method": "nope"},
+        7
+    ]);
+    let res = post(&h, &batch.to_string(), &auth).await;
+    assert_eq!(res.status, 200);
+    let answers = json_of(&res);
+    let answers = answers.as_array().expect("array");
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    assert_eq!(answers[0]["result"]["ok"], true);
+    assert_eq!(answers[1]["result"]["id"], "b");
+    assert_eq!(answers[2]["error"]["code"], -32601);
+    assert_eq!(answers[3]["error"]["code"], -32600);
+
+    // Only notifications: no body at all.
+    let res = post(&h, r#"[{"jsonrpc":"2.0","method":"server.health"}]"#, &auth).await;
+    assert_eq!(res.status, 204);
+    assert!(res.body.is_empty());
+    let res = post(
+        &h,
+        r#"{"jsonrpc":"2.0","method":"package.start","params":{"id":"a"}}"#,
+        &auth,
+    )
+    .await;
+    assert_eq!(res.status, 204);
+    // …but the notification did run.
+    wait_state(&h, &token, "a", "running").await;
+
+    // A batch with an unauthenticated call is answered entry by entry, with HTTP 401.
+    let res = post(&h, r#"[{"jsonrpc":"2.0","id":1,"method":"server.health"},{"jsonrpc":"2.0","id":2,"method":"package.list"}]"#, &[]).await;
+    assert_eq!(res.status, 401);
+    let v = json_of(&res);
+    assert_eq!(v[0]["result"]["ok"], true);
+    assert_eq!(v[1]["error"]["code"], -32001);
+}
+
+#[actix_web::test]
+async fn oversized_bodies_are_refused() {
+    let h = harness();
+    let padding = "x".repeat(70 * 1024);
+    let body =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "server.health", "params": {"pad": padding}});
+    let res = post(&h, &body.to_string(), &[]).await;
+    assert_eq!(res.status, 413);
+    let v = json_of(&res);
+    assert_eq!(v["error"]["code"], -32600);
+    assert!(v["error"]["message"].as_str().unwrap().contains("65536"));
+}
+
+#[actix_web::test]
+async fn cross_origin_posts_are_refused() {
+    let h = harness();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": PASSWORD}}).to_string();
+    let res = post(&h, &body, &[("Origin", "http://evil.example")]).await;
+    assert_eq!(res.status, 403);
+    let v = json_of(&res);
+    assert_eq!(v["error"]["code"], -32001);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cross-origin"),
+        "{v}"
+    );
+    assert!(res.header("set-cookie").is_none());
+    let same = format!("http://{}", h.addr);
+    let res = post(&h, &body, &[("Origin", &same)]).await;
+    assert_eq!(res.status, 200);
+}
+
+/// A raw request from a chosen loopback source address.
+async fn request_from(source: IpAddr, to: SocketAddr, body: &str) -> HttpResponse {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let req = format!(
+        "POST /rpc/v1 HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(T, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    parse_response(&raw).unwrap()
+}
+
+#[actix_web::test]
+async fn failed_logins_slow_down_that_client_only() {
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.auth.free_attempts = 2;
+        cfg.auth.base_delay = Duration::from_secs(30);
+    });
+    let bad: IpAddr = "127.0.0.1".parse().unwrap();
+    let other: IpAddr = "127.0.0.2".parse().unwrap();
+    let login_with = |p: &str| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": p}})
+            .to_string()
+    };
+    for _ in 0..3 {
+        let v = json_of(&request_from(bad, h.addr, &login_with("guess")).await);
+        assert_eq!(v["error"]["message"], "unauthorized: wrong password", "{v}");
+    }
+    let started = Instant::now();
+    let res = request_from(bad, h.addr, &login_with(PASSWORD)).await;
+    let took = started.elapsed();
+    assert_eq!(res.status, 401);
+    let v = json_of(&res);
+    assert_eq!(v["error"]["code"], -32001);
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("unauthorized: too many attempts, retry in "),
+        "{message}"
+    );
+    println!("locked-out client answered in {took:?}: {message}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the refusal must not sleep: {took:?}"
+    );
+    // Another client logs in at once.
+    let res = request_from(other, h.addr, &login_with(PASSWORD)).await;
+    assert_eq!(
+        json_of(&res)["result"]["token"].as_str().map(str::len),
+        Some(64)
+    );
+}
+
+/// An open `/api/events` response, parsed frame by frame as bytes arrive.
+struct EventReader {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    parsed_upto: usize,
+    events: Vec<(String, Value)>,
+}
+
+impl EventReader {
+    async fn open(h: &Harness, token: Option<&str>) -> EventReader {
+        let mut stream = TcpStream::connect(h.addr).await.unwrap();
+        let cookie = token
+            .map(|t| format!("Cookie: archipelago_session={t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET /api/events HTTP/1.1\r\nHost: {}\r\n{cookie}Accept: text/event-stream\r\n\r\n",
+            h.addr
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        EventReader {
+            stream,
+            raw: Vec::new(),
+            parsed_upto: 0,
+            events: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+
+    /// Reads more bytes (bounded in time); false when the peer closed.
+    async fn read_more(&mut self) -> bool {
+        let mut chunk = vec![0u8; 1 << 16];
+        let n = tokio::time::timeout(T, self.stream.read(&mut chunk))
+            .await
+            .expect("events in time")
+            .unwrap();
+        self.raw.extend_from_slice(&chunk[..n]);
+        // Parse complete frames only; chunk-size lines between frames are skipped.
+        if let Some(end) = self.raw[self.parsed_upto..]
+            .windows(2)
+            .rposition(|w| w == b"\n\n")
+        {
+            let end = self.parsed_upto + end + 2;
+            let text = String::from_utf8_lossy(&self.raw[self.parsed_upto..end]).into_owned();
+            let mut lines = text.lines().peekable();
+            while let Some(line) = lines.next() {
+                if let Some(name) = line.strip_prefix("event: ") {
+                    if let Some(data) = lines.peek().and_then(|l| l.strip_prefix("data: ")) {
+                        self.events.push((
+                            name.to_string(),
+                            serde_json::from_str(data).expect("event data is JSON"),
+                        ));
+                    }
+                }
+            }
+            self.parsed_upto = end;
+        }
+        n > 0
+    }
+
+    /// Reads until `done` holds for the events so far (at most 10 s).
+    async fn until(
+        &mut self,
+        mut done: impl FnMut(&[(String, Value)]) -> bool,
+    ) -> Vec<(String, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.events) {
+            assert!(
+                Instant::now() < deadline,
+                "event stream timed out; got {:?}",
+                self.events.iter().map(|e| &e.0).collect::<Vec<_>>()
+            );
+            assert!(self.read_more().await, "event stream closed");
+        }
+        self.events.clone()
+    }
+}
+
+fn packages_named<'a>(events: &'a [(String, Value)], id: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|(n, p)| n == "package" && p["id"] == id)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[actix_web::test]
+async fn the_event_stream_sends_a_snapshot_then_changes() {
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.events_keepalive = Duration::from_millis(300)
+    });
+    let token = login(&h).await;
+
+    let mut unauth = EventReader::open(&h, None).await;
+    unauth.read_more().await;
+    assert!(
+        unauth.text().starts_with("HTTP/1.1 401"),
+        "{}",
+        unauth.text()
+    );
+
+    let mut s = EventReader::open(&h, Some(&token)).await;
+    let events = s
+        .until(|e| e.iter().filter(|(n, _)| n == "package").count() >= 5)
+        .await;
+    let head = s.text().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert_eq!(events[0].0, "status");
+    assert_eq!(events[0].1["engine"]["reachable"], true);
+    let ids: Vec<&str> = events
+        .iter()
+        .filter(|(n, _)| n == "package")
+        .map(|(_, p)| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "big", "c", "slow"]);
+
+    // An event pushed through the supervisor's broadcast arrives as it is.
+    let mut pushed: Package = serde_json::from_value(events[1].1.clone()).unwrap();
+    pushed.last_error = Some("pushed by the test".to_string());
+    let started = Instant::now();
+    h.stub
+        .send(Push {
+            event: Event::Package(Box::new(pushed)),
+            count: 1,
+        })
+        .await
+        .unwrap();
+    s.until(|e| {
+        e.iter()
+            .any(|(_, p)| p["last_error"] == "pushed by the test")
+    })
+    .await;
+    println!("pushed event delivered in {:?}", started.elapsed());
+
+    // An operation moves the app through its states, each one an event.
+    result(&h, &token, "package.start", json!({"id": "a"})).await;
+    let events = s
+        .until(|e| {
+            packages_named(e, "a")
+                .iter()
+                .any(|p| p["state"] == "running")
+        })
+        .await;
+    let a_states: Vec<&str> = packages_named(&events, "a")
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    // Snapshot, the pushed copy, then the operation's two changes.
+    assert_eq!(a_states, ["stopped", "stopped", "starting", "running"]);
+    let op_statuses: Vec<&str> = events
+        .iter()
+        .filter(|(n, _)| n == "operation")
+        .map(|(_, o)| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(op_statuses, ["running", "succeeded"]);
+
+    // Keep-alive comments, each with a fresh status.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !s.text().contains(": keep-alive") {
+        assert!(Instant::now() < deadline, "no keep-alive in {}", s.text());
+        s.read_more().await;
+    }
+}
+
+#[actix_web::test]
+async fn a_lagging_event_client_gets_the_full_list_again() {
+    let h = harness();
+    let token = login(&h).await;
+    let mut s = EventReader::open(&h, Some(&token)).await;
+    s.until(|e| e.iter().filter(|(n, _)| n == "package").count() >= 5)
+        .await;
+    // Far more than the channel holds, each big enough to fill the socket while unread.
+    let list = result(&h, &token, "package.list", Value::Null).await;
+    let mut noisy: Package = serde_json::from_value(list[0].clone()).unwrap();
+    noisy.id = "noise".to_string();
+    noisy.last_error = Some("x".repeat(64 * 1024));
+    h.stub
+        .send(Push {
+            event: Event::Package(Box::new(noisy)),
+            count: 200,
+        })
+        .await
+        .unwrap();
+    let events = s
+        .until(|e| {
+            let after_noise = e
+                .iter()
+                .skip_while(|(_, p)| p["id"] != "noise")
+                .skip_while(|(_, p)| p["id"] == "noise");
+            after_noise.filter(|(n, _)| n == "package").count() >= 5
+        })
+        .await;
+    let noise = packages_named(&events, "noise").len();
+    println!("lagging client: {noise} of 200 pushed events delivered, then the list again");
+    assert!(noise < 200, "expected the client to lag");
+    let after: Vec<&str> = events
+        .iter()
+        .skip_while(|(_, p)| p["id"] != "noise")
+        .skip_while(|(_, p)| p["id"] == "noise")
+        .filter(|(n, _)| n == "package")
+        .map(|(_, p)| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(after, ["a", "b", "big", "c", "slow"]);
+}
+
+#[actix_web::test]
+async fn metrics_count_rpc_calls_and_show_app_states() {
+    let h = harness();
+    let token = login(&h).await;
+    for _ in 0..3 {
+        result(&h, &token, "package.list", Value::Null).await;
+    }
+    error_code(&h, &token, "package.get", json!({"id": "zzz"})).await;
+    let res = http_request("GET", &format!("{}/metrics", h.base), &[], b"", T)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+    assert!(res
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(res.body).unwrap();
+    for want in [
+        "archipelago_rpc_requests_total{method=\"package.list\",outcome=\"ok\"} 3",
+        "archipelago_rpc_requests_total{method=\"package.get\",outcome=\"error\"} 1",
+        "archipelago_rpc_requests_total{method=\"auth.login\",outcome=\"ok\"} 1",
+        "archipelago_rpc_request_duration_seconds_count{method=\"package.list\"} 3",
+        "archipelago_app_state{app=\"a\",state=\"stopped\"} 1",
+        "archipelago_app_state{app=\"a\",state=\"running\"} 0",
+        "archipelago_app_state{app=\"b\",state=\"running\"} 1",
+        "archipelago_reconcile_duration_seconds 0.042",
+        "archipelago_engine_reachable 1",
+        "# TYPE archipelago_rpc_request_duration_seconds histogram",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+#[actix_web::test]
+async fn the_dashboard_is_served_from_the_binary() {
+    let h = harness();
+    let res = http_request("GET", &format!("{}/", h.base), &[], b"", T)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+    assert!(res.header("content-type").unwrap().starts_with("text/html"));
+    assert!(res
+        .header("content-security-policy")
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    let html = String::from_utf8(res.body).unwrap();
+    assert!(html.contains("EventSource(\"/api/events\")"));
+    for label in [
+        "Installing…",
+        "Starting…",
+        "Stopping…",
+        "Restarting…",
+        "Updating…",
+        "Rolling back…",
+        "Removing…",
+        "Retry",
+    ] {
+        assert!(html.contains(label), "{label}");
+    }
+}
+
+#[actix_web::test]
+async fn ctl_talks_to_the_same_rpc() {
+    let h = harness();
+    let mut client = RpcClient::new(&h.base, T);
+    let err = client.call("package.list", Value::Null).await.unwrap_err();
+    assert!(
+        matches!(err, ctl::CtlError::Rpc { code: -32001, .. }),
+        "{err}"
+    );
+    client.login(PASSWORD).await.unwrap();
+    let list = client.call("package.list", Value::Null).await.unwrap();
+    let table = ctl::package_table(&list);
+    println!("{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("a "), "{table}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let args = |command| CtlArgs {
+        url: h.base.clone(),
+        password_file: Some(pw.clone()),
+        timeout: T,
+        command,
+    };
+    let ok = ctl::run_async(args(CtlCommand::Start { id: "a".into() })).await;
+    assert_eq!(
+        format!("{ok:?}"),
+        format!("{:?}", std::process::ExitCode::SUCCESS)
+    );
+    let failed = ctl::run_async(args(CtlCommand::Get { id: "zzz".into() })).await;
+    assert_eq!(
+        format!("{failed:?}"),
+        format!("{:?}", std::process::ExitCode::FAILURE)
+    );
+}
