@@ -9,7 +9,8 @@
 #   MIRROR       Debian mirror URL (default: the bookworm mirror from apt's sources)
 #   IMAGE_SIZE   virtual disk size (default 4G)
 #   BUILD_TIMEOUT  bound for debootstrap, in seconds (default 2400)
-# Output: image-recipe/out/archipelago.qcow2 (work files in image-recipe/out/, gitignored)
+#   IMAGE        output path (default image-recipe/out/archipelago.qcow2)
+# Work files (debootstrap tree, package cache) go to image-recipe/out/, which is gitignored.
 #
 # Layout: one MBR partition (ext4, the root file system) booted by extlinux (syslinux's
 # MBR + ldlinux on the partition). extlinux needs no firmware tricks and boots the same
@@ -24,7 +25,7 @@ work="$out/work"
 root="$work/rootfs"
 cache="$out/cache"
 raw="$work/disk.raw"
-image="$out/archipelago.qcow2"
+image=${IMAGE:-$out/archipelago.qcow2}
 mnt="$work/mnt"
 
 suite=bookworm
@@ -35,8 +36,8 @@ binary=${1:-$repo/target/release/archipelago}
 packages=(
     systemd systemd-sysv udev kmod dbus
     linux-image-amd64 initramfs-tools
-    docker.io
-    iproute2 procps ca-certificates curl less
+    docker.io apparmor
+    iproute2 procps ca-certificates curl jq less
 )
 
 log() { echo "build: $*" >&2; }

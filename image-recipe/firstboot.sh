@@ -14,11 +14,11 @@ install -d -m 0700 -o root -g root "$DATA_DIR"
 install -d -m 0700 -o root -g root "$DATA_DIR/secrets"
 install -d -m 0700 -o root -g root "$DATA_DIR/apps"
 
-# Dashboard password: 24 random characters from the kernel CSPRNG, made once.
+# Dashboard password: 24 characters (18 random bytes, base64 without / and +), made once.
 install -d -m 0755 -o root -g root "$CONF_DIR"
 if [ ! -s "$PASSWORD_FILE" ]; then
     tmp="$PASSWORD_FILE.tmp.$$"
-    pw=$(tr -dc 'A-Za-z0-9' </dev/urandom | head -c 24)
+    pw=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')
     printf '%s\n' "$pw" >"$tmp"
     chmod 0600 "$tmp"
     mv -f "$tmp" "$PASSWORD_FILE"
