@@ -13,7 +13,15 @@ fail() {
     status=1
 }
 
+# Install a missing tool from Debian's packages when we may (root), else say what to do.
 need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "check-extra: installing $2" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" </dev/null >/dev/null ||
+            { apt-get update -q </dev/null >/dev/null &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" </dev/null >/dev/null; } || true
+    fi
     if ! command -v "$1" >/dev/null 2>&1; then
         echo "check-extra: $1 is missing (apt-get install $2)" >&2
         exit 2
