@@ -17,7 +17,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -53,6 +54,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long an exec's exit code may lag behind the end of its output (Podman).
 const EXEC_EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How long an answer naming a state outside the API (Podman's `stopped`) is retried.
+const TRANSIENT_STATE_WAIT: Duration = Duration::from_secs(5);
+/// The libpod API version we address Podman's own endpoints with.
+const PODMAN_LIBPOD_API: &str = "4.0.0";
 /// Docker's placeholder for "never": what `StartedAt` holds before the first start.
 const ZERO_TIME_PREFIX: &str = "0001-01-01";
 
@@ -63,7 +68,20 @@ pub struct DockerRuntime {
     /// The address as the user gave it, for error messages.
     host: String,
     call_timeout: Duration,
+    /// Podman's compat API lacks a few calls (the memory update): those go to its libpod
+    /// API instead.
+    podman: bool,
+    /// Limits set live on Podman, by container id, with the `StartedAt` of the run they
+    /// apply to. Podman 4.3 changes the cgroup but keeps reporting the old limit in
+    /// inspect; this is what [`ContainerRuntime::inspect`] reports instead while the run
+    /// lasts. A restart of the container (or of the supervisor) forgets it, which is
+    /// right: Podman then applies its stored, old limit again, inspect shows that, and the
+    /// caller updates again.
+    live_limits: Arc<Mutex<LiveLimits>>,
 }
+
+/// Container id → (`StartedAt` of the run, limit in bytes).
+type LiveLimits = HashMap<String, (Option<String>, u64)>;
 
 impl DockerRuntime {
     /// Connects to `host` (`unix:///path`, `tcp://host:port` or `http://host:port`) and
@@ -93,11 +111,37 @@ impl DockerRuntime {
                 )))
             }
         };
+        let version = tokio::time::timeout(CONNECT_TIMEOUT, docker.version())
+            .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer to the version request in {CONNECT_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| map_error(host, Target::Engine, e))?;
+        let podman = version
+            .components
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name.to_ascii_lowercase().contains("podman"));
         Ok(DockerRuntime {
             docker,
             host: host.to_string(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            podman,
+            live_limits: Arc::default(),
         })
+    }
+
+    /// True when the engine is Podman (its Docker-compatible API).
+    pub fn is_podman(&self) -> bool {
+        self.podman
+    }
+
+    fn live_limits(&self) -> std::sync::MutexGuard<'_, LiveLimits> {
+        // The map is only read and written whole under the lock; a poisoned lock still
+        // holds a consistent map.
+        self.live_limits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes the bound on plain API calls (default 60 s).
@@ -136,17 +180,6 @@ impl DockerRuntime {
         }
     }
 
-    /// Current memory and memory+swap limits of a container, in bytes (0: unset).
-    async fn memory_limits(&self, container: &str) -> Result<(i64, i64), EngineError> {
-        let info = self
-            .docker
-            .inspect_container(container, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| self.err(Target::Container(container), e))?;
-        let hc = info.host_config.unwrap_or_default();
-        Ok((hc.memory.unwrap_or(0), hc.memory_swap.unwrap_or(0)))
-    }
-
     async fn update_limits(
         &self,
         container: &str,
@@ -163,6 +196,64 @@ impl DockerRuntime {
             .await
             .map_err(|e| self.err(Target::Container(container), e))
     }
+
+    /// Podman 4.x has no compat `/containers/{id}/update`; its libpod API has one, with a
+    /// body of its own. bollard has no call for it, so the compat call is sent through a
+    /// client whose request hook rewrites path and body.
+    async fn podman_update_memory(&self, container: &str, bytes: i64) -> Result<(), EngineError> {
+        let body = serde_json::json!({ "memory": { "limit": bytes, "swap": bytes } }).to_string();
+        let client = self.docker.clone().with_request_modifier(move |mut req| {
+            if let Some(libpod) = libpod_uri(&req.uri().to_string()) {
+                if let Ok(parsed) = libpod.parse() {
+                    *req.uri_mut() = parsed;
+                }
+            }
+            *req.body_mut() = bollard::body_full(body.clone().into());
+            req
+        });
+        client
+            .update_container(container, ContainerUpdateBody::default())
+            .await
+            .map_err(|e| self.err(Target::Container(container), e))
+    }
+}
+
+/// Podman reports a container whose process has just exited, before its clean-up, with
+/// state `stopped`, a value the API (and so bollard) does not know: the whole answer then
+/// fails to parse. The state lasts well under a second, so such answers are retried.
+async fn retry_transient_state<T, F, Fut>(mut call: F) -> Result<T, BollardError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BollardError>>,
+{
+    let deadline = tokio::time::Instant::now() + TRANSIENT_STATE_WAIT;
+    loop {
+        match call().await {
+            Err(BollardError::JsonDataError { message, .. })
+                if message.contains("unknown variant")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(%message, "engine reported a transient state; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The libpod twin of a compat `/containers/...` URI. Podman serves libpod paths only
+/// under a version prefix of 4.0.0 or later, and bollard sends compat paths without one.
+fn libpod_uri(uri: &str) -> Option<String> {
+    let scheme_end = uri.find("://").map_or(0, |i| i + 3);
+    let path_start = uri[scheme_end..]
+        .find('/')
+        .map_or(uri.len(), |i| scheme_end + i);
+    let i = uri[path_start..].find("/containers/")?;
+    Some(format!(
+        "{}/v{PODMAN_LIBPOD_API}/libpod{}",
+        &uri[..path_start],
+        &uri[path_start + i..]
+    ))
 }
 
 /// What a failing call was about, so [`map_error`] can name it and read a 404 or 409 right.
@@ -647,9 +738,7 @@ impl ContainerRuntime for DockerRuntime {
             .filters(&filters)
             .build();
         let fut = async {
-            let list = self
-                .docker
-                .list_containers(Some(opts))
+            let list = retry_transient_state(|| self.docker.list_containers(Some(opts.clone())))
                 .await
                 .map_err(|e| self.err(Target::Engine, e))?;
             Ok(list
@@ -682,17 +771,28 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn inspect(&self, container: &str) -> Result<ContainerDetails, EngineError> {
         let fut = async {
-            let info = self
-                .docker
-                .inspect_container(container, None::<InspectContainerOptions>)
-                .await
-                .map_err(|e| self.err(Target::Container(container), e))?;
+            let info = retry_transient_state(|| {
+                self.docker
+                    .inspect_container(container, None::<InspectContainerOptions>)
+            })
+            .await
+            .map_err(|e| self.err(Target::Container(container), e))?;
             let state = info.state.unwrap_or_default();
             let run_state = run_state(state.status, state.running.unwrap_or(false));
             let config = info.config.unwrap_or_default();
             let hc = info.host_config.unwrap_or_default();
+            let id = info.id.unwrap_or_default();
+            let started_at = real_time(state.started_at);
+            let mut memory_limit = hc.memory.unwrap_or(0).max(0) as u64;
+            if self.podman {
+                if let Some((run, bytes)) = self.live_limits().get(&id) {
+                    if *run == started_at {
+                        memory_limit = *bytes;
+                    }
+                }
+            }
             Ok(ContainerDetails {
-                id: info.id.unwrap_or_default(),
+                id,
                 name: info
                     .name
                     .unwrap_or_default()
@@ -704,9 +804,9 @@ impl ContainerRuntime for DockerRuntime {
                 exit_code: matches!(run_state, RunState::Exited | RunState::Dead)
                     .then_some(state.exit_code)
                     .flatten(),
-                started_at: real_time(state.started_at),
+                started_at,
                 finished_at: real_time(state.finished_at),
-                memory_limit: hc.memory.unwrap_or(0).max(0) as u64,
+                memory_limit,
                 oom_killed: state.oom_killed.unwrap_or(false),
             })
         };
@@ -1001,8 +1101,23 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     fn events(&self) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
-        let filters = HashMap::from([("type", vec!["container"]), ("label", vec![LABEL_APP])]);
-        let opts = EventsOptionsBuilder::new().filters(&filters).build();
+        let mut filters = HashMap::from([("type", vec!["container"])]);
+        // Podman 4.3 matches an event label filter only as `key=value`, so a bare key
+        // drops every event there; it gets the type filter only, and `map_event` drops
+        // foreign containers on our side (it does so for Docker too, as a second fence).
+        if !self.podman {
+            filters.insert("label", vec![LABEL_APP]);
+        }
+        // The request goes out on the first poll, not now: `since` now makes the engine
+        // replay whatever happens in between, so no event after this call is lost.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let since = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
+        let opts = EventsOptionsBuilder::new()
+            .since(&since)
+            .filters(&filters)
+            .build();
         let host = self.host.clone();
         self.docker
             .events(Some(opts))
@@ -1025,7 +1140,22 @@ impl ContainerRuntime for DockerRuntime {
         }
         let new = bytes_i64(bytes);
         let fut = async {
-            let (memory, swap) = self.memory_limits(container).await?;
+            let info = retry_transient_state(|| {
+                self.docker
+                    .inspect_container(container, None::<InspectContainerOptions>)
+            })
+            .await
+            .map_err(|e| self.err(Target::Container(container), e))?;
+            if self.podman {
+                // Podman's inspect may show a stale limit (see `live_limits`): always apply.
+                self.podman_update_memory(container, new).await?;
+                let started_at = real_time(info.state.and_then(|s| s.started_at));
+                self.live_limits()
+                    .insert(info.id.unwrap_or_default(), (started_at, bytes));
+                return Ok(());
+            }
+            let hc = info.host_config.unwrap_or_default();
+            let (memory, swap) = (hc.memory.unwrap_or(0), hc.memory_swap.unwrap_or(0));
             if memory == new && swap == new {
                 return Ok(());
             }
@@ -1430,6 +1560,24 @@ mod tests {
             map_event(ev("die", &[("exitCode", "1")])).is_none(),
             "not ours"
         );
+    }
+
+    #[test]
+    fn libpod_uris() {
+        let cases = [
+            (
+                "unix://2f746d70/containers/x/update",
+                Some("unix://2f746d70/v4.0.0/libpod/containers/x/update"),
+            ),
+            (
+                "http://127.0.0.1:2375/v1.41/containers/x/update",
+                Some("http://127.0.0.1:2375/v4.0.0/libpod/containers/x/update"),
+            ),
+            ("unix://2f746d70/images/x/json", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(libpod_uri(input).as_deref(), want, "{input}");
+        }
     }
 
     #[test]

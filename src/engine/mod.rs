@@ -173,6 +173,8 @@ pub struct EngineEvent {
     /// Value of [`LABEL_APP`].
     pub app: String,
     /// `create`, `start`, `die`, `stop`, `kill`, `oom`, `destroy`, `health_status`, …
+    /// Podman adds its own (`init`, `cleanup`, …); its `died` arrives as `die`. An exec's
+    /// command line is cut off (`exec_start`), as it may carry secrets.
     pub action: String,
     pub exit_code: Option<i64>,
 }
