@@ -16,6 +16,7 @@ pub mod memory;
 pub mod ops;
 pub mod planner;
 pub mod secrets;
+pub mod serve;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use archipelago::catalog::Catalog;
 use archipelago::config::Config;
+use archipelago::ctl::CtlArgs;
 
 /// Supervisor of a self-hosted Bitcoin & Lightning node.
 #[derive(Debug, Parser)]
@@ -43,6 +44,8 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// A thin client of the supervisor's RPC, for people at a terminal.
+    Ctl(CtlArgs),
 }
 
 /// Exit code when `validate` found problems.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             apps_dir,
             dir,
         } => validate(config.as_deref(), apps_dir.or(dir)),
+        Command::Ctl(args) => archipelago::ctl::run(args),
     }
 }
 
@@ -85,15 +89,13 @@ fn serve(config_path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    println!(
-        "archipelago {}: listen {}, apps_dir {}, data_dir {}, engine {}",
-        env!("CARGO_PKG_VERSION"),
-        config.listen,
-        config.apps_dir.display(),
-        config.data_dir.display(),
-        config.engine.host,
-    );
-    ExitCode::SUCCESS
+    match actix::System::new().block_on(archipelago::serve::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 fn validate(config_path: Option<&Path>, apps_dir: Option<PathBuf>) -> ExitCode {

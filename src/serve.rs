@@ -1,0 +1,118 @@
+//! `archipelago serve`: wires the supervisor, the engine and the web server together,
+//! tells systemd when it is ready, and stops gracefully on the first SIGTERM or SIGINT
+//! (a second one exits at once). Stopping never stops app containers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::engine::reconnect::ReconnectingRuntime;
+use crate::engine::ContainerRuntime;
+use crate::store::Store;
+use crate::supervisor::Supervisor;
+use crate::web::{self, Backend, WebConfig};
+
+/// Why the supervisor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Web(#[from] std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT. Must run inside an actix system.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let (catalog, problems) = Catalog::load(&config.apps_dir);
+    for p in &problems {
+        tracing::warn!("catalog: {p}");
+    }
+    tracing::info!(
+        apps = catalog.apps.len(),
+        problems = problems.len(),
+        apps_dir = %config.apps_dir.display(),
+        "catalog loaded"
+    );
+    let store = Store::open(&config.data_dir)?;
+    let engine: Arc<dyn ContainerRuntime> = Arc::new(ReconnectingRuntime::new(&config.engine.host));
+    let supervisor = Supervisor::new(&config, catalog, engine, store)?.start();
+    let (server, addr) = web::server(
+        WebConfig::new(config.listen, config.auth.password_file.clone()),
+        Backend::from_addr(&supervisor),
+    )?;
+    let handle = server.handle();
+    let task = actix_web::rt::spawn(server);
+    tracing::info!(%addr, "dashboard at http://{addr}/");
+    notify_systemd("READY=1");
+    if let Some(every) = watchdog_interval() {
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notify_systemd("WATCHDOG=1");
+            }
+        });
+    }
+    wait_for_signal().await;
+    notify_systemd("STOPPING=1");
+    tracing::info!("stopping; app containers keep running");
+    actix_web::rt::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    handle.stop(true).await;
+    let _ = task.await;
+    System::current().stop();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    // Installing a handler fails only when the signal number is invalid.
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Sends a state line to systemd's notify socket, when run as a `Type=notify` unit.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "sd_notify socket");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, state, "sd_notify failed");
+    }
+}
+
+/// Half of systemd's `WATCHDOG_USEC`, when the unit has a watchdog for this process.
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2))
+}
