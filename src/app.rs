@@ -659,10 +659,8 @@ impl Handler<ContainerEvent> for AppActor {
                     act.publish();
                 }));
             }
-            "start" | "destroy" | "create" | "rename" => {
-                if self.in_flight().is_none() {
-                    self.refresh(ctx);
-                }
+            "start" | "destroy" | "create" | "rename" if self.in_flight().is_none() => {
+                self.refresh(ctx);
             }
             _ => {}
         }

@@ -242,7 +242,8 @@ mod tests {
         let f = GuardFacts::default();
         let p = Ok(Guard::Proceed);
         let sat = Ok(Guard::AlreadySatisfied);
-        let cases: [(S, Result<Guard, ()>, Result<Guard, ()>, Result<Guard, ()>); 11] = [
+        type Row = (S, Result<Guard, ()>, Result<Guard, ()>, Result<Guard, ()>);
+        let cases: [Row; 11] = [
             (S::NotInstalled, Err(()), Err(()), sat),
             (S::Installing, Err(()), Err(()), Err(())),
             (S::Stopped, p, sat, p),

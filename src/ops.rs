@@ -499,17 +499,29 @@ fn prune_snapshots(env: &OpEnv, keep: &Path) {
 
 /// Moves the app from `from` to `to`: snapshot, new image, old container kept aside,
 /// new one started and gated on health; on failure everything goes back.
-async fn swap(
-    env: &OpEnv,
-    record: &mut AppRecord,
-    op_id: &str,
+/// Where a [`swap`] goes: upgrade or rollback, from what, to what, and for a rollback the
+/// snapshot to restore.
+struct SwapPlan {
     kind: OperationKind,
     from: Installed,
     to: Installed,
     restore_from: Option<std::path::PathBuf>,
+}
+
+async fn swap(
+    env: &OpEnv,
+    record: &mut AppRecord,
+    op_id: &str,
+    plan: SwapPlan,
     started: &mut bool,
     health: &mut Option<Health>,
 ) -> Result<String, String> {
+    let SwapPlan {
+        kind,
+        from,
+        to,
+        restore_from,
+    } = plan;
     let name = container_name(env.id());
     let aside = format!("{name}{PREVIOUS_SUFFIX}");
     journal(env, record, op_id, kind, "fetch")?;
@@ -625,10 +637,12 @@ async fn upgrade(
         env,
         record,
         op_id,
-        OperationKind::Upgrade,
-        from,
-        to,
-        None,
+        SwapPlan {
+            kind: OperationKind::Upgrade,
+            from,
+            to,
+            restore_from: None,
+        },
         started,
         health,
     )
@@ -652,10 +666,12 @@ async fn rollback(
         env,
         record,
         op_id,
-        OperationKind::Rollback,
-        from,
-        to,
-        snapshot,
+        SwapPlan {
+            kind: OperationKind::Rollback,
+            from,
+            to,
+            restore_from: snapshot,
+        },
         started,
         health,
     )
