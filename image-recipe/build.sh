@@ -3,8 +3,8 @@
 # packages only (debootstrap against the Debian mirror this machine's apt uses).
 #
 # Usage:  image-recipe/build.sh [BINARY]           (as root)
-#   BINARY   release binary to install; default target/release/archipelago, built with
-#            `cargo build --release` when missing.
+#   BINARY   release binary to install; default target/release/archipelago, brought up
+#            to date with `cargo build --release` first.
 # Environment:
 #   MIRROR       Debian mirror URL (default: the bookworm mirror from apt's sources)
 #   IMAGE_SIZE   virtual disk size (default 4G)
@@ -81,12 +81,13 @@ fi
 log "mirror: $MIRROR"
 
 # ---------------------------------------------------------------------------------------
-# Release binary.
-if [ ! -x "$binary" ]; then
-    [ "$binary" = "$repo/target/release/archipelago" ] || die "binary not found: $binary"
-    log "building the release binary"
+# Release binary. With the default path, cargo brings it up to date (a no-op when it is),
+# so the image never ships a stale build.
+if [ "$binary" = "$repo/target/release/archipelago" ] && command -v cargo >/dev/null; then
+    log "cargo build --release"
     (cd "$repo" && cargo build --release --locked)
 fi
+[ -x "$binary" ] || die "binary not found: $binary"
 file_type=$(head -c 4 "$binary" | od -An -c | tr -d ' ')
 [ "$file_type" = '177ELF' ] || die "$binary is not an ELF executable"
 
