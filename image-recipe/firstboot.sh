@@ -11,8 +11,9 @@ umask 077
 
 # data_dir: state file, secrets and app volumes live here; only root may read it.
 install -d -m 0700 -o root -g root "$DATA_DIR"
-install -d -m 0700 -o root -g root "$DATA_DIR/secrets"
-install -d -m 0700 -o root -g root "$DATA_DIR/apps"
+for sub in state secrets apps snapshots; do
+    install -d -m 0700 -o root -g root "$DATA_DIR/$sub"
+done
 
 # Dashboard password: 24 characters (18 random bytes, base64 without / and +), made once.
 install -d -m 0755 -o root -g root "$CONF_DIR"
