@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+pub mod node;
+
 /// The command that starts every engine the tests need.
 pub const SETUP_COMMAND: &str = "scripts/test-env.sh up";
 

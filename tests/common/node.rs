@@ -1,0 +1,166 @@
+//! A throwaway node for supervisor tests: config, catalog and data folder in a temp dir,
+//! a supervisor started on them, and cleanup of the test's containers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use archipelago::api::{AppState, Package};
+use archipelago::catalog::Catalog;
+use archipelago::config::Config;
+use archipelago::engine::reconnect::ReconnectingRuntime;
+use archipelago::engine::ContainerRuntime;
+use archipelago::planner::CrashPolicy;
+use archipelago::store::Store;
+use archipelago::supervisor::{GetPackage, Supervisor};
+
+use super::*;
+
+/// A test node: a config, a catalog folder and a data folder in a temp dir.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Node {
+        Node {
+            dir: tempfile::tempdir().unwrap(),
+            prefix: format!("t{}{}", std::process::id(), tag),
+        }
+    }
+
+    pub fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    pub fn apps_dir(&self) -> PathBuf {
+        self.dir.path().join("apps")
+    }
+
+    /// Writes a busybox app. `extra` is YAML under `container:`; `top` is YAML at the top.
+    pub fn app(&self, name: &str, command: &str, extra: &str, top: &str) -> String {
+        let id = self.id(name);
+        let dir = self.apps_dir().join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = format!(
+            "id: {id}\nname: {name}\nversion: \"1\"\n{top}container:\n  image: {image}\n  command: [\"sh\", \"-c\", {command:?}]\n  memory_limit: 64MiB\n{extra}",
+            image = BUSYBOX_IMAGE,
+        );
+        std::fs::write(dir.join("manifest.yml"), manifest).unwrap();
+        id
+    }
+
+    pub fn config(&self, default_apps: &[String], extra: &str) -> PathBuf {
+        let path = self.dir.path().join("config.yml");
+        let apps = default_apps.join(", ");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\napps_dir: apps\ndata_dir: data\nengine:\n  host: {host}\n  default_network: none\nreconcile_interval: 200ms\ndefault_apps: [{apps}]\nauth:\n  password_file: password\n{extra}",
+                host = docker_host()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Starts a supervisor on this node's config.
+    pub fn start(&self, config: &Path) -> Addr<Supervisor> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let config = Config::load(config).unwrap();
+        let (catalog, problems) = Catalog::load(&config.apps_dir);
+        assert!(problems.is_empty(), "{problems:?}");
+        let engine: Arc<dyn ContainerRuntime> =
+            Arc::new(ReconnectingRuntime::new(&config.engine.host));
+        let store = Store::open(&config.data_dir).unwrap();
+        let policy = CrashPolicy {
+            initial_backoff: Duration::from_millis(200),
+            ..CrashPolicy::default()
+        };
+        Supervisor::new(&config, catalog, engine, store)
+            .unwrap()
+            .with_crash_policy(policy)
+            .start()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Remove this test's containers whatever happened.
+        let prefix = format!("archipelago-{}-", self.prefix);
+        let host = docker_host();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let docker = connect(&host).await;
+                let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .build();
+                for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+                    let named = c
+                        .names
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|n| n.trim_start_matches('/').starts_with(&prefix));
+                    if named {
+                        let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                            .force(true)
+                            .build();
+                        let _ = docker
+                            .remove_container(c.id.as_deref().unwrap_or_default(), Some(rm))
+                            .await;
+                    }
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+pub async fn package(sup: &Addr<Supervisor>, id: &str) -> Package {
+    sup.send(GetPackage { id: id.into() })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Polls until `id` reads `state`, or panics after `within`.
+pub async fn wait_state(
+    sup: &Addr<Supervisor>,
+    id: &str,
+    state: AppState,
+    within: Duration,
+) -> Package {
+    let deadline = Instant::now() + within;
+    loop {
+        let p = package(sup, id).await;
+        if p.state == state {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not reach {state:?} within {within:?}; it is {:?} (last_error {:?}, op {:?})",
+            p.state,
+            p.last_error,
+            p.operation
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn inspect(id: &str) -> bollard::models::ContainerInspectResponse {
+    let docker = connect(&docker_host()).await;
+    docker
+        .inspect_container(
+            &format!("archipelago-{id}"),
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap()
+}

@@ -1,0 +1,251 @@
+//! Operations against a real engine and a registry on loopback: upgrade with automatic
+//! rollback, uninstall with and without purge, and hot swap of the supervisor binary.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use archipelago::api::{AppState, OperationKind, OperationStatus};
+use archipelago::engine::docker::DockerRuntime;
+use archipelago::engine::{BuildRequest, ContainerRuntime};
+use archipelago::supervisor::{GetOperation, ReloadCatalog, RunOperation};
+use common::node::{inspect, package, wait_state, Node};
+use futures_util::StreamExt;
+
+/// Builds `<registry>/<repo>:<tag>` whose /version file says `tag`, pushes it to the
+/// loopback registry and removes the local copy, so an install or upgrade must pull it.
+async fn publish(repo: &str, tag: &str) -> String {
+    let engine = DockerRuntime::connect(&common::docker_host()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {}\nRUN echo {tag} > /version\n", common::BUSYBOX_IMAGE),
+    )
+    .unwrap();
+    let image = format!("{}/{repo}:{tag}", common::registry());
+    let req = BuildRequest {
+        context: dir.path().to_path_buf(),
+        dockerfile: "Dockerfile".into(),
+        args: Default::default(),
+        tag: image.clone(),
+    };
+    engine.build(&req, &|_| {}).await.unwrap();
+    let docker = common::connect(&common::docker_host()).await;
+    let name = format!("{}/{repo}", common::registry());
+    let opts = bollard::query_parameters::PushImageOptionsBuilder::new().tag(tag).build();
+    let mut push = docker.push_image(&name, Some(opts), None);
+    while let Some(item) = push.next().await {
+        let info = item.unwrap();
+        assert!(info.error_detail.is_none(), "push {image}: {info:?}");
+    }
+    engine.image_remove(&image).await.unwrap();
+    image
+}
+
+/// The app serves its /version over HTTP, except version v3, which never gets healthy.
+fn versioned_app(node: &Node, name: &str, image: &str, version: &str, port: u16) -> String {
+    let cmd = format!(
+        "v=$(cat /version); if [ \"$v\" = v3 ]; then exec sleep 1000; fi; mkdir -p /www; cp /version /www/index.html; exec httpd -f -p 127.0.0.1:{port} -h /www"
+    );
+    let id = node.id(name);
+    let dir = node.apps_dir().join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("manifest.yml"),
+        format!(
+            "id: {id}\nname: {name}\nversion: \"{version}\"\ncontainer:\n  image: {image}\n  command: [\"sh\", \"-c\", {cmd:?}]\n  network: host\n  memory_limit: 64MiB\n  stop_timeout: 2s\n  volumes: [\"data:/data\"]\n  health:\n    http: {{port: {port}, path: /}}\n    interval: 200ms\n    timeout: 1s\n    retries: 3\n    start_period: 2s\n"
+        ),
+    )
+    .unwrap();
+    id
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn run(sup: &actix::Addr<archipelago::supervisor::Supervisor>, id: &str, kind: OperationKind) -> archipelago::api::Operation {
+    let op = sup
+        .send(RunOperation { id: id.into(), kind, purge: false })
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = sup.send(GetOperation { id: op.id.clone() }).await.unwrap().unwrap();
+        if now.status != OperationStatus::Running {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{kind:?} of {id} never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// v1 → v2 succeeds; v2 → v3 fails its health check and rolls back by itself, with the
+/// volume's content unchanged; a missing image fails clearly and leaves the app running.
+#[actix_web::test]
+async fn upgrade_succeeds_then_a_bad_upgrade_rolls_back_with_data_intact() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("upg");
+    let repo = format!("{}/app", node.prefix);
+    let v1 = publish(&repo, "v1").await;
+    let v2 = publish(&repo, "v2").await;
+    let v3 = publish(&repo, "v3").await;
+    let port = free_port();
+    let id = versioned_app(&node, "app", &v1, "1", port);
+    let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
+    wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
+
+    // A file the owner's data depends on.
+    let volume = node.dir.path().join("data/apps").join(&id).join("data");
+    std::fs::write(volume.join("wallet.dat"), b"precious").unwrap();
+
+    versioned_app(&node, "app", &v2, "2", port);
+    sup.send(ReloadCatalog).await.unwrap().unwrap();
+    assert!(package(&sup, &id).await.update_available);
+    let op = run(&sup, &id, OperationKind::Upgrade).await;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{op:?}");
+    let p = package(&sup, &id).await;
+    assert_eq!(p.installed_version.as_deref(), Some("2"));
+    assert_eq!(p.image.as_deref(), Some(v2.as_str()));
+    assert_eq!(p.state, AppState::Running);
+
+    versioned_app(&node, "app", &v3, "3", port);
+    sup.send(ReloadCatalog).await.unwrap().unwrap();
+    let op = run(&sup, &id, OperationKind::Upgrade).await;
+    assert_eq!(op.status, OperationStatus::Failed, "{op:?}");
+    let p = wait_state(&sup, &id, AppState::Running, Duration::from_secs(10)).await;
+    assert_eq!(p.installed_version.as_deref(), Some("2"), "back on v2");
+    assert!(p.last_error.as_deref().unwrap_or("").contains("back on 2"), "{:?}", p.last_error);
+    assert_eq!(inspect(&id).await.config.unwrap().image.as_deref(), Some(v2.as_str()));
+    assert_eq!(std::fs::read(volume.join("wallet.dat")).unwrap(), b"precious");
+    println!("rolled back: {:?}", p.last_error);
+
+    // A pull of an image that does not exist: clear error, the running app untouched.
+    let started = inspect(&id).await.state.unwrap().started_at;
+    let missing = format!("{}/{}/missing:v9", common::registry(), node.prefix);
+    versioned_app(&node, "app", &missing, "9", port);
+    sup.send(ReloadCatalog).await.unwrap().unwrap();
+    let op = run(&sup, &id, OperationKind::Upgrade).await;
+    assert_eq!(op.status, OperationStatus::Failed);
+    let err = op.error.unwrap();
+    assert!(err.contains("missing"), "{err}");
+    assert_eq!(inspect(&id).await.state.unwrap().started_at, started, "app was touched");
+    assert_eq!(package(&sup, &id).await.state, AppState::Running);
+
+    // Rollback on request goes back to v1 (the version before the last good upgrade).
+    let op = run(&sup, &id, OperationKind::Rollback).await;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{op:?}");
+    assert_eq!(package(&sup, &id).await.installed_version.as_deref(), Some("1"));
+}
+
+/// Uninstall keeps data; purge removes it.
+#[actix_web::test]
+async fn uninstall_keeps_data_and_purge_removes_it() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("rm");
+    let id = node.app("app", "while true; do sleep 1 & wait $!; done", "  network: none\n  volumes: [\"data:/data\"]\n", "secrets:\n  token: {kind: hex, bytes: 16}\n");
+    let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
+    wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
+    let data = node.dir.path().join("data");
+    let file = data.join("apps").join(&id).join("data/keep.txt");
+    std::fs::write(&file, b"x").unwrap();
+    let op = run(&sup, &id, OperationKind::Uninstall).await;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{op:?}");
+    assert_eq!(package(&sup, &id).await.state, AppState::NotInstalled);
+    assert!(file.exists(), "data kept");
+    assert!(data.join("secrets").join(&id).join("token").exists(), "secret kept");
+    let docker = common::connect(&common::docker_host()).await;
+    assert!(docker.inspect_container(&format!("archipelago-{id}"), None::<bollard::query_parameters::InspectContainerOptions>).await.is_err());
+
+    run(&sup, &id, OperationKind::Install).await;
+    wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
+    let op = sup
+        .send(RunOperation { id: id.clone(), kind: OperationKind::Uninstall, purge: true })
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sup.send(GetOperation { id: op.id.clone() }).await.unwrap().unwrap().status == OperationStatus::Running {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!file.exists(), "purged");
+    assert!(!data.join("secrets").join(&id).exists(), "secrets purged");
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(config: &std::path::Path) -> Serve {
+    Serve(
+        Command::new(env!("CARGO_BIN_EXE_archipelago"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// kill -9 of the supervisor and a restart: every container keeps its id and start time.
+#[actix_web::test]
+async fn hot_swap_after_kill_9_restarts_no_container() {
+    let docker = common::connect(&common::docker_host()).await;
+    let node = Node::new("swap");
+    let ids: Vec<String> = (0..3)
+        .map(|i| node.app(&format!("a{i}"), "while true; do sleep 1 & wait $!; done", "  network: none\n", ""))
+        .collect();
+    let port = free_port();
+    let config = node.config(&ids, &format!("listen_override: {port}\n").replace("listen_override: ", "# port "));
+    let text = std::fs::read_to_string(&config).unwrap().replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(node.dir.path().join("password"), "secret\n").unwrap();
+
+    let mut first = serve(&config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut before = vec![];
+    loop {
+        before.clear();
+        for id in &ids {
+            if let Ok(c) = docker.inspect_container(&format!("archipelago-{id}"), None::<bollard::query_parameters::InspectContainerOptions>).await {
+                if c.state.as_ref().and_then(|s| s.running) == Some(true) {
+                    before.push((c.id.clone().unwrap(), c.state.unwrap().started_at.unwrap()));
+                }
+            }
+        }
+        if before.len() == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "apps never all ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // kill -9: no chance to clean up anything.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let _second = serve(&config);
+    // Give the new supervisor several ticks (200 ms) to do anything it would do.
+    let healthz = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        assert!(healthz.elapsed() < Duration::from_secs(20), "second supervisor never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("second supervisor serving {:?} after the kill", healthz.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (id, (cid, started)) in ids.iter().zip(&before) {
+        let c = inspect(id).await;
+        assert_eq!(c.id.as_ref(), Some(cid), "{id} recreated");
+        assert_eq!(c.state.unwrap().started_at.as_ref(), Some(started), "{id} restarted");
+    }
+}
