@@ -170,7 +170,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics_endpoint));
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
