@@ -921,3 +921,45 @@ async fn ctl_talks_to_the_same_rpc() {
         format!("{:?}", std::process::ExitCode::FAILURE)
     );
 }
+
+#[actix_web::test]
+async fn serve_runs_until_its_shutdown_future_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let stub = actix::Actor::start(web_stub::Stub::new(Duration::from_millis(100)));
+    let cfg = archipelago::web::WebConfig::new(listen, password_file);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = actix_web::rt::spawn(archipelago::web::serve(
+        cfg,
+        archipelago::web::Backend::from_addr(&stub),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let url = format!("http://{listen}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_request("GET", &url, &[], b"", T).await.is_err() {
+        assert!(Instant::now() < deadline, "server never came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), server).await;
+    assert!(matches!(outcome, Ok(Ok(Ok(())))), "{outcome:?}");
+    assert!(http_request("GET", &url, &[], b"", Duration::from_secs(1))
+        .await
+        .is_err());
+
+    // A missing password file is refused at start, naming the file.
+    let cfg = archipelago::web::WebConfig::new(listen, dir.path().join("missing"));
+    let err = archipelago::web::serve(cfg, archipelago::web::Backend::from_addr(&stub), async {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
