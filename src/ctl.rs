@@ -314,9 +314,11 @@ impl RpcClient {
 /// One HTTP response, read to its end.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
+    /// The status code.
     pub status: u16,
     /// Header names lowercased, in order.
     pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 
