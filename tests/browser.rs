@@ -196,7 +196,24 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Best effort: ends the browser, then the driver we started (by its own handle).
+        // Ends the session first (chromedriver then closes the browser it started; killing
+        // the driver alone would orphan it), then the driver, by its own handle. Blocking
+        // std I/O because drop cannot await; bounded by the timeouts.
+        if !self.session.is_empty() {
+            let addr = self.url.trim_start_matches("http://").to_string();
+            if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let req = format!(
+                    "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+                    self.session
+                );
+                if stream.write_all(req.as_bytes()).is_ok() {
+                    let mut answer = [0u8; 1024];
+                    let _ = stream.read(&mut answer);
+                }
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
