@@ -314,9 +314,11 @@ impl RpcClient {
 /// One HTTP response, read to its end.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
+    /// The status code.
     pub status: u16,
     /// Header names lowercased, in order.
     pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 
@@ -379,8 +381,20 @@ pub async fn http_request(
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
+        // Read until the body is complete rather than until EOF: some servers keep the
+        // connection open despite `Connection: close`.
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+            if is_complete(&raw) {
+                break;
+            }
+        }
         parse_response(&raw)
     };
     tokio::time::timeout(timeout, exchange)
@@ -388,8 +402,8 @@ pub async fn http_request(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))?
 }
 
-/// Parses a complete HTTP/1.1 response (plain, `Content-Length` or chunked body).
-pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
+/// Parses a response head: status, headers, and where the body starts.
+fn parse_head(raw: &[u8]) -> io::Result<(HttpResponse, usize)> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let end = raw
         .windows(4)
@@ -402,20 +416,24 @@ pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let mut res = HttpResponse {
+    let res = HttpResponse {
         status,
         headers,
         body: Vec::new(),
     };
-    let rest = &raw[end + 4..];
-    res.body = if res
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    Ok((res, end + 4))
+}
+
+/// Parses a complete HTTP/1.1 response (plain, `Content-Length` or chunked body).
+pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    let (mut res, start) = parse_head(raw)?;
+    let rest = &raw[start..];
+    res.body = if is_chunked(&res) {
         dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
     } else if let Some(len) = res.header("content-length").and_then(|v| v.parse().ok()) {
         rest.get(..len)
@@ -425,6 +443,32 @@ pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
         rest.to_vec()
     };
     Ok(res)
+}
+
+fn is_chunked(res: &HttpResponse) -> bool {
+    res.header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+}
+
+/// Whether `raw` holds a whole response whose end is marked (length, chunks or no body).
+fn is_complete(raw: &[u8]) -> bool {
+    let Ok((res, start)) = parse_head(raw) else {
+        return false;
+    };
+    let body = &raw[start..];
+    if res.status == 204 || res.status == 304 || (100..200).contains(&res.status) {
+        return true;
+    }
+    if is_chunked(&res) {
+        return dechunk(body).is_some();
+    }
+    match res
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(len) => body.len() >= len,
+        None => false,
+    }
 }
 
 /// Decodes a chunked body; `None` when it is malformed or cut short.

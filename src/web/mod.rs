@@ -71,13 +71,21 @@ impl WebConfig {
 /// Built from the real supervisor's address, or from a test stub's.
 #[derive(Clone)]
 pub struct Backend {
+    /// `package.list`, `/metrics` and the event stream's snapshots.
     pub list_packages: Recipient<ListPackages>,
+    /// `package.get`.
     pub get_package: Recipient<GetPackage>,
+    /// Every mutating `package.*` method.
     pub run_operation: Recipient<RunOperation>,
+    /// `operation.get`.
     pub get_operation: Recipient<GetOperation>,
+    /// `package.logs`.
     pub get_logs: Recipient<GetLogs>,
+    /// `catalog.reload`.
     pub reload_catalog: Recipient<ReloadCatalog>,
+    /// `server.status`, `/metrics` and the event stream's `status` events.
     pub get_status: Recipient<GetStatus>,
+    /// One subscription per `/api/events` client.
     pub subscribe: Recipient<Subscribe>,
 }
 

@@ -41,7 +41,9 @@ pub const MAX_TAIL: usize = 10_000;
 /// One JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RpcError {
+    /// The JSON-RPC error code.
     pub code: i64,
+    /// Lowercase, for people.
     pub message: String,
 }
 
@@ -202,8 +204,11 @@ struct LoginParams {
 
 /// What one request brings besides its body.
 pub struct RpcContext<'a> {
+    /// Where calls are forwarded.
     pub backend: &'a Backend,
+    /// Sessions and the login slow-down.
     pub auth: &'a Auth,
+    /// Where each call is counted.
     pub metrics: &'a Metrics,
     /// Session token from the bearer header or cookie.
     pub token: Option<String>,

@@ -1,0 +1,403 @@
+//! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): log in
+//! through the form, press Start, and watch the primary button follow contract §8 from the
+//! event stream alone. Runs against the web server with a stub supervisor whose `start`
+//! takes about 3 s; the page-driving helpers below take any base URL, so the same steps can
+//! be pointed at a real supervisor.
+
+mod web_stub;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use archipelago::ctl::http_request;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use web_stub::{Harness, SetEngineReachable, PASSWORD};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const SETUP_COMMAND: &str = "scripts/test-env.sh up";
+/// The W3C WebDriver key under which an element reference comes back.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+const T: Duration = Duration::from_secs(30);
+
+/// A chromedriver process and one browser session; both end on drop.
+struct Browser {
+    driver: Child,
+    url: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free port and opens a headless Chromium session.
+    async fn start() -> Browser {
+        for path in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(path).exists(),
+                "{path} is missing: run `{SETUP_COMMAND}`, which installs chromium and chromedriver"
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER} ({e}): run `{SETUP_COMMAND}`"));
+        let url = format!("http://127.0.0.1:{port}");
+        let profile = tempfile::tempdir().unwrap();
+        let mut browser = Browser {
+            driver,
+            url,
+            session: String::new(),
+            _profile: profile,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(res) =
+                http_request("GET", &format!("{}/status", browser.url), &[], b"", T).await
+            {
+                if serde_json::from_slice::<Value>(&res.body)
+                    .is_ok_and(|v| v["value"]["ready"] == true)
+                {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not come up on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+            &format!("--user-data-dir={}", browser._profile.path().display()),
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args}
+        }}});
+        let v = browser.raw("POST", "/session", Some(caps)).await;
+        browser.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        browser
+    }
+
+    /// One WebDriver command; returns its `value`, failing on a WebDriver error.
+    async fn raw(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let res = http_request(
+            method,
+            &format!("{}{path}", self.url),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+            T,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"));
+        let v: Value = serde_json::from_slice(&res.body).expect("webdriver answers JSON");
+        assert!(
+            res.status < 300,
+            "webdriver {method} {path}: HTTP {}: {v}",
+            res.status
+        );
+        v["value"].clone()
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.raw(method, &format!("/session/{}{path}", self.session), body)
+            .await
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self
+            .cmd(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v[ELEMENT_KEY]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    async fn click(&self, element: &str) {
+        self.cmd(
+            "POST",
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn type_into(&self, element: &str, text: &str) {
+        self.cmd(
+            "POST",
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    async fn exec(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        let v = self.cmd("GET", "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("base64 screenshot"))
+            .expect("valid base64");
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Polls `script` (a JS expression) until it is truthy; panics naming `what` after `limit`.
+    async fn wait_for(&self, what: &str, script: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.exec(&format!("return ({script});")).await;
+            if !(v.is_null() || v == false || v == "") {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ends the session first (chromedriver then closes the browser it started; killing
+        // the driver alone would orphan it), then the driver, by its own handle. Blocking
+        // std I/O because drop cannot await; bounded by the timeouts.
+        if !self.session.is_empty() {
+            let addr = self.url.trim_start_matches("http://").to_string();
+            if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let req = format!(
+                    "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+                    self.session
+                );
+                if stream.write_all(req.as_bytes()).is_ok() {
+                    let mut answer = [0u8; 1024];
+                    let _ = stream.read(&mut answer);
+                }
+            }
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+// ---- Page-driving helpers: independent of the backend behind `base`. ----
+
+fn primary_selector(app: &str) -> String {
+    format!("[data-app=\"{app}\"] [data-role=\"primary\"]")
+}
+
+/// Opens the dashboard and logs in through the form.
+async fn log_in(b: &Browser, base: &str, password: &str) {
+    b.goto(&format!("{base}/")).await;
+    b.wait_for(
+        "the login form",
+        "!document.getElementById('login').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
+    let field = b.find("#password").await;
+    b.type_into(&field, password).await;
+    let button = b.find("#login-button").await;
+    b.click(&button).await;
+    b.wait_for(
+        "the app list",
+        "document.querySelectorAll('[data-app]').length > 0",
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// The label and enabled flag of an app's primary button.
+async fn primary(b: &Browser, app: &str) -> (String, bool) {
+    let v = b
+        .exec(&format!(
+            "const e = document.querySelector('{}'); return e ? [e.textContent, !e.disabled] : null;",
+            primary_selector(app).replace('\'', "\\'")
+        ))
+        .await;
+    (
+        v[0].as_str().unwrap_or("").to_string(),
+        v[1].as_bool().unwrap_or(false),
+    )
+}
+
+/// Waits until the app's primary button reads `label` with the given enabled flag.
+async fn wait_primary(b: &Browser, app: &str, label: &str, enabled: bool, limit: Duration) {
+    let sel = primary_selector(app).replace('\'', "\\'");
+    let script = format!(
+        "(() => {{ const e = document.querySelector('{sel}'); return !!e && e.textContent === {label:?} && e.disabled === {}; }})()",
+        !enabled
+    );
+    b.wait_for(
+        &format!("{app} primary button to read {label:?}"),
+        &script,
+        limit,
+    )
+    .await;
+}
+
+/// Records, in page time, the click on the app's primary button and the first moment it
+/// reads `label` and is disabled, so the latency is measured inside the browser.
+async fn watch_primary(b: &Browser, app: &str, label: &str) {
+    let sel = primary_selector(app).replace('\'', "\\'");
+    b.exec(&format!(
+        "window.__watch = {{}};
+         document.addEventListener('click', (e) => {{
+           if (!window.__watch.click && e.target.closest('{sel}')) window.__watch.click = performance.now();
+         }}, true);
+         const check = () => {{
+           const e = document.querySelector('{sel}');
+           if (e && e.disabled && !window.__watch.disabled) window.__watch.disabled = performance.now();
+           if (e && e.textContent === {label:?} && e.disabled && !window.__watch.label) window.__watch.label = performance.now();
+         }};
+         new MutationObserver(check).observe(document.getElementById('apps'),
+           {{subtree: true, childList: true, characterData: true, attributes: true}});
+         return true;"
+    ))
+    .await;
+}
+
+/// Milliseconds from the click to the disabled button and to the expected label.
+async fn watched_latency(b: &Browser) -> (f64, f64) {
+    let v = b
+        .wait_for(
+            "the watched label",
+            "window.__watch && window.__watch.label && window.__watch",
+            Duration::from_secs(5),
+        )
+        .await;
+    let click = v["click"].as_f64().expect("click recorded");
+    (
+        v["disabled"].as_f64().unwrap() - click,
+        v["label"].as_f64().unwrap() - click,
+    )
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+#[actix_web::test]
+async fn start_button_follows_the_state_table() {
+    let h = Harness::start(Duration::from_secs(3), |_| {});
+    let b = Browser::start().await;
+    log_in(&b, &h.base, PASSWORD).await;
+
+    // The initial state of each stub app, as §8 labels it.
+    wait_primary(&b, "a", "Start", true, Duration::from_secs(5)).await;
+    assert_eq!(primary(&b, "b").await, ("Stop".to_string(), true));
+    assert_eq!(primary(&b, "big").await, ("Install".to_string(), true));
+    let memory = b
+        .exec(
+            "return document.querySelector('[data-app=\"b\"] [data-role=\"memory\"]').textContent",
+        )
+        .await;
+    assert_eq!(memory, "1.5 GiB");
+    let update_hidden = b
+        .exec("return document.querySelector('[data-app=\"b\"] [data-role=\"update\"]').hidden")
+        .await;
+    assert_eq!(
+        update_hidden, false,
+        "b has an update: its Update button shows"
+    );
+
+    watch_primary(&b, "a", "Starting…").await;
+    let button = b.find(&primary_selector("a")).await;
+    let clicked = Instant::now();
+    b.click(&button).await;
+    let click_call = clicked.elapsed();
+    let (disabled_ms, label_ms) = watched_latency(&b).await;
+    println!(
+        "click → disabled {disabled_ms:.1} ms, click → \"Starting…\" {label_ms:.1} ms (page time); \
+         WebDriver click call took {click_call:?}"
+    );
+    assert!(label_ms < 200.0, "\"Starting…\" took {label_ms:.1} ms");
+    assert_eq!(primary(&b, "a").await, ("Starting…".to_string(), false));
+    let progress = b
+        .exec("return document.querySelector('[data-app=\"a\"] [data-role=\"progress\"]').hidden")
+        .await;
+    assert_eq!(progress, false, "progress shows while starting");
+
+    wait_primary(&b, "a", "Stop", true, Duration::from_secs(10)).await;
+    println!(
+        "\"Stop\" after {:?} (stub start takes 3 s)",
+        clicked.elapsed()
+    );
+    let reloads = b
+        .exec("return performance.getEntriesByType('navigation').length")
+        .await;
+    assert_eq!(reloads, 1, "the page never reloads");
+
+    let shot = target_dir().join("browser-screenshot.png");
+    b.screenshot(&shot).await;
+    println!("screenshot: {}", shot.display());
+
+    // With the engine unreachable the page still loads and says so.
+    h.stub.send(SetEngineReachable(false)).await.unwrap();
+    b.goto(&format!("{}/", h.base)).await;
+    b.wait_for(
+        "the engine banner",
+        "!document.getElementById('engine-banner').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
+    let banner = b
+        .exec("return document.getElementById('engine-banner').textContent")
+        .await;
+    assert!(
+        banner
+            .as_str()
+            .unwrap()
+            .starts_with("The container engine is unreachable"),
+        "{banner}"
+    );
+    b.wait_for(
+        "the app list",
+        "document.querySelectorAll('[data-app]').length === 5",
+        Duration::from_secs(10),
+    )
+    .await;
+    b.screenshot(&target_dir().join("browser-screenshot-engine-down.png"))
+        .await;
+}
