@@ -23,10 +23,23 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Web(#[from] std::io::Error),
+    #[error("{path}: auth.password_file: {reason}")]
+    Password { path: String, reason: String },
 }
 
 /// Runs until SIGTERM or SIGINT. Must run inside an actix system.
 pub async fn run(config: Config) -> Result<(), ServeError> {
+    // Checked before anything starts: a supervisor nobody can log in to is no use.
+    let password = &config.auth.password_file;
+    let bad = |reason: String| ServeError::Password {
+        path: password.display().to_string(),
+        reason,
+    };
+    match std::fs::read_to_string(password) {
+        Ok(text) if text.lines().next().is_some_and(|l| !l.trim().is_empty()) => {}
+        Ok(_) => return Err(bad("the first line is empty".into())),
+        Err(e) => return Err(bad(e.to_string())),
+    }
     let (catalog, problems) = Catalog::load(&config.apps_dir);
     for p in &problems {
         tracing::warn!("catalog: {p}");

@@ -16,11 +16,16 @@ use futures_util::StreamExt;
 /// Builds `<registry>/<repo>:<tag>` whose /version file says `tag`, pushes it to the
 /// loopback registry and removes the local copy, so an install or upgrade must pull it.
 async fn publish(repo: &str, tag: &str) -> String {
-    let engine = DockerRuntime::connect(&common::docker_host()).await.unwrap();
+    let engine = DockerRuntime::connect(&common::docker_host())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("Dockerfile"),
-        format!("FROM {}\nRUN echo {tag} > /version\n", common::BUSYBOX_IMAGE),
+        format!(
+            "FROM {}\nRUN echo {tag} > /version\n",
+            common::BUSYBOX_IMAGE
+        ),
     )
     .unwrap();
     let image = format!("{}/{repo}:{tag}", common::registry());
@@ -33,7 +38,9 @@ async fn publish(repo: &str, tag: &str) -> String {
     engine.build(&req, &|_| {}).await.unwrap();
     let docker = common::connect(&common::docker_host()).await;
     let name = format!("{}/{repo}", common::registry());
-    let opts = bollard::query_parameters::PushImageOptionsBuilder::new().tag(tag).build();
+    let opts = bollard::query_parameters::PushImageOptionsBuilder::new()
+        .tag(tag)
+        .build();
     let mut push = docker.push_image(&name, Some(opts), None);
     while let Some(item) = push.next().await {
         let info = item.unwrap();
@@ -62,18 +69,34 @@ fn versioned_app(node: &Node, name: &str, image: &str, version: &str, port: u16)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-async fn run(sup: &actix::Addr<archipelago::supervisor::Supervisor>, id: &str, kind: OperationKind) -> archipelago::api::Operation {
+async fn run(
+    sup: &actix::Addr<archipelago::supervisor::Supervisor>,
+    id: &str,
+    kind: OperationKind,
+) -> archipelago::api::Operation {
     let op = sup
-        .send(RunOperation { id: id.into(), kind, purge: false })
+        .send(RunOperation {
+            id: id.into(),
+            kind,
+            purge: false,
+        })
         .await
         .unwrap()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let now = sup.send(GetOperation { id: op.id.clone() }).await.unwrap().unwrap();
+        let now = sup
+            .send(GetOperation { id: op.id.clone() })
+            .await
+            .unwrap()
+            .unwrap();
         if now.status != OperationStatus::Running {
             return now;
         }
@@ -117,9 +140,19 @@ async fn upgrade_succeeds_then_a_bad_upgrade_rolls_back_with_data_intact() {
     assert_eq!(op.status, OperationStatus::Failed, "{op:?}");
     let p = wait_state(&sup, &id, AppState::Running, Duration::from_secs(10)).await;
     assert_eq!(p.installed_version.as_deref(), Some("2"), "back on v2");
-    assert!(p.last_error.as_deref().unwrap_or("").contains("back on 2"), "{:?}", p.last_error);
-    assert_eq!(inspect(&id).await.config.unwrap().image.as_deref(), Some(v2.as_str()));
-    assert_eq!(std::fs::read(volume.join("wallet.dat")).unwrap(), b"precious");
+    assert!(
+        p.last_error.as_deref().unwrap_or("").contains("back on 2"),
+        "{:?}",
+        p.last_error
+    );
+    assert_eq!(
+        inspect(&id).await.config.unwrap().image.as_deref(),
+        Some(v2.as_str())
+    );
+    assert_eq!(
+        std::fs::read(volume.join("wallet.dat")).unwrap(),
+        b"precious"
+    );
     println!("rolled back: {:?}", p.last_error);
 
     // A pull of an image that does not exist: clear error, the running app untouched.
@@ -131,13 +164,20 @@ async fn upgrade_succeeds_then_a_bad_upgrade_rolls_back_with_data_intact() {
     assert_eq!(op.status, OperationStatus::Failed);
     let err = op.error.unwrap();
     assert!(err.contains("missing"), "{err}");
-    assert_eq!(inspect(&id).await.state.unwrap().started_at, started, "app was touched");
+    assert_eq!(
+        inspect(&id).await.state.unwrap().started_at,
+        started,
+        "app was touched"
+    );
     assert_eq!(package(&sup, &id).await.state, AppState::Running);
 
     // Rollback on request goes back to v1 (the version before the last good upgrade).
     let op = run(&sup, &id, OperationKind::Rollback).await;
     assert_eq!(op.status, OperationStatus::Succeeded, "{op:?}");
-    assert_eq!(package(&sup, &id).await.installed_version.as_deref(), Some("1"));
+    assert_eq!(
+        package(&sup, &id).await.installed_version.as_deref(),
+        Some("1")
+    );
 }
 
 /// Uninstall keeps data; purge removes it.
@@ -145,7 +185,12 @@ async fn upgrade_succeeds_then_a_bad_upgrade_rolls_back_with_data_intact() {
 async fn uninstall_keeps_data_and_purge_removes_it() {
     common::connect(&common::docker_host()).await;
     let node = Node::new("rm");
-    let id = node.app("app", "while true; do sleep 1 & wait $!; done", "  network: none\n  volumes: [\"data:/data\"]\n", "secrets:\n  token: {kind: hex, bytes: 16}\n");
+    let id = node.app(
+        "app",
+        "while true; do sleep 1 & wait $!; done",
+        "  network: none\n  volumes: [\"data:/data\"]\n",
+        "secrets:\n  token: {kind: hex, bytes: 16}\n",
+    );
     let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
     wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
     let data = node.dir.path().join("data");
@@ -155,19 +200,39 @@ async fn uninstall_keeps_data_and_purge_removes_it() {
     assert_eq!(op.status, OperationStatus::Succeeded, "{op:?}");
     assert_eq!(package(&sup, &id).await.state, AppState::NotInstalled);
     assert!(file.exists(), "data kept");
-    assert!(data.join("secrets").join(&id).join("token").exists(), "secret kept");
+    assert!(
+        data.join("secrets").join(&id).join("token").exists(),
+        "secret kept"
+    );
     let docker = common::connect(&common::docker_host()).await;
-    assert!(docker.inspect_container(&format!("archipelago-{id}"), None::<bollard::query_parameters::InspectContainerOptions>).await.is_err());
+    assert!(docker
+        .inspect_container(
+            &format!("archipelago-{id}"),
+            None::<bollard::query_parameters::InspectContainerOptions>
+        )
+        .await
+        .is_err());
 
     run(&sup, &id, OperationKind::Install).await;
     wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
     let op = sup
-        .send(RunOperation { id: id.clone(), kind: OperationKind::Uninstall, purge: true })
+        .send(RunOperation {
+            id: id.clone(),
+            kind: OperationKind::Uninstall,
+            purge: true,
+        })
         .await
         .unwrap()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while sup.send(GetOperation { id: op.id.clone() }).await.unwrap().unwrap().status == OperationStatus::Running {
+    while sup
+        .send(GetOperation { id: op.id.clone() })
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        == OperationStatus::Running
+    {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -202,11 +267,23 @@ async fn hot_swap_after_kill_9_restarts_no_container() {
     let docker = common::connect(&common::docker_host()).await;
     let node = Node::new("swap");
     let ids: Vec<String> = (0..3)
-        .map(|i| node.app(&format!("a{i}"), "while true; do sleep 1 & wait $!; done", "  network: none\n", ""))
+        .map(|i| {
+            node.app(
+                &format!("a{i}"),
+                "while true; do sleep 1 & wait $!; done",
+                "  network: none\n",
+                "",
+            )
+        })
         .collect();
     let port = free_port();
-    let config = node.config(&ids, &format!("listen_override: {port}\n").replace("listen_override: ", "# port "));
-    let text = std::fs::read_to_string(&config).unwrap().replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    let config = node.config(
+        &ids,
+        &format!("listen_override: {port}\n").replace("listen_override: ", "# port "),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
     std::fs::write(&config, text).unwrap();
     std::fs::write(node.dir.path().join("password"), "secret\n").unwrap();
 
@@ -216,7 +293,13 @@ async fn hot_swap_after_kill_9_restarts_no_container() {
     loop {
         before.clear();
         for id in &ids {
-            if let Ok(c) = docker.inspect_container(&format!("archipelago-{id}"), None::<bollard::query_parameters::InspectContainerOptions>).await {
+            if let Ok(c) = docker
+                .inspect_container(
+                    &format!("archipelago-{id}"),
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            {
                 if c.state.as_ref().and_then(|s| s.running) == Some(true) {
                     before.push((c.id.clone().unwrap(), c.state.unwrap().started_at.unwrap()));
                 }
@@ -238,14 +321,24 @@ async fn hot_swap_after_kill_9_restarts_no_container() {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
-        assert!(healthz.elapsed() < Duration::from_secs(20), "second supervisor never served");
+        assert!(
+            healthz.elapsed() < Duration::from_secs(20),
+            "second supervisor never served"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("second supervisor serving {:?} after the kill", healthz.elapsed());
+    println!(
+        "second supervisor serving {:?} after the kill",
+        healthz.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (id, (cid, started)) in ids.iter().zip(&before) {
         let c = inspect(id).await;
         assert_eq!(c.id.as_ref(), Some(cid), "{id} recreated");
-        assert_eq!(c.state.unwrap().started_at.as_ref(), Some(started), "{id} restarted");
+        assert_eq!(
+            c.state.unwrap().started_at.as_ref(),
+            Some(started),
+            "{id} restarted"
+        );
     }
 }

@@ -124,16 +124,23 @@ fn missing_apps_folder_is_a_problem() {
 }
 
 #[test]
-fn serve_reads_the_config() {
-    check(
-        &["serve", "--config", "tests/fixtures/config/good.yml"],
-        0,
-        &[&format!(
-            "archipelago {}: listen 127.0.0.1:8080, apps_dir tests/fixtures/config/../good, data_dir /tmp/archipelago-fixture-data, engine unix:///tmp/archipelago-test/docker.sock",
-            env!("CARGO_PKG_VERSION")
-        )],
-        &[],
+fn serve_refuses_a_missing_password_file_before_touching_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        "apps_dir: apps\ndata_dir: data\nauth:\n  password_file: nope\n",
+    )
+    .unwrap();
+    let out = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = lines(&out.stderr);
+    let last = err.last().unwrap();
+    assert!(
+        last.contains("nope") && last.contains("auth.password_file"),
+        "{err:?}"
     );
+    assert!(!dir.path().join("data").exists(), "data_dir created");
 }
 
 #[test]
