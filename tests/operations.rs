@@ -342,3 +342,39 @@ async fn hot_swap_after_kill_9_restarts_no_container() {
         );
     }
 }
+
+/// Install of a two-app chain: the second reads a secret of the first from its env, and
+/// bitcoind-style rpcauth is derived from the first's password.
+#[actix_web::test]
+async fn a_dependant_reads_its_dependencys_secret_from_env() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("sec");
+    let a = node.app(
+        "bitcoind",
+        "while true; do sleep 1 & wait $!; done",
+        "  network: none\n  env:\n    RPCAUTH: \"${secret:rpcauth}\"\n",
+        "secrets:\n  rpc_password: {kind: password, length: 32}\n  rpcauth: {kind: rpcauth, user: archipelago, password: rpc_password}\n",
+    );
+    let b = node.app(
+        "lnd",
+        "while true; do sleep 1 & wait $!; done",
+        &format!("  network: none\n  env:\n    RPCPASS: \"${{secret:{a}/rpc_password}}\"\n"),
+        &format!("dependencies: [{a}]\n"),
+    );
+    let sup = node.start(&node.config(&[a.clone(), b.clone()], ""));
+    wait_state(&sup, &b, AppState::Running, Duration::from_secs(60)).await;
+    let secrets = node.dir.path().join("data/secrets").join(&a);
+    let password = std::fs::read_to_string(secrets.join("rpc_password")).unwrap();
+    assert_eq!(password.len(), 32);
+    let env_of =
+        |c: bollard::models::ContainerInspectResponse| c.config.unwrap().env.unwrap_or_default();
+    assert!(env_of(inspect(&b).await).contains(&format!("RPCPASS={password}")));
+    let rpcauth = std::fs::read_to_string(secrets.join("rpcauth")).unwrap();
+    let (_, rest) = rpcauth.split_once(':').unwrap();
+    let (salt, _) = rest.split_once('$').unwrap();
+    assert_eq!(
+        rpcauth,
+        archipelago::secrets::rpcauth_line("archipelago", salt, &password)
+    );
+    assert!(env_of(inspect(&a).await).contains(&format!("RPCAUTH={rpcauth}")));
+}

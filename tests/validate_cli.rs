@@ -29,6 +29,14 @@ fn check(args: &[&str], code: i32, stdout: &[&str], stderr: &[&str]) {
     assert_eq!(out.status.code(), Some(code), "exit code of {args:?}");
 }
 
+/// The shipped catalog validates.
+#[test]
+fn the_shipped_catalog_validates() {
+    let out = run(&["validate", "apps"]);
+    assert_eq!(lines(&out.stdout), Vec::<String>::new());
+    assert_eq!(out.status.code(), Some(0), "{:?}", lines(&out.stderr));
+}
+
 #[test]
 fn good_catalog_passes() {
     check(
