@@ -391,7 +391,7 @@ async fn install(
     record.hooks_done = false;
     journal(env, record, op_id, OperationKind::Install, "start")?;
     if !params.deps_ready {
-        return Ok("installed; waiting for dependencies to start".into());
+        return Ok("installed; it starts once its dependencies are running and healthy".into());
     }
     match start(env, record, started, health).await {
         Ok(m) => Ok(m),
