@@ -123,9 +123,24 @@ pub async fn run(
         }
         OperationKind::Uninstall => uninstall(&env, &mut record, &op_id, params.purge).await,
     };
-    record.journal = None;
     record.last_error = result.as_ref().err().cloned();
-    if kind != OperationKind::Uninstall || result.is_err() {
+    // A finished uninstall removed the state file on purpose: do not write it back.
+    let persist = kind != OperationKind::Uninstall || result.is_err();
+    finish(&env, record, result, started, health, persist)
+}
+
+/// Ends an operation: clears its journal, persists the record when asked, and hands it
+/// back with the result.
+fn finish(
+    env: &OpEnv,
+    mut record: AppRecord,
+    result: Result<String, String>,
+    started: bool,
+    health: Option<Health>,
+    persist: bool,
+) -> OpEnd {
+    record.journal = None;
+    if persist {
         if let Err(e) = env.save(&record) {
             tracing::error!(app = env.id(), error = %e, "could not persist state");
         }
@@ -748,18 +763,8 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
         }
         _ => Ok("nothing to recover".into()),
     };
-    record.journal = None;
-    if record.installed.is_some() || record.desired != Desired::NotInstalled {
-        if let Err(e) = env.save(&record) {
-            tracing::error!(app = env.id(), error = %e, "could not persist state");
-        }
-    }
-    OpEnd {
-        record,
-        result,
-        started,
-        health,
-    }
+    let persist = record.installed.is_some() || record.desired != Desired::NotInstalled;
+    finish(env, record, result, started, health, persist)
 }
 
 /// Convenience for callers matching engine errors by kind.
