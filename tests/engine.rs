@@ -745,3 +745,39 @@ async fn logs_tail_gives_the_last_lines() {
         assert_eq!(all[0], "err-line", "{engine}: all lines {all:?}");
     }
 }
+
+/// A container on a named network: create makes the network first (labelled as ours), and
+/// a second ensure finds it. The container is never started: nothing crosses the network.
+#[tokio::test]
+async fn create_makes_a_named_network() {
+    for (engine, host) in common::engines() {
+        let rt = runtime(engine, &host).await;
+        let docker = common::connect(&host).await;
+        let network = common::unique("archipelago-net");
+        let mut s = spec(&common::unique("net"), "sleep 30");
+        s.network = network.clone();
+        let created = rt.create(&s).await;
+        let inspected = docker
+            .inspect_network(
+                &network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await;
+        let again = rt.ensure_network(&network).await;
+        let _ = rt.remove(&container_name(&s.app)).await;
+        let _ = docker.remove_network(&network).await;
+        created.unwrap_or_else(|e| panic!("{engine}: create on {network}: {e}"));
+        let labels = inspected
+            .unwrap_or_else(|e| panic!("{engine}: network {network} missing: {e}"))
+            .labels
+            .unwrap_or_default();
+        assert_eq!(
+            labels
+                .get(archipelago::engine::LABEL_NETWORK)
+                .map(String::as_str),
+            Some("true"),
+            "{engine}"
+        );
+        assert!(!again.unwrap(), "{engine}: second ensure created it again");
+    }
+}

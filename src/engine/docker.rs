@@ -925,6 +925,10 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+        // A named network is made on first use, so apps on it reach each other by name.
+        if !super::is_builtin_network(&spec.network) && self.ensure_network(&spec.network).await? {
+            tracing::info!(network = %spec.network, "created network");
+        }
         let name = container_name(&spec.app);
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
         let body = create_body(spec);
@@ -1228,6 +1232,36 @@ impl ContainerRuntime for DockerRuntime {
                 .map_err(|e| self.err(Target::Image(image), e))
         };
         self.bounded(|| format!("remove image {image}"), self.call_timeout, fut)
+            .await
+    }
+
+    async fn ensure_network(&self, name: &str) -> Result<bool, EngineError> {
+        let fut = async {
+            let opts = None::<bollard::query_parameters::InspectNetworkOptions>;
+            match self.docker.inspect_network(name, opts).await {
+                Ok(_) => return Ok(false),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(self.err(Target::Engine, e)),
+            }
+            let request = bollard::models::NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".to_string()),
+                labels: Some(
+                    [(super::LABEL_NETWORK.to_string(), "true".to_string())]
+                        .into_iter()
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            self.docker
+                .create_network(request)
+                .await
+                .map(|_| true)
+                .map_err(|e| self.err(Target::Engine, e))
+        };
+        self.bounded(|| format!("ensure network {name}"), self.call_timeout, fut)
             .await
     }
 

@@ -47,6 +47,7 @@ pub enum Call {
     ImageTag(String, String),
     ImageRemove(String),
     Rename(String, String),
+    EnsureNetwork(String),
 }
 
 /// The kind of a [`Call`], without its arguments: what [`FakeRuntime::fail_next`] matches.
@@ -70,6 +71,7 @@ pub enum CallKind {
     ImageTag,
     ImageRemove,
     Rename,
+    EnsureNetwork,
 }
 
 impl Call {
@@ -94,6 +96,7 @@ impl Call {
             Call::ImageTag(..) => CallKind::ImageTag,
             Call::ImageRemove(_) => CallKind::ImageRemove,
             Call::Rename(..) => CallKind::Rename,
+            Call::EnsureNetwork(_) => CallKind::EnsureNetwork,
         }
     }
 }
@@ -156,6 +159,8 @@ struct State {
     logs: HashMap<String, Vec<String>>,
     /// Counter for ids and start stamps.
     clock: u64,
+    /// User-defined networks that exist.
+    networks: BTreeSet<String>,
 }
 
 impl State {
@@ -618,6 +623,11 @@ impl ContainerRuntime for FakeRuntime {
                 image: image.to_string(),
             })
         }
+    }
+
+    async fn ensure_network(&self, name: &str) -> Result<bool, EngineError> {
+        self.enter(Call::EnsureNetwork(name.to_string()))?;
+        Ok(self.lock().networks.insert(name.to_string()))
     }
 
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError> {

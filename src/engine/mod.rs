@@ -284,4 +284,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn image_remove(&self, image: &str) -> Result<(), EngineError>;
     /// Renames a container (an upgrade keeps the old one aside under another name).
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError>;
+    /// Makes sure a user-defined network exists (bridge driver, labelled
+    /// [`LABEL_NETWORK`]); answers whether it had to be created. Apps on such a network
+    /// reach each other by container name.
+    async fn ensure_network(&self, name: &str) -> Result<bool, EngineError>;
+}
+
+/// Label on networks the supervisor created.
+pub const LABEL_NETWORK: &str = "io.archipelago.network";
+
+/// True for the networks every engine has built in, which are never created.
+pub fn is_builtin_network(name: &str) -> bool {
+    matches!(name, "bridge" | "host" | "none" | "default") || name.starts_with("container:")
 }

@@ -139,4 +139,7 @@ impl ContainerRuntime for ReconnectingRuntime {
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError> {
         forward!(self, c => c.rename(container, new_name))
     }
+    async fn ensure_network(&self, name: &str) -> Result<bool, EngineError> {
+        forward!(self, c => c.ensure_network(name))
+    }
 }
