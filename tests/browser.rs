@@ -397,6 +397,16 @@ async fn start_button_follows_the_state_table() {
         (&p["state"], &p["health"]),
         (&json!("running"), &json!("healthy"))
     );
+    // A request already satisfied is answered with an operation that already succeeded.
+    let again = c.call("package.start", json!({ "id": web })).await.unwrap();
+    assert_eq!(
+        (
+            &again["operation"]["status"],
+            &again["operation"]["progress"]["message"]
+        ),
+        (&json!("succeeded"), &json!("already done")),
+        "{again}"
+    );
     let status = c.call("server.status", Value::Null).await.unwrap();
     assert_eq!(
         status["memory"]["reserved_bytes"],

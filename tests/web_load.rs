@@ -151,6 +151,39 @@ async fn package_list_stays_fast_while_ten_apps_stop_slowly() {
     let (_, list_p99, _) = figures("package.list", &mut list_lat);
     figures("package.get", &mut get_lat);
     figures("package.stop", &mut stop_calls);
+    // The server's own view of the same calls (handler time, without the client's side).
+    let metrics = archipelago::ctl::http_request(
+        "GET",
+        &format!("{}/metrics", server.base),
+        &[],
+        b"",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    let buckets: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("archipelago_rpc_request_duration_seconds_bucket{method=\"package.list\"")
+        })
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let n = l.rsplit(' ').next()?;
+            Some(format!("le {le}: {n}"))
+        })
+        .collect();
+    println!(
+        "package.list server-side histogram (cumulative, whole run): {}",
+        buckets.join(", ")
+    );
+    // Stop operations the supervisor started (one per request is expected).
+    let stops = server
+        .log()
+        .iter()
+        .filter(|l| l.contains("operation started") && l.contains("kind=Stop"))
+        .count();
+    println!("supervisor started {stops} stop operations for {APPS} requests");
     for line in server.warnings() {
         println!("supervisor: {line}");
     }
