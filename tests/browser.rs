@@ -1,10 +1,13 @@
-//! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): log in
-//! through the form, press Start, and watch the primary button follow contract §8 from the
-//! event stream alone. Runs against the web server with a stub supervisor whose `start`
-//! takes about 3 s; the page-driving helpers below take any base URL, so the same steps can
-//! be pointed at a real supervisor.
+//! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver), against
+//! a real `archipelago serve` and the test dockerd: log in through the form, press Start on
+//! a stopped app whose start waits about 3 s for its health check, and watch the primary
+//! button follow contract §8 from the event stream alone. A second test points the
+//! supervisor at an engine socket that does not exist and checks the banner. The
+//! page-driving helpers take any base URL.
 
-mod web_stub;
+mod common;
+#[path = "web_stub/serve.rs"]
+mod serve;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,11 +17,12 @@ use std::time::{Duration, Instant};
 use archipelago::ctl::http_request;
 use base64::Engine as _;
 use serde_json::{json, Value};
-use web_stub::{Harness, SetEngineReachable, PASSWORD};
+
+use common::{docker_host, SETUP_COMMAND};
+use serve::{free_port, require_engine, wait_state, ServeNode, PASSWORD};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const SETUP_COMMAND: &str = "scripts/test-env.sh up";
 /// The W3C WebDriver key under which an element reference comes back.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 const T: Duration = Duration::from_secs(30);
@@ -320,30 +324,49 @@ fn target_dir() -> PathBuf {
 
 #[actix_web::test]
 async fn start_button_follows_the_state_table() {
-    let h = Harness::start(Duration::from_secs(3), |_| {});
-    let b = Browser::start().await;
-    log_in(&b, &h.base, PASSWORD).await;
-
-    // The initial state of each stub app, as §8 labels it.
-    wait_primary(&b, "a", "Start", true, Duration::from_secs(5)).await;
-    assert_eq!(primary(&b, "b").await, ("Stop".to_string(), true));
-    assert_eq!(primary(&b, "big").await, ("Install".to_string(), true));
-    let memory = b
-        .exec(
-            "return document.querySelector('[data-app=\"b\"] [data-role=\"memory\"]').textContent",
-        )
-        .await;
-    assert_eq!(memory, "1.5 GiB");
-    let update_hidden = b
-        .exec("return document.querySelector('[data-app=\"b\"] [data-role=\"update\"]').hidden")
-        .await;
-    assert_eq!(
-        update_hidden, false,
-        "b has an update: its Update button shows"
+    require_engine().await;
+    let node = ServeNode::new("br");
+    let port = free_port();
+    // Serves HTTP only after 3 s, so the real start (which waits for health) takes that
+    // long; exits at once on SIGTERM so the stop below is quick.
+    let web = node.app(
+        "web",
+        "1",
+        &format!(
+            "trap 'exit 0' TERM; sleep 3 & wait $!; mkdir -p /www; echo ok > /www/index.html; \
+             httpd -f -p 127.0.0.1:{port} -h /www & wait $!"
+        ),
+        &format!(
+            "  network: host\n  stop_timeout: 5s\n  health:\n    http: {{port: {port}, path: /}}\n    interval: 200ms\n    start_period: 10s\n"
+        ),
     );
+    let spare = node.app("spare", "1", "sleep 3600", "  network: none\n");
+    let server = node.serve(&docker_host(), &[]);
+    let mut c = server.client().await;
 
-    watch_primary(&b, "a", "Starting…").await;
-    let button = b.find(&primary_selector("a")).await;
+    // Installed and stopped: install (which starts it), then stop.
+    let op = c
+        .call("package.install", json!({ "id": web }))
+        .await
+        .unwrap();
+    assert_eq!(op["operation"]["status"], "running", "{op}");
+    wait_state(&mut c, &web, "running", Duration::from_secs(60)).await;
+    c.call("package.stop", json!({ "id": web })).await.unwrap();
+    wait_state(&mut c, &web, "stopped", Duration::from_secs(30)).await;
+
+    let b = Browser::start().await;
+    log_in(&b, &server.base, PASSWORD).await;
+    wait_primary(&b, &web, "Start", true, Duration::from_secs(10)).await;
+    wait_primary(&b, &spare, "Install", true, Duration::from_secs(10)).await;
+    let memory = b
+        .exec(&format!(
+            "return document.querySelector('[data-app=\"{web}\"] [data-role=\"memory\"]').textContent"
+        ))
+        .await;
+    assert_eq!(memory, "64 MiB");
+
+    watch_primary(&b, &web, "Starting…").await;
+    let button = b.find(&primary_selector(&web)).await;
     let clicked = Instant::now();
     b.click(&button).await;
     let click_call = clicked.elapsed();
@@ -353,17 +376,54 @@ async fn start_button_follows_the_state_table() {
          WebDriver click call took {click_call:?}"
     );
     assert!(label_ms < 200.0, "\"Starting…\" took {label_ms:.1} ms");
-    assert_eq!(primary(&b, "a").await, ("Starting…".to_string(), false));
+    assert!(disabled_ms < 200.0, "disabling took {disabled_ms:.1} ms");
+    assert_eq!(primary(&b, &web).await, ("Starting…".to_string(), false));
     let progress = b
-        .exec("return document.querySelector('[data-app=\"a\"] [data-role=\"progress\"]').hidden")
+        .exec(&format!(
+            "return document.querySelector('[data-app=\"{web}\"] [data-role=\"progress\"]').hidden"
+        ))
         .await;
     assert_eq!(progress, false, "progress shows while starting");
 
-    wait_primary(&b, "a", "Stop", true, Duration::from_secs(10)).await;
-    println!(
-        "\"Stop\" after {:?} (stub start takes 3 s)",
-        clicked.elapsed()
+    wait_primary(&b, &web, "Stop", true, Duration::from_secs(30)).await;
+    let took = clicked.elapsed();
+    println!("\"Stop\" {took:?} after the click (the app serves after 3 s)");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "running after {took:?}: the start did not wait for health"
     );
+    let p = serve::get(&mut c, &web).await;
+    assert_eq!(
+        (&p["state"], &p["health"]),
+        (&json!("running"), &json!("healthy"))
+    );
+    // A request already satisfied is answered with an operation that already succeeded.
+    let again = c.call("package.start", json!({ "id": web })).await.unwrap();
+    assert_eq!(
+        (
+            &again["operation"]["status"],
+            &again["operation"]["progress"]["message"]
+        ),
+        (&json!("succeeded"), &json!("already done")),
+        "{again}"
+    );
+    let status = c.call("server.status", Value::Null).await.unwrap();
+    assert_eq!(
+        status["memory"]["reserved_bytes"],
+        64 * 1024 * 1024,
+        "{status}"
+    );
+
+    // A newer version in the catalog shows the Update button, from the event stream.
+    node.set_version(&web, "2");
+    c.call("catalog.reload", Value::Null).await.unwrap();
+    b.wait_for(
+        "the Update button",
+        &format!("!document.querySelector('[data-app=\"{web}\"] [data-role=\"update\"]').hidden"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(primary(&b, &web).await, ("Stop".to_string(), true));
     let reloads = b
         .exec("return performance.getEntriesByType('navigation').length")
         .await;
@@ -372,10 +432,21 @@ async fn start_button_follows_the_state_table() {
     let shot = target_dir().join("browser-screenshot.png");
     b.screenshot(&shot).await;
     println!("screenshot: {}", shot.display());
+    for line in server.warnings() {
+        println!("supervisor: {line}");
+    }
+}
 
-    // With the engine unreachable the page still loads and says so.
-    h.stub.send(SetEngineReachable(false)).await.unwrap();
-    b.goto(&format!("{}/", h.base)).await;
+/// With the engine socket missing, the real supervisor still serves the page, lists the
+/// catalog and the page says the engine is unreachable.
+#[actix_web::test]
+async fn engine_banner_shows_when_the_engine_is_unreachable() {
+    let node = ServeNode::new("down");
+    let app = node.app("web", "1", "sleep 3600", "  network: none\n");
+    let absent = format!("unix://{}/absent.sock", node.dir.path().display());
+    let server = node.serve(&absent, &[]);
+    let b = Browser::start().await;
+    log_in(&b, &server.base, PASSWORD).await;
     b.wait_for(
         "the engine banner",
         "!document.getElementById('engine-banner').hidden",
@@ -392,12 +463,7 @@ async fn start_button_follows_the_state_table() {
             .starts_with("The container engine is unreachable"),
         "{banner}"
     );
-    b.wait_for(
-        "the app list",
-        "document.querySelectorAll('[data-app]').length === 5",
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_primary(&b, &app, "Install", true, Duration::from_secs(10)).await;
     b.screenshot(&target_dir().join("browser-screenshot-engine-down.png"))
         .await;
 }

@@ -1,0 +1,263 @@
+//! A real `archipelago serve` process for web tests: a throwaway config, catalog, data
+//! folder and password file in a temp dir, the built binary started on them, and cleanup
+//! of the test's containers. Included with `#[path]` next to `mod common;`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use archipelago::ctl::RpcClient;
+use serde_json::{json, Value};
+
+use crate::common::{connect, docker_host, BUSYBOX_IMAGE};
+
+/// The dashboard password of every test server.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A free TCP port on loopback (bound and released; good enough for one test process).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A test node: catalog, data and password in a temp dir; its containers are removed on drop.
+pub struct ServeNode {
+    pub dir: tempfile::TempDir,
+    /// Prefix of every app id, unique to this process: `t<pid><tag>`.
+    pub prefix: String,
+}
+
+impl ServeNode {
+    pub fn new(tag: &str) -> ServeNode {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("apps")).unwrap();
+        std::fs::write(dir.path().join("password"), format!("{PASSWORD}\n")).unwrap();
+        ServeNode {
+            dir,
+            prefix: format!("t{}{tag}", std::process::id()),
+        }
+    }
+
+    pub fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn manifest_path(&self, id: &str) -> PathBuf {
+        self.dir.path().join("apps").join(id).join("manifest.yml")
+    }
+
+    /// Writes a busybox app at `version`; `extra` is YAML under `container:`.
+    pub fn app(&self, name: &str, version: &str, command: &str, extra: &str) -> String {
+        let id = self.id(name);
+        let path = self.manifest_path(&id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let manifest = format!(
+            "id: {id}\nname: {name}\nversion: \"{version}\"\ncontainer:\n  image: {BUSYBOX_IMAGE}\n  command: [\"sh\", \"-c\", {command:?}]\n  memory_limit: 64MiB\n{extra}"
+        );
+        std::fs::write(path, manifest).unwrap();
+        id
+    }
+
+    /// Changes the version an app's manifest names (the next `catalog.reload` sees it).
+    pub fn set_version(&self, id: &str, version: &str) {
+        let path = self.manifest_path(id);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("version:") {
+                    format!("version: \"{version}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(path, text + "\n").unwrap();
+    }
+
+    /// Starts `archipelago serve` on a fresh config for this node, on a free loopback
+    /// port, talking to the engine at `engine_host`.
+    pub fn serve(&self, engine_host: &str, default_apps: &[String]) -> Server {
+        let config = self.dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:0\napps_dir: apps\ndata_dir: data\nengine:\n  host: {engine_host}\n  default_network: none\nreconcile_interval: 200ms\ndefault_apps: [{}]\nauth:\n  password_file: password\n",
+                default_apps.join(", ")
+            ),
+        )
+        .unwrap();
+        Server::start(&config)
+    }
+}
+
+impl Drop for ServeNode {
+    fn drop(&mut self) {
+        // Remove this test's containers whatever happened (serve leaves them running).
+        let prefix = format!("archipelago-{}-", self.prefix);
+        let host = docker_host();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let docker = connect(&host).await;
+                let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .build();
+                for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+                    let ours = c
+                        .names
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|n| n.trim_start_matches('/').starts_with(&prefix));
+                    if ours {
+                        let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                            .force(true)
+                            .build();
+                        let _ = docker
+                            .remove_container(c.id.as_deref().unwrap_or_default(), Some(rm))
+                            .await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A running `archipelago serve`; stopped with SIGTERM on drop. Its log (stderr) is kept
+/// and printed when the test fails.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(config: &std::path::Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_archipelago"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the archipelago binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("dashboard at http://").nth(1) {
+                    let addr = rest.split('/').next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Server {
+            child,
+            base: String::new(),
+            log,
+        };
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => server.base = format!("http://{addr}"),
+            Err(_) => panic!(
+                "archipelago serve did not come up in 20 s; its log:\n{}",
+                server.log().join("\n")
+            ),
+        }
+        server
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Log lines at WARN or ERROR level.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect()
+    }
+
+    /// An RPC client, logged in.
+    pub async fn client(&self) -> RpcClient {
+        let mut c = RpcClient::new(&self.base, Duration::from_secs(10));
+        c.login(PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("login to {}: {e}", self.base));
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let from = log.len().saturating_sub(80);
+            eprintln!(
+                "---- archipelago serve log (last {} lines) ----",
+                log.len() - from
+            );
+            for l in &log[from..] {
+                eprintln!("{l}");
+            }
+        }
+        // Graceful first (as systemd would), then by force; both by this child's own pid.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `package.get` over RPC.
+pub async fn get(c: &mut RpcClient, id: &str) -> Value {
+    c.call("package.get", json!({ "id": id }))
+        .await
+        .unwrap_or_else(|e| panic!("package.get {id}: {e}"))
+}
+
+/// Polls `package.get` until `id` reads `state`, or panics after `within`.
+pub async fn wait_state(c: &mut RpcClient, id: &str, state: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let p = get(c, id).await;
+        if p["state"] == state {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not reach {state} within {within:?}: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fails naming the set-up command when the test engine is not there.
+pub async fn require_engine() {
+    connect(&docker_host()).await;
+}
