@@ -38,6 +38,10 @@ pub struct JournalEntry {
     /// Snapshot folder of the app's volumes taken before an upgrade.
     #[serde(default)]
     pub snapshot: Option<PathBuf>,
+    /// For uninstall: volumes and secrets are deleted too, so an uninstall cut off
+    /// midway finishes with the same purge.
+    #[serde(default)]
+    pub purge: bool,
 }
 
 /// Everything persisted about one app.
