@@ -194,6 +194,10 @@ impl Supervisor {
             Ok(Some(loaded)) => {
                 if let Some(w) = loaded.warning {
                     tracing::warn!(app = %id, "{w}");
+                    // Put the last good copy back in place of the missing or corrupt file.
+                    if let Err(e) = self.shared.store.save(id.as_str(), &loaded.record) {
+                        tracing::error!(app = %id, error = %e, "could not persist state");
+                    }
                 }
                 loaded.record
             }
