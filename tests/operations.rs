@@ -434,11 +434,15 @@ enum KillPoint {
     /// While the new version is starting (it takes 4 s to get healthy): the old container
     /// is aside as `-previous` and the new one is running.
     NewStarting,
+    /// While the journal says `commit`: the new version is recorded as installed and the
+    /// old container is being removed (a window of a few engine calls; when the poll
+    /// misses it, the kill lands just after, as in `AfterSwap`).
+    Committing,
     /// Once the old container is gone and the new one runs.
     AfterSwap,
 }
 
-/// kill -9 of `archipelago serve` at several points of an upgrade, started over real
+/// kill -9 of `archipelago serve` at four points of an upgrade, started over real
 /// HTTP with `ctl`: after a restart the app is `running` on exactly one version, its one
 /// container runs that version's image, nothing is left aside, the volume's file is
 /// unchanged and the state file holds no journal.
@@ -512,13 +516,18 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
     std::fs::write(volume.join("wallet.dat"), b"precious").unwrap();
 
     let name = format!("archipelago-{id}");
+    // Index into `images` of the version installed now.
+    let mut current = 0;
     let aside = format!("{name}-previous");
     for point in [
         KillPoint::AfterAnswer,
         KillPoint::NewStarting,
+        KillPoint::Committing,
         KillPoint::AfterSwap,
     ] {
-        manifest(1);
+        // Offer the version not installed now (the last point goes back from 2 to 1).
+        let target = 1 - current;
+        manifest(target);
         ctl(web_port, &password, &["reload"]).expect("catalog.reload");
         let before = settled(Duration::from_secs(10)).await;
         assert_eq!(before["update_available"], true, "{point:?}: {before}");
@@ -528,17 +537,27 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
         loop {
             let cs = containers_of(&docker, &id).await;
             let has = |n: &str| cs.iter().any(|c| c.0 == n);
-            let new_running = cs.iter().any(|c| c.0 == name && c.1 == images[1] && c.2);
+            let new_running = cs
+                .iter()
+                .any(|c| c.0 == name && c.1 == images[target] && c.2);
+            let swapped = !has(&aside) && new_running;
             let reached = match point {
                 KillPoint::AfterAnswer => true,
                 KillPoint::NewStarting => has(&aside) && new_running,
-                KillPoint::AfterSwap => !has(&aside) && new_running,
+                KillPoint::Committing => {
+                    let state = std::fs::read_to_string(&state_file).unwrap_or_default();
+                    let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+                    state["journal"]["step"] == "commit" || swapped
+                }
+                KillPoint::AfterSwap => swapped,
             };
             if reached {
                 break;
             }
             assert!(Instant::now() < deadline, "{point:?} never reached: {cs:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !matches!(point, KillPoint::Committing) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         // kill -9: no chance to clean anything up.
         sup.0.kill().unwrap();
@@ -570,11 +589,16 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
         let state: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
         assert!(state["journal"].is_null(), "{point:?}: {state}");
-        if matches!(point, KillPoint::NewStarting) {
-            assert_eq!(version, "1", "a swap cut before its gate is undone");
+        let ended = version.parse::<usize>().unwrap() - 1;
+        match point {
+            KillPoint::AfterAnswer => {}
+            KillPoint::NewStarting => {
+                assert_eq!(ended, current, "a swap cut before its gate is undone")
+            }
+            KillPoint::Committing | KillPoint::AfterSwap => {
+                assert_eq!(ended, target, "a swap past its gate is kept")
+            }
         }
-        if matches!(point, KillPoint::AfterSwap) {
-            assert_eq!(version, "2", "a swap past its gate is kept");
-        }
+        current = ended;
     }
 }
