@@ -601,4 +601,19 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
         }
         current = ended;
     }
+    // Clean up: the supervisor, the app's container, and the images it pulled.
+    drop(sup);
+    let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .build();
+    docker.remove_container(&name, Some(rm)).await.unwrap();
+    for image in &images {
+        let _ = docker
+            .remove_image(
+                image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
 }
