@@ -69,6 +69,9 @@ pub struct AppActor {
     op_counter: u64,
     /// The last Package sent, to send only changes.
     last_sent: Option<Package>,
+    /// False once the app's folder left the catalog while it stayed installed: the actor
+    /// keeps running it on its last manifest, and offers no update.
+    in_catalog: bool,
 }
 
 impl AppActor {
@@ -93,6 +96,7 @@ impl AppActor {
             probing: false,
             op_counter: 0,
             last_sent: None,
+            in_catalog: true,
         }
     }
 
@@ -120,6 +124,9 @@ impl AppActor {
     }
 
     fn update_available(&self) -> bool {
+        if !self.in_catalog {
+            return false;
+        }
         match &self.record.installed {
             Some(i) => {
                 let m = &self.app.manifest;
@@ -759,7 +766,38 @@ impl Handler<CatalogUpdate> for AppActor {
     type Result = ();
     fn handle(&mut self, msg: CatalogUpdate, ctx: &mut Context<Self>) {
         self.app = msg.0;
+        self.in_catalog = true;
         self.reconcile(ctx);
+    }
+}
+
+/// The app's folder left the catalog. An app with nothing on the node (not installed, no
+/// container, no operation in flight, no journal) stops its actor and answers `true`.
+/// Otherwise the actor stays, keeps the app on its last manifest, shows no update, and
+/// answers `false`: an installed app is never dropped because its folder went away.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct LeaveCatalog;
+
+impl Handler<LeaveCatalog> for AppActor {
+    type Result = bool;
+    fn handle(&mut self, _: LeaveCatalog, ctx: &mut Context<Self>) -> bool {
+        let on_node = self.record.installed.is_some()
+            || self.record.journal.is_some()
+            || self.op.is_some()
+            || self.observed.is_some();
+        if on_node {
+            tracing::warn!(
+                app = self.id(),
+                "app left the catalog but is on the node; keeping it on its last manifest"
+            );
+            self.in_catalog = false;
+            self.publish();
+            return false;
+        }
+        tracing::info!(app = self.id(), "app left the catalog; its actor stops");
+        ctx.stop();
+        true
     }
 }
 

@@ -171,6 +171,7 @@ fn journal(
                 from: None,
                 to: None,
                 snapshot: None,
+                purge: false,
             })
         }
     }
@@ -427,6 +428,13 @@ async fn uninstall(
     purge: bool,
 ) -> Result<String, String> {
     journal(env, record, op_id, OperationKind::Uninstall, "remove")?;
+    if purge {
+        // Recorded so an uninstall cut off midway finishes with the same purge.
+        if let Some(j) = &mut record.journal {
+            j.purge = true;
+        }
+        env.save(record)?;
+    }
     stop(env).await?;
     let name = container_name(env.id());
     remove_quietly(env.engine.as_ref(), &name).await?;
@@ -544,6 +552,7 @@ async fn swap(
         j.from = Some(from.clone());
         j.to = Some(to.clone());
     }
+    env.save(record)?;
     fetch_image(env, &to, kind == OperationKind::Upgrade).await?;
     let new_spec = env.spec_for(&to)?;
     env.say("snapshotting volumes");
@@ -579,20 +588,31 @@ async fn swap(
         wait_healthy(env, &new_spec, Instant::now()).await
     }
     .await;
-    match attempt {
+    // The new version passed its gate: persist it as installed (journal step "commit")
+    // before cleaning up, so a crash from here on finishes the operation instead of
+    // undoing it.
+    let committed = attempt.and_then(|h| {
+        let mut next = record.clone();
+        next.previous = (kind == OperationKind::Upgrade).then(|| from.clone());
+        next.installed = Some(to.clone());
+        next.memory_limit = Some(new_spec.memory_limit);
+        journal(env, &mut next, op_id, kind, "commit")?;
+        *record = next;
+        Ok(h)
+    });
+    match committed {
         Ok(h) => {
             *started = true;
             *health = Some(h);
-            remove_quietly(env.engine.as_ref(), &aside).await?;
-            record.previous = Some(from);
-            record.installed = Some(to.clone());
-            record.memory_limit = Some(new_spec.memory_limit);
-            prune_snapshots(env, &snapshot);
+            complete_swap(env, &snapshot).await?;
             Ok(format!("running {}", to.version))
         }
         Err(e) => {
             env.say(format!("{e}; rolling back to {}", from.version));
             undo_swap(env, &snapshot, was_running).await?;
+            // This snapshot equals the data now live; a later rollback wants the one
+            // taken before the last upgrade that succeeded.
+            remove_tree(&snapshot)?;
             *started = was_running;
             Err(format!(
                 "{} to {} failed: {e}; back on {}",
@@ -606,6 +626,14 @@ async fn swap(
             ))
         }
     }
+}
+
+/// The clean-up after a swap that succeeded: the old container and older snapshots go.
+async fn complete_swap(env: &OpEnv, snapshot: &Path) -> Result<(), String> {
+    let aside = format!("{}{PREVIOUS_SUFFIX}", container_name(env.id()));
+    remove_quietly(env.engine.as_ref(), &aside).await?;
+    prune_snapshots(env, snapshot);
+    Ok(())
 }
 
 /// Takes the new container away, restores the snapshot, and puts the old container back.
@@ -677,7 +705,8 @@ async fn rollback(
         .clone()
         .ok_or("no previous version to roll back to")?;
     let snapshot = latest_snapshot(env);
-    let result = swap(
+    // On success `swap` clears `previous`: a rollback is not undone by another rollback.
+    swap(
         env,
         record,
         op_id,
@@ -690,12 +719,7 @@ async fn rollback(
         started,
         health,
     )
-    .await;
-    if result.is_ok() {
-        // A rollback is not undone by another rollback.
-        record.previous = None;
-    }
-    result
+    .await
 }
 
 fn latest_snapshot(env: &OpEnv) -> Option<std::path::PathBuf> {
@@ -709,8 +733,9 @@ fn latest_snapshot(env: &OpEnv) -> Option<std::path::PathBuf> {
 }
 
 /// Finishes or undoes an operation a previous supervisor left half-done, from its
-/// journal. Install and uninstall are finished (their steps are idempotent); upgrade and
-/// rollback are undone (the old container and the snapshot are put back).
+/// journal. Install and uninstall are finished (their steps are idempotent; an uninstall
+/// keeps its `purge`); an upgrade or rollback is undone (the old container and the
+/// snapshot put back) unless it had committed, in which case it is finished.
 pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
     let Some(j) = record.journal.clone() else {
         return OpEnd {
@@ -745,29 +770,296 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
             )
             .await
         }
-        OperationKind::Uninstall => uninstall(env, &mut record, &j.operation, false).await,
-        OperationKind::Upgrade | OperationKind::Rollback => {
-            if j.step == "swap" {
-                let snapshot = j.snapshot.clone().unwrap_or_default();
-                let desired_running = record.desired == Desired::Running;
-                undo_swap(env, &snapshot, desired_running).await.map(|_| {
-                    format!(
-                        "interrupted {:?} undone; back on {}",
-                        j.kind,
-                        j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?")
-                    )
-                })
-            } else {
-                Ok("interrupted before the swap; nothing changed".into())
-            }
-        }
+        OperationKind::Uninstall => uninstall(env, &mut record, &j.operation, j.purge).await,
+        OperationKind::Upgrade | OperationKind::Rollback => recover_swap(env, &record, &j).await,
         _ => Ok("nothing to recover".into()),
     };
+    record.last_error = result.as_ref().err().cloned();
     let persist = record.installed.is_some() || record.desired != Desired::NotInstalled;
     finish(env, record, result, started, health, persist)
+}
+
+/// Recovers an upgrade or rollback from its journal step:
+/// - `fetch`: the old container was at most stopped; a partial snapshot is deleted and
+///   reconcile starts the old container again when it is wanted running.
+/// - `swap`: undone. The new container (if any) is removed, the snapshot restored, the
+///   `-previous` container renamed back and started when wanted running. Before the
+///   rename the app's container is still the old one and is simply started.
+/// - `commit`: the new version passed its gate and is recorded as installed: the
+///   `-previous` container and older snapshots are removed and the new one started.
+async fn recover_swap(env: &OpEnv, record: &AppRecord, j: &JournalEntry) -> Result<String, String> {
+    let verb = if j.kind == OperationKind::Upgrade {
+        "upgrade"
+    } else {
+        "rollback"
+    };
+    let to = j.to.as_ref().map(|t| t.version.as_str()).unwrap_or("?");
+    let from = j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?");
+    let wanted_running = record.desired == Desired::Running;
+    match j.step.as_str() {
+        "commit" => {
+            let snapshot = j.snapshot.clone().unwrap_or_default();
+            complete_swap(env, &snapshot).await?;
+            if wanted_running {
+                start_quietly(env).await?;
+            }
+            Ok(format!("interrupted {verb} to {to} finished; running {to}"))
+        }
+        "swap" => {
+            let snapshot = j.snapshot.clone().unwrap_or_default();
+            undo_swap(env, &snapshot, wanted_running).await?;
+            remove_tree(&snapshot)?;
+            Err(format!(
+                "{verb} to {to} interrupted by a supervisor restart; back on {from}"
+            ))
+        }
+        _ => {
+            remove_tree(&env.store.snapshots_dir(env.id()).join(&j.operation))?;
+            Err(format!(
+                "{verb} to {to} interrupted by a supervisor restart before the swap; still on {from}"
+            ))
+        }
+    }
+}
+
+async fn start_quietly(env: &OpEnv) -> Result<(), String> {
+    match env.engine.start(&container_name(env.id())).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == EngineErrorKind::NotModified => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Convenience for callers matching engine errors by kind.
 pub fn is_not_found(e: &EngineError) -> bool {
     e.kind() == EngineErrorKind::ContainerNotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::FakeRuntime;
+    use crate::manifest::AppManifest;
+
+    const ID: &str = "app";
+    const OP: &str = "app-1-1";
+
+    fn v(n: u32) -> Installed {
+        Installed {
+            version: n.to_string(),
+            image: format!("img:{n}"),
+        }
+    }
+
+    /// An env whose catalog offers version 2 of a one-volume app.
+    fn env(dir: &Path, fake: Arc<FakeRuntime>) -> OpEnv {
+        let app_dir = dir.join("apps").join(ID);
+        std::fs::create_dir_all(&app_dir).unwrap();
+        let path = app_dir.join("manifest.yml");
+        let text = format!(
+            "id: {ID}\nname: App\nversion: \"2\"\ncontainer:\n  image: img:2\n  network: none\n  memory_limit: 64MiB\n  volumes: [\"data:/data\"]\n"
+        );
+        let manifest = AppManifest::from_yaml(&path, &text).unwrap();
+        OpEnv {
+            engine: fake,
+            store: Store::open(&dir.join("data")).unwrap(),
+            app: CatalogApp {
+                manifest,
+                dir: app_dir,
+                path,
+            },
+            default_network: "none".into(),
+            start_slots: Arc::new(Semaphore::new(1)),
+            progress: Arc::new(|_| {}),
+        }
+    }
+
+    /// Where a kill during an upgrade from 1 to 2 left things.
+    #[derive(Debug, Clone, Copy)]
+    enum Cut {
+        /// Journal `fetch`: old container stopped, a partial snapshot on disk.
+        Fetch,
+        /// Journal `swap`, old container stopped, not yet renamed aside.
+        SwapBeforeRename,
+        /// Journal `swap`, old container renamed aside, no new one yet.
+        SwapAfterRename,
+        /// Journal `swap`, new container running and writing to the volume.
+        SwapNewRunning,
+        /// Journal `commit`: new version recorded, old container still aside.
+        Commit,
+        /// Journal `commit`, old container already removed.
+        CommitCleaned,
+    }
+
+    /// Builds the state `cut` describes and returns the record as persisted and the old
+    /// container's id.
+    async fn cut_upgrade(env: &OpEnv, fake: &FakeRuntime, cut: Cut) -> (AppRecord, String) {
+        let name = container_name(ID);
+        let aside = format!("{name}{PREVIOUS_SUFFIX}");
+        fake.set_images(["img:1", "img:2"]);
+        let live = env.store.app_dir(ID).join("data");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("wallet.dat"), b"precious").unwrap();
+        let old_spec = env.spec_for(&v(1)).unwrap();
+        let old_id = fake.create(&old_spec).await.unwrap();
+        fake.start(&name).await.unwrap();
+        let snapshot = env.store.snapshots_dir(ID).join(OP);
+        let mut record = AppRecord {
+            desired: Desired::Running,
+            installed: Some(v(1)),
+            ..AppRecord::default()
+        };
+        let step = match cut {
+            Cut::Fetch => "fetch",
+            Cut::Commit | Cut::CommitCleaned => "commit",
+            _ => "swap",
+        };
+        record.journal = Some(JournalEntry {
+            operation: OP.into(),
+            kind: OperationKind::Upgrade,
+            step: step.into(),
+            started_at: crate::api::now(),
+            from: Some(v(1)),
+            to: Some(v(2)),
+            snapshot: (step != "fetch").then(|| snapshot.clone()),
+            purge: false,
+        });
+        fake.stop(&name, Duration::from_secs(1)).await.unwrap();
+        copy_tree(&env.store.app_dir(ID), &snapshot).unwrap();
+        if matches!(cut, Cut::Fetch | Cut::SwapBeforeRename) {
+            return (record, old_id);
+        }
+        fake.rename(&name, &aside).await.unwrap();
+        if matches!(cut, Cut::SwapAfterRename) {
+            return (record, old_id);
+        }
+        fake.create(&env.spec_for(&v(2)).unwrap()).await.unwrap();
+        fake.start(&name).await.unwrap();
+        std::fs::write(live.join("wallet.dat"), b"written by 2").unwrap();
+        if matches!(cut, Cut::Commit | Cut::CommitCleaned) {
+            record.installed = Some(v(2));
+            record.previous = Some(v(1));
+        }
+        if matches!(cut, Cut::CommitCleaned) {
+            fake.remove(&aside).await.unwrap();
+        }
+        (record, old_id)
+    }
+
+    /// Every kill point of an upgrade recovers to one container on one version, with no
+    /// `-previous` container and no journal left.
+    #[tokio::test]
+    async fn an_upgrade_cut_off_anywhere_recovers_to_one_version() {
+        // (cut, version after, volume content after, recovered result is ok)
+        let table = [
+            (Cut::Fetch, 1, "precious", false),
+            (Cut::SwapBeforeRename, 1, "precious", false),
+            (Cut::SwapAfterRename, 1, "precious", false),
+            (Cut::SwapNewRunning, 1, "precious", false),
+            (Cut::Commit, 2, "written by 2", true),
+            (Cut::CommitCleaned, 2, "written by 2", true),
+        ];
+        for (cut, version, content, ok) in table {
+            let dir = tempfile::tempdir().unwrap();
+            let fake = Arc::new(FakeRuntime::new());
+            let env = env(dir.path(), fake.clone());
+            let (record, old_id) = cut_upgrade(&env, &fake, cut).await;
+            env.store.save(ID, &record).unwrap();
+
+            let end = recover(&env, record).await;
+
+            assert_eq!(end.result.is_ok(), ok, "{cut:?}: {:?}", end.result);
+            let containers = fake.containers();
+            assert_eq!(
+                containers.keys().collect::<Vec<_>>(),
+                vec![&container_name(ID)],
+                "{cut:?}: one container, nothing aside"
+            );
+            let c = &containers[&container_name(ID)];
+            assert_eq!(c.spec.image, format!("img:{version}"), "{cut:?}");
+            if version == 1 {
+                assert_eq!(c.id, old_id, "{cut:?}: the old container is back");
+            }
+            // Before the swap began the planner starts the old container; every other
+            // cut leaves it running.
+            assert_eq!(c.state.is_running(), !matches!(cut, Cut::Fetch), "{cut:?}");
+            assert_eq!(
+                end.record.installed,
+                Some(v(version)),
+                "{cut:?}: record names the version that runs"
+            );
+            let saved = env.store.load(ID).unwrap().unwrap().record;
+            assert_eq!(saved.journal, None, "{cut:?}: journal cleared");
+            assert_eq!(saved.installed, Some(v(version)), "{cut:?}");
+            let data = std::fs::read(env.store.app_dir(ID).join("data/wallet.dat")).unwrap();
+            assert_eq!(data, content.as_bytes(), "{cut:?}");
+            let snapshots: Vec<_> = std::fs::read_dir(env.store.snapshots_dir(ID))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            let kept = usize::from(ok);
+            assert_eq!(snapshots.len(), kept, "{cut:?}: {snapshots:?}");
+            if !ok {
+                let err = end.result.unwrap_err();
+                assert!(err.contains("on 1"), "{cut:?}: {err}");
+                assert_eq!(saved.last_error, Some(err), "{cut:?}");
+            }
+        }
+    }
+
+    /// An uninstall with purge cut off after its journal finishes with the purge.
+    #[tokio::test]
+    async fn an_interrupted_purge_finishes_the_purge() {
+        for purge in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let fake = Arc::new(FakeRuntime::new());
+            let env = env(dir.path(), fake.clone());
+            fake.set_images(["img:2"]);
+            fake.create(&env.spec_for(&v(2)).unwrap()).await.unwrap();
+            fake.start(&container_name(ID)).await.unwrap();
+            let volume = env.store.app_dir(ID).join("data");
+            std::fs::create_dir_all(&volume).unwrap();
+            std::fs::write(volume.join("f"), b"x").unwrap();
+            std::fs::create_dir_all(env.store.secrets_dir(ID)).unwrap();
+            std::fs::write(env.store.secrets_dir(ID).join("token"), b"t").unwrap();
+            let record = AppRecord {
+                desired: Desired::Running,
+                installed: Some(v(2)),
+                journal: Some(JournalEntry {
+                    operation: OP.into(),
+                    kind: OperationKind::Uninstall,
+                    step: "remove".into(),
+                    started_at: crate::api::now(),
+                    from: None,
+                    to: None,
+                    snapshot: None,
+                    purge,
+                }),
+                ..AppRecord::default()
+            };
+            env.store.save(ID, &record).unwrap();
+            // The journal round-trips through the state file.
+            let loaded = env.store.load(ID).unwrap().unwrap().record;
+            assert_eq!(loaded.journal.as_ref().map(|j| j.purge), Some(purge));
+
+            let end = recover(&env, loaded).await;
+
+            assert!(end.result.is_ok(), "{:?}", end.result);
+            assert!(fake.containers().is_empty(), "purge {purge}");
+            assert!(env.store.load(ID).unwrap().is_none(), "state file removed");
+            assert_eq!(volume.join("f").exists(), !purge, "volume, purge {purge}");
+            assert_eq!(
+                env.store.secrets_dir(ID).exists(),
+                !purge,
+                "secrets, purge {purge}"
+            );
+        }
+    }
+
+    /// A journal written before `purge` existed reads as no purge.
+    #[test]
+    fn an_old_journal_without_purge_reads_as_false() {
+        let json = r#"{"operation":"x","kind":"uninstall","step":"remove","started_at":"t"}"#;
+        let j: JournalEntry = serde_json::from_str(json).unwrap();
+        assert!(!j.purge);
+    }
 }

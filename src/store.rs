@@ -2,8 +2,8 @@
 //! (`desired`), what is installed, the previous install (for rollback), whether the
 //! `post_create` hooks ran, and the journal of the operation in flight.
 //!
-//! Writes are atomic: temp file, fsync, the current file moved to `.bak`, temp renamed
-//! into place, fsync of the folder. A file that cannot be read or parsed is reported and
+//! Writes are atomic: temp file, fsync, the current file linked as `.bak`, temp renamed
+//! over it, fsync of the folder. A file that cannot be read or parsed is reported and
 //! the `.bak` copy (the last good one) is used instead. This module does no engine I/O.
 
 use std::fs;
@@ -38,6 +38,10 @@ pub struct JournalEntry {
     /// Snapshot folder of the app's volumes taken before an upgrade.
     #[serde(default)]
     pub snapshot: Option<PathBuf>,
+    /// For uninstall: volumes and secrets are deleted too, so an uninstall cut off
+    /// midway finishes with the same purge.
+    #[serde(default)]
+    pub purge: bool,
 }
 
 /// Everything persisted about one app.
@@ -203,7 +207,12 @@ impl Store {
             return Err(StoreError::Io { path: tmp, source });
         }
         if path.exists() && read_record(&path).is_ok() {
-            fs::rename(&path, &backup).map_err(io_err(&backup))?;
+            // The backup is a second link to the current file, so `<id>.json` exists at
+            // every instant: a crash here leaves the old state, never none.
+            let linking = path.with_extension("json.bak.tmp");
+            let _ = fs::remove_file(&linking);
+            fs::hard_link(&path, &linking).map_err(io_err(&linking))?;
+            fs::rename(&linking, &backup).map_err(io_err(&backup))?;
         }
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&dir)
@@ -212,7 +221,11 @@ impl Store {
     /// Deletes an app's record and its backup (after an uninstall).
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         let path = self.state_path(id);
-        for p in [path.with_extension("json.bak"), path.clone()] {
+        for p in [
+            path.with_extension("json.bak.tmp"),
+            path.with_extension("json.bak"),
+            path.clone(),
+        ] {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -321,6 +334,27 @@ mod tests {
             store.load("lnd").unwrap().unwrap().record.desired,
             Desired::Stopped
         );
+    }
+
+    #[test]
+    fn a_save_never_leaves_the_state_file_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save("lnd", &record(Desired::Running)).unwrap();
+        // A crash after the backup link, before the temp file is renamed into place.
+        let path = dir.path().join("state/lnd.json");
+        fs::hard_link(&path, dir.path().join("state/lnd.json.bak.tmp")).unwrap();
+        fs::write(dir.path().join("state/lnd.json.tmp"), b"{").unwrap();
+        let loaded = store.load("lnd").unwrap().unwrap();
+        assert_eq!(loaded.record.desired, Desired::Running);
+        assert!(loaded.warning.is_none());
+        // The next save goes over the leftovers.
+        store.save("lnd", &record(Desired::Stopped)).unwrap();
+        store.save("lnd", &record(Desired::Running)).unwrap();
+        let bak = fs::read(dir.path().join("state/lnd.json.bak")).unwrap();
+        let bak: AppRecord = serde_json::from_slice(&bak).unwrap();
+        assert_eq!(bak.desired, Desired::Stopped);
+        assert!(!dir.path().join("state/lnd.json.bak.tmp").exists());
     }
 
     #[test]

@@ -108,6 +108,38 @@ pub struct Supervisor {
     /// A tick is running (ticks never overlap).
     ticking: bool,
     first_boot: bool,
+    /// What `apps_dir` looked like when the catalog was last read; a tick that sees it
+    /// differ reloads the catalog.
+    catalog_seen: CatalogFingerprint,
+}
+
+/// A cheap summary of `apps_dir`: each entry's name with the SHA-256 of its
+/// `manifest.yml` (one readdir and one small read per app). Any edit, added or removed
+/// app changes it; file times are not used, as two edits within one clock tick of the
+/// filesystem can leave them equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogFingerprint(Vec<(std::ffi::OsString, Option<[u8; 32]>)>);
+
+impl CatalogFingerprint {
+    /// Reads `apps_dir` now; an unreadable folder gives an empty fingerprint.
+    pub fn of(apps_dir: &std::path::Path) -> Self {
+        use sha2::{Digest, Sha256};
+        let Ok(entries) = std::fs::read_dir(apps_dir) else {
+            return CatalogFingerprint::default();
+        };
+        let mut seen: Vec<_> = entries
+            .flatten()
+            .map(|e| {
+                let manifest = e.path().join(crate::catalog::MANIFEST_FILE);
+                let digest = std::fs::read(manifest)
+                    .ok()
+                    .map(|bytes| Sha256::digest(bytes).into());
+                (e.file_name(), digest)
+            })
+            .collect();
+        seen.sort();
+        CatalogFingerprint(seen)
+    }
 }
 
 impl Supervisor {
@@ -142,6 +174,7 @@ impl Supervisor {
             last_reconcile: ReconcileStatus::default(),
             ticking: false,
             first_boot,
+            catalog_seen: CatalogFingerprint::of(&config.apps_dir),
         })
     }
 
@@ -161,6 +194,10 @@ impl Supervisor {
             Ok(Some(loaded)) => {
                 if let Some(w) = loaded.warning {
                     tracing::warn!(app = %id, "{w}");
+                    // Put the last good copy back in place of the missing or corrupt file.
+                    if let Err(e) = self.shared.store.save(id.as_str(), &loaded.record) {
+                        tracing::error!(app = %id, error = %e, "could not persist state");
+                    }
                 }
                 loaded.record
             }
@@ -221,6 +258,12 @@ impl Supervisor {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.ticking {
             return;
+        }
+        // `catalog.reload` is also done when `apps_dir` changes on disk: seen at the next
+        // tick, so within one `reconcile_interval`.
+        if CatalogFingerprint::of(&self.apps_dir) != self.catalog_seen {
+            tracing::info!(apps_dir = %self.apps_dir.display(), "catalog changed on disk; reloading");
+            self.reload(ctx);
         }
         self.ticking = true;
         let engine = self.shared.engine.clone();
@@ -539,6 +582,16 @@ impl Handler<GetLogs> for Supervisor {
 impl Handler<ReloadCatalog> for Supervisor {
     type Result = Result<usize, AppError>;
     fn handle(&mut self, _: ReloadCatalog, ctx: &mut Context<Self>) -> Self::Result {
+        Ok(self.reload(ctx))
+    }
+}
+
+impl Supervisor {
+    /// Re-reads `apps_dir`: changed apps get their new manifest, new apps an actor, and
+    /// apps that left it are retired (see [`app::LeaveCatalog`]). Answers the number of
+    /// catalog apps.
+    fn reload(&mut self, ctx: &mut Context<Self>) -> usize {
+        self.catalog_seen = CatalogFingerprint::of(&self.apps_dir);
         let (catalog, problems) = Catalog::load(&self.apps_dir);
         for p in &problems {
             tracing::warn!("{p}");
@@ -554,7 +607,30 @@ impl Handler<ReloadCatalog> for Supervisor {
                 None => self.spawn_app(&id, ctx),
             }
         }
-        Ok(self.catalog.apps.len())
+        let gone: Vec<(String, Addr<AppActor>)> = self
+            .actors
+            .iter()
+            .filter(|(id, _)| !self.catalog.apps.keys().any(|k| k.as_str() == id.as_str()))
+            .map(|(id, addr)| (id.clone(), addr.clone()))
+            .collect();
+        for (id, addr) in gone {
+            let fut = addr.send(app::LeaveCatalog);
+            ctx.spawn(fut.into_actor(self).map(move |stopped, act, ctx| {
+                // Only drop the actor we asked: a reload may have spawned a new one since.
+                if stopped.unwrap_or(false) && act.actors.get(&id).is_some_and(|a| *a == addr) {
+                    act.actors.remove(&id);
+                    act.packages.remove(&id);
+                    act.operations.retain(|_, app| *app != id);
+                    // The app came back while its actor was stopping: give it a new one.
+                    if let Ok(app_id) = AppId::try_from(id) {
+                        if act.catalog.get(&app_id).is_some() {
+                            act.spawn_app(&app_id, ctx);
+                        }
+                    }
+                }
+            }));
+        }
+        self.catalog.apps.len()
     }
 }
 
@@ -577,5 +653,316 @@ impl Handler<Subscribe> for Supervisor {
     type Result = MessageResult<Subscribe>;
     fn handle(&mut self, _: Subscribe, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.shared.events.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::api::{Desired, OperationStatus};
+    use crate::engine::FakeRuntime;
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// Writes `<apps>/<id>/manifest.yml` for a 64 MiB app on image `img:1`; `extra` is
+    /// YAML under `container:`.
+    fn write_app(apps: &Path, id: &str, extra: &str) {
+        let dir = apps.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("manifest.yml"),
+            format!(
+                "id: {id}\nname: {id}\nversion: \"1\"\ncontainer:\n  image: img:1\n  network: none\n  memory_limit: 64MiB\n{extra}"
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Starts a supervisor on the fake engine over `dir` (holding `apps/`), with
+    /// `extra` appended to the config.
+    fn start(
+        dir: &Path,
+        fake: &Arc<FakeRuntime>,
+        extra: &str,
+        policy: CrashPolicy,
+    ) -> Addr<Supervisor> {
+        let path = dir.join("config.yml");
+        let text = format!(
+            "apps_dir: apps\ndata_dir: data\nengine:\n  host: fake\n  default_network: none\nreconcile_interval: 50ms\nauth:\n  password_file: password\n{extra}"
+        );
+        let config = Config::from_yaml(&path, &text).unwrap();
+        let (catalog, problems) = Catalog::load(&config.apps_dir);
+        assert!(problems.is_empty(), "{problems:?}");
+        let store = Store::open(&config.data_dir).unwrap();
+        fake.set_images(["img:1"]);
+        let engine: Arc<dyn ContainerRuntime> = fake.clone();
+        Supervisor::new(&config, catalog, engine, store)
+            .unwrap()
+            .with_crash_policy(policy)
+            .start()
+    }
+
+    /// Polls `id`'s package until `pred` holds, or panics after 5 s naming `what`.
+    async fn wait_for(
+        sup: &Addr<Supervisor>,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&Package) -> bool,
+    ) -> Package {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let p = sup.send(GetPackage { id: id.into() }).await.unwrap();
+            if let Ok(p) = &p {
+                if pred(p) {
+                    return p.clone();
+                }
+            }
+            assert!(Instant::now() < deadline, "{id}: never {what}: {p:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn settled_running(p: &Package) -> bool {
+        p.state == AppState::Running
+            && p.operation
+                .as_ref()
+                .is_none_or(|o| o.status != OperationStatus::Running)
+    }
+
+    async fn run(
+        sup: &Addr<Supervisor>,
+        id: &str,
+        kind: OperationKind,
+    ) -> Result<Operation, AppError> {
+        sup.send(RunOperation {
+            id: id.into(),
+            kind,
+            purge: false,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Adding, editing (same length) and removing a manifest each change the fingerprint;
+    /// reading twice with no change does not.
+    #[test]
+    fn the_catalog_fingerprint_sees_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path();
+        write_app(apps, "a", "");
+        let mut last = CatalogFingerprint::of(apps);
+        assert_eq!(CatalogFingerprint::of(apps), last, "no change");
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 4] = [
+            ("add", |apps| write_app(apps, "b", "")),
+            ("edit, same length", |apps| {
+                let path = apps.join("a/manifest.yml");
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(&path, text.replace("64MiB", "80MiB")).unwrap();
+            }),
+            ("remove manifest", |apps| {
+                std::fs::remove_file(apps.join("b/manifest.yml")).unwrap()
+            }),
+            ("remove folder", |apps| {
+                std::fs::remove_dir_all(apps.join("b")).unwrap()
+            }),
+        ];
+        for (what, change) in changes {
+            change(apps);
+            let now = CatalogFingerprint::of(apps);
+            assert_ne!(now, last, "{what}");
+            last = now;
+        }
+    }
+
+    /// Two 64 MiB apps under a 100 MiB budget: the second is refused with -32004 and the
+    /// figures, and nothing is created for it.
+    #[actix_web::test]
+    async fn a_start_over_the_memory_budget_is_refused_with_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "");
+        write_app(&dir.path().join("apps"), "b", "");
+        let fake = Arc::new(FakeRuntime::new());
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: [a]\nmemory_budget: 100MiB\n",
+            CrashPolicy::default(),
+        );
+        wait_for(&sup, "a", "running", settled_running).await;
+
+        let err = run(&sup, "b", OperationKind::Install).await.unwrap_err();
+
+        assert_eq!(err.rpc_code(), -32004);
+        assert_eq!(
+            err,
+            AppError::MemoryBudget {
+                app: "b".into(),
+                needed_bytes: 64 * MIB,
+                reserved_bytes: 64 * MIB,
+                budget_bytes: 100 * MIB,
+            }
+        );
+        let text = err.to_string();
+        for figure in ["67108864", "104857600"] {
+            assert!(text.contains(figure), "{text}");
+        }
+        let p = sup
+            .send(GetPackage { id: "b".into() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.state, AppState::NotInstalled);
+        assert!(fake.container("archipelago-b").is_none());
+        // Stopping a frees its share: b now fits.
+        run(&sup, "a", OperationKind::Stop).await.unwrap();
+        wait_for(&sup, "a", "stopped", |p| p.state == AppState::Stopped).await;
+        run(&sup, "b", OperationKind::Install).await.unwrap();
+        wait_for(&sup, "b", "running", settled_running).await;
+    }
+
+    /// A request while an operation runs answers -32002 naming that operation.
+    #[actix_web::test]
+    async fn a_request_during_an_operation_is_a_conflict_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "  stop_timeout: 30s\n");
+        let fake = Arc::new(FakeRuntime::new());
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: [a]\n",
+            CrashPolicy::default(),
+        );
+        wait_for(&sup, "a", "running", settled_running).await;
+        fake.set_stop_delay(Duration::from_millis(800));
+
+        let stop = run(&sup, "a", OperationKind::Stop).await.unwrap();
+        assert_eq!(stop.status, OperationStatus::Running);
+        let err = run(&sup, "a", OperationKind::Start).await.unwrap_err();
+
+        assert_eq!(err.rpc_code(), -32002);
+        assert_eq!(
+            err,
+            AppError::Conflict {
+                app: "a".into(),
+                operation: stop.id.clone(),
+                kind: "stop".into(),
+            }
+        );
+        assert!(err.to_string().contains(&stop.id), "{err}");
+        let p = wait_for(&sup, "a", "stopped", |p| p.state == AppState::Stopped).await;
+        assert_eq!(p.desired, Desired::Stopped);
+    }
+
+    /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
+    #[actix_web::test]
+    async fn a_crash_loop_ends_failed_and_retry_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "  restart: always\n");
+        let fake = Arc::new(FakeRuntime::new());
+        let policy = CrashPolicy {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+            stable_after: Duration::from_secs(60),
+            max_quick_crashes: 3,
+        };
+        let sup = start(dir.path(), &fake, "default_apps: [a]\n", policy);
+        let mut starts: Vec<String> = vec![];
+        for crash in 1..=3 {
+            // Running again on a new start (the supervisor restarted it after the crash).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let stamp = loop {
+                let c = fake.container("archipelago-a");
+                let stamp = c.as_ref().and_then(|c| c.started_at.clone());
+                let fresh = stamp.as_ref().is_some_and(|s| !starts.contains(s));
+                if fresh && c.is_some_and(|c| c.state.is_running()) {
+                    break stamp.unwrap_or_default();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "not restarted before crash {crash}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            wait_for(&sup, "a", "running", settled_running).await;
+            starts.push(stamp);
+            assert!(fake.crash("a", 1), "crash {crash}");
+        }
+        let p = wait_for(&sup, "a", "failed", |p| p.state == AppState::Failed).await;
+        let error = p.last_error.unwrap_or_default();
+        assert!(error.contains("crashed 3 times"), "{error}");
+        // Given up: no restart comes, however many ticks pass.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = fake.container("archipelago-a").unwrap();
+        assert!(!c.state.is_running());
+        assert_eq!(
+            sup.send(GetPackage { id: "a".into() })
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            AppState::Failed
+        );
+
+        let op = run(&sup, "a", OperationKind::Start).await.unwrap();
+        assert_eq!(op.kind, OperationKind::Start);
+        let p = wait_for(&sup, "a", "running again", settled_running).await;
+        assert_eq!(p.last_error, None);
+        assert!(fake.container("archipelago-a").unwrap().state.is_running());
+    }
+
+    /// An app whose folder leaves `apps_dir` loses its actor when it is not installed,
+    /// and stays (on its last manifest, no update offered) when it is; both are noticed
+    /// on disk without `catalog.reload`.
+    #[actix_web::test]
+    async fn apps_leaving_the_catalog_are_retired_unless_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        write_app(&apps, "a", "");
+        write_app(&apps, "b", "");
+        let fake = Arc::new(FakeRuntime::new());
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: [a]\n",
+            CrashPolicy::default(),
+        );
+        wait_for(&sup, "a", "running", settled_running).await;
+        // An update is offered, then both folders go away.
+        std::fs::write(
+            apps.join("a/manifest.yml"),
+            "id: a\nname: a\nversion: \"2\"\ncontainer:\n  image: img:2\n  network: none\n  memory_limit: 64MiB\n",
+        )
+        .unwrap();
+        wait_for(&sup, "a", "offering 2", |p| p.update_available).await;
+        std::fs::remove_dir_all(apps.join("a")).unwrap();
+        std::fs::remove_dir_all(apps.join("b")).unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sup
+            .send(ListPackages)
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.id == "b")
+        {
+            assert!(Instant::now() < deadline, "b never retired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let err = sup
+            .send(GetPackage { id: "b".into() })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err, AppError::UnknownApp { id: "b".into() });
+        let a = wait_for(&sup, "a", "without an update", |p| !p.update_available).await;
+        assert_eq!(a.state, AppState::Running);
+        assert_eq!(a.installed_version.as_deref(), Some("1"));
+        assert!(fake.container("archipelago-a").unwrap().state.is_running());
+        // `b` comes back with its folder.
+        write_app(&apps, "b", "");
+        wait_for(&sup, "b", "back", |p| p.state == AppState::NotInstalled).await;
     }
 }

@@ -378,3 +378,242 @@ async fn a_dependant_reads_its_dependencys_secret_from_env() {
     );
     assert!(env_of(inspect(&a).await).contains(&format!("RPCAUTH={rpcauth}")));
 }
+
+/// One `archipelago ctl` call against a running `serve`; the JSON it printed, or `None`
+/// when the call failed (e.g. the server is not up yet).
+fn ctl(port: u16, password: &std::path::Path, args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_archipelago"))
+        .args(["ctl", "--url", &format!("http://127.0.0.1:{port}")])
+        .arg("--password-file")
+        .arg(password)
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Every container labelled as the app's, any state: (name, image, running).
+async fn containers_of(docker: &bollard::Docker, id: &str) -> Vec<(String, String, bool)> {
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .build();
+    docker
+        .list_containers(Some(opts))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get("io.archipelago.app"))
+                .map(String::as_str)
+                == Some(id)
+        })
+        .map(|c| {
+            (
+                c.names
+                    .unwrap_or_default()
+                    .join(",")
+                    .trim_start_matches('/')
+                    .to_string(),
+                c.image.unwrap_or_default(),
+                c.state.map(|s| s.to_string()).as_deref() == Some("running"),
+            )
+        })
+        .collect()
+}
+
+/// Where the supervisor is killed during an upgrade.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// As soon as `package.upgrade` has answered.
+    AfterAnswer,
+    /// While the new version is starting (it takes 4 s to get healthy): the old container
+    /// is aside as `-previous` and the new one is running.
+    NewStarting,
+    /// While the journal says `commit`: the new version is recorded as installed and the
+    /// old container is being removed (a window of a few engine calls; when the poll
+    /// misses it, the kill lands just after, as in `AfterSwap`).
+    Committing,
+    /// Once the old container is gone and the new one runs.
+    AfterSwap,
+}
+
+/// kill -9 of `archipelago serve` at four points of an upgrade, started over real
+/// HTTP with `ctl`: after a restart the app is `running` on exactly one version, its one
+/// container runs that version's image, nothing is left aside, the volume's file is
+/// unchanged and the state file holds no journal.
+#[actix_web::test]
+async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
+    let docker = common::connect(&common::docker_host()).await;
+    let node = Node::new("kup");
+    let repo = format!("{}/app", node.prefix);
+    let images = [publish(&repo, "v1").await, publish(&repo, "v2").await];
+    let app_port = free_port();
+    let web_port = free_port();
+    // v2 takes 4 s to serve, so there is a window while it starts.
+    let manifest = |n: usize| {
+        let id = node.id("app");
+        let dir = node.apps_dir().join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cmd = format!(
+            "if [ \"$(cat /version)\" = v2 ]; then sleep 4; fi; mkdir -p /www; cp /version /www/index.html; exec httpd -f -p 127.0.0.1:{app_port} -h /www"
+        );
+        std::fs::write(
+            dir.join("manifest.yml"),
+            format!(
+                "id: {id}\nname: app\nversion: \"{v}\"\ncontainer:\n  image: {image}\n  command: [\"sh\", \"-c\", {cmd:?}]\n  network: host\n  memory_limit: 64MiB\n  stop_timeout: 2s\n  volumes: [\"data:/data\"]\n  health:\n    http: {{port: {app_port}, path: /}}\n    interval: 200ms\n    timeout: 1s\n    retries: 3\n    start_period: 10s\n",
+                v = n + 1,
+                image = images[n],
+            ),
+        )
+        .unwrap();
+        id
+    };
+    let id = manifest(0);
+    let config = node.config(std::slice::from_ref(&id), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen: 127.0.0.1:0",
+        &format!("listen: 127.0.0.1:{web_port}"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let password = node.dir.path().join("password");
+    std::fs::write(&password, "secret\n").unwrap();
+    let state_file = node
+        .dir
+        .path()
+        .join("data/state")
+        .join(format!("{id}.json"));
+    let volume = node.dir.path().join("data/apps").join(&id).join("data");
+
+    // Polls `ctl get` until the app is running with no operation in flight.
+    let settled = |within: Duration| {
+        let id = id.clone();
+        let password = password.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                if let Some(p) = ctl(web_port, &password, &["get", &id]) {
+                    let op_running = p["operation"]["status"] == "running";
+                    if p["state"] == "running" && !op_running {
+                        return p;
+                    }
+                    assert!(Instant::now() < deadline, "{id} never settled: {p}");
+                } else {
+                    assert!(Instant::now() < deadline, "{id}: supervisor never answered");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    let mut sup = serve(&config);
+    settled(Duration::from_secs(60)).await;
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("wallet.dat"), b"precious").unwrap();
+
+    let name = format!("archipelago-{id}");
+    // Index into `images` of the version installed now.
+    let mut current = 0;
+    let aside = format!("{name}-previous");
+    for point in [
+        KillPoint::AfterAnswer,
+        KillPoint::NewStarting,
+        KillPoint::Committing,
+        KillPoint::AfterSwap,
+    ] {
+        // Offer the version not installed now (the last point goes back from 2 to 1).
+        let target = 1 - current;
+        manifest(target);
+        ctl(web_port, &password, &["reload"]).expect("catalog.reload");
+        let before = settled(Duration::from_secs(10)).await;
+        assert_eq!(before["update_available"], true, "{point:?}: {before}");
+        let op = ctl(web_port, &password, &["upgrade", &id]).expect("package.upgrade");
+        assert_eq!(op["operation"]["status"], "running", "{op}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let cs = containers_of(&docker, &id).await;
+            let has = |n: &str| cs.iter().any(|c| c.0 == n);
+            let new_running = cs
+                .iter()
+                .any(|c| c.0 == name && c.1 == images[target] && c.2);
+            let swapped = !has(&aside) && new_running;
+            let reached = match point {
+                KillPoint::AfterAnswer => true,
+                KillPoint::NewStarting => has(&aside) && new_running,
+                KillPoint::Committing => {
+                    let state = std::fs::read_to_string(&state_file).unwrap_or_default();
+                    let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+                    state["journal"]["step"] == "commit" || swapped
+                }
+                KillPoint::AfterSwap => swapped,
+            };
+            if reached {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{point:?} never reached: {cs:?}");
+            if !matches!(point, KillPoint::Committing) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // kill -9: no chance to clean anything up.
+        sup.0.kill().unwrap();
+        sup.0.wait().unwrap();
+        let journal = std::fs::read_to_string(&state_file).unwrap();
+        let journal: serde_json::Value = serde_json::from_str(&journal).unwrap();
+        println!("{point:?}: killed with journal {}", journal["journal"]);
+
+        sup = serve(&config);
+        let p = settled(Duration::from_secs(60)).await;
+        let version = p["installed_version"].as_str().unwrap().to_string();
+        let image = &images[version.parse::<usize>().unwrap() - 1];
+        println!(
+            "{point:?}: recovered on version {version}; last_error {}",
+            p["last_error"]
+        );
+        assert_eq!(p["image"], image.as_str(), "{point:?}: {p}");
+        let cs = containers_of(&docker, &id).await;
+        assert_eq!(
+            cs,
+            vec![(name.clone(), image.clone(), true)],
+            "{point:?}: one container, on the installed version"
+        );
+        assert_eq!(
+            std::fs::read(volume.join("wallet.dat")).unwrap(),
+            b"precious",
+            "{point:?}"
+        );
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+        assert!(state["journal"].is_null(), "{point:?}: {state}");
+        let ended = version.parse::<usize>().unwrap() - 1;
+        match point {
+            KillPoint::AfterAnswer => {}
+            KillPoint::NewStarting => {
+                assert_eq!(ended, current, "a swap cut before its gate is undone")
+            }
+            KillPoint::Committing | KillPoint::AfterSwap => {
+                assert_eq!(ended, target, "a swap past its gate is kept")
+            }
+        }
+        current = ended;
+    }
+    // Clean up: the supervisor, the app's container, and the images it pulled.
+    drop(sup);
+    let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .build();
+    docker.remove_container(&name, Some(rm)).await.unwrap();
+    for image in &images {
+        let _ = docker
+            .remove_image(
+                image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+}

@@ -164,6 +164,53 @@ async fn a_memory_change_is_applied_live() {
     }
 }
 
+/// An edit of a manifest on disk is picked up without `catalog.reload`: the supervisor
+/// sees `apps_dir` change at its next tick and applies the new memory limit live.
+#[actix_web::test]
+async fn a_manifest_edited_on_disk_is_reloaded_by_itself() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("disk");
+    let id = node.app(
+        "app",
+        "while true; do sleep 1 & wait $!; done",
+        "  network: none\n",
+        "",
+    );
+    let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
+    wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
+    let before = inspect(&id).await;
+    let path = node.apps_dir().join(&id).join("manifest.yml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("64MiB", "80MiB");
+    // Same length as before: a size check alone would miss it.
+    std::fs::write(&path, text).unwrap();
+    let edited = Instant::now();
+    let deadline = edited + Duration::from_secs(5);
+    loop {
+        let now = inspect(&id).await;
+        if now.host_config.as_ref().unwrap().memory == Some(80 * 1024 * 1024) {
+            assert_eq!(now.id, before.id, "recreated");
+            assert_eq!(
+                now.state.unwrap().started_at,
+                before.state.unwrap().started_at,
+                "restarted"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "edit on disk never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "edit on disk applied {:?} after the write",
+        edited.elapsed()
+    );
+    assert_eq!(
+        package(&sup, &id).await.memory_limit_bytes,
+        80 * 1024 * 1024
+    );
+}
+
 /// A chain of three apps boots in dependency order: each starts only after the one it
 /// depends on is running and healthy.
 #[actix_web::test]
