@@ -203,11 +203,21 @@ impl AppActor {
         }
     }
 
+    /// Persists the record; on failure the error is logged and kept in `last_error`.
     fn save(&mut self) {
-        if let Err(e) = self.shared.store.save(self.id(), &self.record) {
-            tracing::error!(app = self.id(), error = %e, "could not persist state");
-            self.record.last_error = Some(format!("could not persist state: {e}"));
+        if let Err(e) = self.try_save() {
+            self.record.last_error = Some(e);
         }
+    }
+
+    fn try_save(&self) -> Result<(), String> {
+        self.shared
+            .store
+            .save(self.id(), &self.record)
+            .map_err(|e| {
+                tracing::error!(app = self.id(), error = %e, "could not persist state");
+                format!("could not persist state: {e}")
+            })
     }
 
     /// Starts an operation: the actor marks it in flight, the work runs as a future, and
@@ -721,7 +731,9 @@ impl Handler<Command> for AppActor {
             }
             Guard::Proceed => {}
         }
-        // The owner's wish is persisted before the work starts.
+        // The owner's wish is persisted before the work starts; a wish that cannot be
+        // stored is refused, so a restart never brings back an older one.
+        let before = self.record.clone();
         match kind {
             OperationKind::Start | OperationKind::Restart => {
                 self.crash.reset();
@@ -735,7 +747,10 @@ impl Handler<Command> for AppActor {
             _ => {}
         }
         if kind != OperationKind::Install {
-            self.save();
+            if let Err(e) = self.try_save() {
+                self.record = before;
+                return Err(AppError::Internal(format!("{}: {e}", self.id())));
+            }
         }
         Ok(self.begin(ctx, kind, msg.params))
     }

@@ -140,9 +140,18 @@ fn finish(
     persist: bool,
 ) -> OpEnd {
     record.journal = None;
+    let mut result = result;
     if persist {
         if let Err(e) = env.save(&record) {
+            // The work is done but not recorded: say so, the owner must not be told
+            // all is well while the disk holds an older wish.
             tracing::error!(app = env.id(), error = %e, "could not persist state");
+            let e = format!("could not persist state: {e}");
+            result = Err(match result {
+                Ok(done) => format!("{done}, but {e}"),
+                Err(err) => format!("{err}; {e}"),
+            });
+            record.last_error = result.as_ref().err().cloned();
         }
     }
     OpEnd {

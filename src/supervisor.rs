@@ -482,7 +482,7 @@ impl Handler<GetPackage> for Supervisor {
 
 impl Handler<RunOperation> for Supervisor {
     type Result = ResponseFuture<Result<Operation, AppError>>;
-    fn handle(&mut self, msg: RunOperation, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: RunOperation, ctx: &mut Context<Self>) -> Self::Result {
         let id = msg.id.clone();
         let Some(addr) = self.actors.get(&id).cloned() else {
             return Box::pin(async move { Err(AppError::UnknownApp { id }) });
@@ -527,16 +527,34 @@ impl Handler<RunOperation> for Supervisor {
         } else {
             deps_ready = !matches!(self.deps_of(&id), Deps::Blocked { .. });
         }
+        let me = ctx.address();
         Box::pin(async move {
-            addr.send(Command {
-                kind: msg.kind,
-                params: OpParams {
-                    purge: msg.purge,
-                    deps_ready,
-                },
-            })
-            .await?
+            let op = addr
+                .send(Command {
+                    kind: msg.kind,
+                    params: OpParams {
+                        purge: msg.purge,
+                        deps_ready,
+                    },
+                })
+                .await??;
+            // Every operation handed out can be looked up, including one that was
+            // already satisfied and so never changed the package.
+            me.do_send(RecordOperation(op.id.clone(), op.package.clone()));
+            Ok(op)
         })
+    }
+}
+
+/// Remembers which app an operation belongs to, for `operation.get`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct RecordOperation(String, String);
+
+impl Handler<RecordOperation> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: RecordOperation, _: &mut Context<Self>) {
+        self.operations.insert(msg.0, msg.1);
     }
 }
 

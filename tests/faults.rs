@@ -440,17 +440,24 @@ async fn a_full_data_dir_fails_the_write_cleanly_and_recovers() {
     let before = std::fs::read(data.join("state").join(format!("{id}.json"))).unwrap();
 
     let filler = fill(&data);
-    let op = operate(&mut c, "package.stop", json!({ "id": id })).await;
+    // The owner's wish cannot be stored, so the stop is refused with the reason (an
+    // app stopped without the disk knowing would start again at the next boot).
+    let refused = c.call("package.stop", json!({ "id": id })).await;
+    let op = match &refused {
+        Err(archipelago::ctl::CtlError::Rpc { code, message }) => {
+            assert_eq!(*code, -32000, "{message}");
+            json!({ "error": message })
+        }
+        other => panic!("stop on a full disk was not refused: {other:?}"),
+    };
     let p = package(&mut c, &id).await;
+    assert_eq!(p.state, AppState::Running, "the app was stopped anyway");
     let said = format!(
         "{} {}",
         op["error"],
         p.last_error.clone().unwrap_or_default()
     );
-    println!(
-        "stop on a full disk: op {op}; last_error {:?}",
-        p.last_error
-    );
+    println!("stop on a full disk: {op}; last_error {:?}", p.last_error);
     let logged: Vec<String> = serve
         .log_text()
         .lines()
