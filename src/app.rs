@@ -67,6 +67,9 @@ pub struct AppActor {
     /// A probe is in flight (never two at once).
     probing: bool,
     op_counter: u64,
+    /// When the last operation ended: a tick's list taken before then is stale for this
+    /// app (it may still show the container as the operation found it).
+    last_op_end: Option<std::time::Instant>,
     /// The last Package sent, to send only changes.
     last_sent: Option<Package>,
     /// False once the app's folder left the catalog while it stayed installed: the actor
@@ -95,6 +98,7 @@ impl AppActor {
             deps: Deps::Ready,
             probing: false,
             op_counter: 0,
+            last_op_end: None,
             last_sent: None,
             in_catalog: true,
         }
@@ -542,6 +546,7 @@ impl Handler<OpFinished> for AppActor {
         };
         let end = *msg.end;
         self.record = end.record;
+        self.last_op_end = Some(std::time::Instant::now());
         op.finished_at = Some(api::now());
         match &end.result {
             Ok(message) => {
@@ -616,14 +621,22 @@ impl AppActor {
 pub struct Observe {
     pub container: Option<ContainerSummary>,
     pub deps: Deps,
+    /// When the engine call that produced `container` was sent.
+    pub listed_at: std::time::Instant,
 }
 
 impl Handler<Observe> for AppActor {
     type Result = usize;
     fn handle(&mut self, msg: Observe, ctx: &mut Context<Self>) -> usize {
+        self.deps = msg.deps;
+        if self.last_op_end.is_some_and(|end| msg.listed_at < end) {
+            // Listed before the last operation ended: read the container afresh instead of
+            // planning from what the operation already changed.
+            self.refresh(ctx);
+            return 0;
+        }
         let was_running = self.running();
         self.observed = msg.container;
-        self.deps = msg.deps;
         if self.running() && !was_running && self.in_flight().is_none() {
             // Adopted (or started from outside): health starts over.
             self.running_since.get_or_insert_with(Instant::now);

@@ -311,6 +311,7 @@ impl Supervisor {
                     addr.send(Observe {
                         container: by_app.remove(id),
                         deps: act.deps_of(id),
+                        listed_at: started,
                     })
                 })
                 .collect();
@@ -872,6 +873,99 @@ mod tests {
         assert!(err.to_string().contains(&stop.id), "{err}");
         let p = wait_for(&sup, "a", "stopped", |p| p.state == AppState::Stopped).await;
         assert_eq!(p.desired, Desired::Stopped);
+    }
+
+    /// Collects nothing: stands in for the supervisor as an app actor's listener.
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<PackageChanged> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: PackageChanged, _: &mut Context<Self>) {}
+    }
+
+    async fn app_state(app: &Addr<AppActor>, want: AppState) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let p = app.send(app::Snapshot).await.unwrap();
+            let settled = p
+                .operation
+                .as_ref()
+                .is_none_or(|o| o.status != OperationStatus::Running);
+            if p.state == want && settled {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never {want:?}: {p:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A tick whose list was taken before a stop ended still shows the container running;
+    /// the app must not plan a second stop (or read `running`) from it.
+    #[actix_web::test]
+    async fn a_tick_listed_before_an_operation_ended_is_not_planned_from() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "");
+        let (catalog, problems) = Catalog::load(&dir.path().join("apps"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let fake = Arc::new(FakeRuntime::new());
+        fake.set_images(["img:1"]);
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let (events, _) = broadcast::channel(16);
+        let shared = Arc::new(Shared {
+            engine: fake.clone(),
+            store,
+            default_network: "none".into(),
+            start_slots: Arc::new(Semaphore::new(1)),
+            events,
+            crash_policy: CrashPolicy::default(),
+        });
+        let record = crate::store::AppRecord {
+            desired: crate::api::Desired::Running,
+            installed: Some(crate::store::Installed {
+                version: "1".into(),
+                image: "img:1".into(),
+            }),
+            ..Default::default()
+        };
+        let id = AppId::try_from("a".to_string()).unwrap();
+        let app = catalog.get(&id).unwrap().clone();
+        let actor = AppActor::new(app, record, shared, Sink.start().recipient()).start();
+        let observe = |container, listed_at| Observe {
+            container,
+            deps: Deps::Ready,
+            listed_at,
+        };
+        actor
+            .send(observe(None, std::time::Instant::now()))
+            .await
+            .unwrap();
+        app_state(&actor, AppState::Running).await;
+
+        let listed_at = std::time::Instant::now();
+        let stale = fake.list().await.unwrap().pop();
+        assert!(stale.as_ref().is_some_and(|c| c.state.is_running()));
+        actor
+            .send(app::Command {
+                kind: OperationKind::Stop,
+                params: OpParams::default(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        app_state(&actor, AppState::Stopped).await;
+
+        let actions = actor.send(observe(stale, listed_at)).await.unwrap();
+        assert_eq!(actions, 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app_state(&actor, AppState::Stopped).await;
+        let stops = fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, crate::engine::fake::Call::Stop(..)))
+            .count();
+        assert_eq!(stops, 1, "a second stop was planned from a stale list");
     }
 
     /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
