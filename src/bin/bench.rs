@@ -218,13 +218,17 @@ struct Node {
 }
 
 impl Node {
-    /// Writes `n` busybox apps in a `LEVELS`-deep dependency graph under `root/prefix`.
-    fn write(root: &Path, prefix: &str, n: usize, image: &str) -> Result<Node> {
+    /// Writes `n` busybox apps in a `LEVELS`-deep dependency graph under `root/prefix`
+    /// (with `flat`, no dependencies at all).
+    fn write(root: &Path, prefix: &str, n: usize, image: &str, flat: bool) -> Result<Node> {
         let dir = root.join(prefix);
         let apps_dir = dir.join("apps");
         std::fs::create_dir_all(&apps_dir)
             .map_err(io_err(format!("mkdir {}", apps_dir.display())))?;
-        let (ids, deps) = dag(prefix, n);
+        let (ids, mut deps) = dag(prefix, n);
+        if flat {
+            deps.iter_mut().for_each(Vec::clear);
+        }
         for (i, id) in ids.iter().enumerate() {
             let dependencies = deps[i]
                 .iter()
@@ -809,8 +813,37 @@ impl Bench {
         Ok(list.len())
     }
 
-    /// Boot convergence at `n` apps: supervisor, compose and engine floor, `runs` times.
-    async fn boot(&mut self, n: usize, runs: usize, section: &'static str) -> Result<()> {
+    /// One first boot of `node` by the supervisor: (start to all running, start to the
+    /// first RPC answer, RSS then). Its containers are removed afterwards.
+    async fn supervisor_boot(&self, node: &Node) -> Result<(Duration, Duration, f64)> {
+        let n = node.ids.len();
+        let outcome = async {
+            let mut serve =
+                Serve::spawn(&self.bin, node, &self.args.host, Duration::from_secs(30))?;
+            let mut client = serve.client().await?;
+            let answered = serve.spawned.elapsed();
+            let done = wait_all_running(&mut client, &node.ids, Duration::from_secs(60 + n as u64))
+                .await?;
+            let took = done - serve.spawned;
+            let mem = rss_mib(serve.pid())?;
+            serve.stop("TERM").await?;
+            Ok::<_, BenchError>((took, answered, mem))
+        }
+        .await;
+        self.remove_prefix(&node.prefix).await?;
+        outcome
+    }
+
+    /// Boot convergence at `n` apps: supervisor, compose and engine floor, `runs` times;
+    /// with `flat_too` also the supervisor on the same apps without dependencies.
+    async fn boot(
+        &mut self,
+        n: usize,
+        runs: usize,
+        section: &'static str,
+        flat_too: bool,
+    ) -> Result<()> {
+        let mut flat = Vec::new();
         let mut sup = Vec::new();
         let mut answer = Vec::new();
         let mut rss = Vec::new();
@@ -819,26 +852,18 @@ impl Bench {
         for r in 0..runs {
             eprintln!("bench: boot {n} apps, run {}/{runs}", r + 1);
             let prefix = format!("{}b{n}r{r}", self.tag);
-            let node = Node::write(&self.root, &prefix, n, &self.args.image)?;
-            let outcome = async {
-                let mut serve =
-                    Serve::spawn(&self.bin, &node, &self.args.host, Duration::from_secs(30))?;
-                let mut client = serve.client().await?;
-                let answered = serve.spawned.elapsed();
-                let done =
-                    wait_all_running(&mut client, &node.ids, Duration::from_secs(60 + n as u64))
-                        .await?;
-                let took = done - serve.spawned;
-                let mem = rss_mib(serve.pid())?;
-                serve.stop("TERM").await?;
-                Ok::<_, BenchError>((took, answered, mem))
-            }
-            .await;
-            self.remove_prefix(&prefix).await?;
-            let (took, answered, mem) = outcome?;
+            let node = Node::write(&self.root, &prefix, n, &self.args.image, false)?;
+            let (took, answered, mem) = self.supervisor_boot(&node).await?;
             sup.push(ms(took));
             answer.push(ms(answered));
             rss.push(mem);
+            if flat_too {
+                let flat_prefix = format!("{prefix}f");
+                let flat_node = Node::write(&self.root, &flat_prefix, n, &self.args.image, true)?;
+                let (took, _, _) = self.supervisor_boot(&flat_node).await?;
+                flat.push(ms(took));
+                let _ = std::fs::remove_dir_all(&flat_node.dir);
+            }
 
             if !self.args.no_compose {
                 let outcome = self.compose(&node).await;
@@ -882,6 +907,16 @@ impl Bench {
             answer,
             None,
         );
+        if !flat.is_empty() {
+            self.record(
+                section,
+                "archipelago, no dependencies: start to all running",
+                n,
+                "ms",
+                flat,
+                None,
+            );
+        }
         if !compose.is_empty() {
             self.record(section, "docker-compose up -d", n, "ms", compose, None);
         }
@@ -908,7 +943,7 @@ impl Bench {
     /// Boots `n` apps with the supervisor for the scenarios that need them running.
     async fn steady_node(&mut self, n: usize) -> Result<(Node, Serve)> {
         let prefix = format!("{}s{n}", self.tag);
-        let node = Node::write(&self.root, &prefix, n, &self.args.image)?;
+        let node = Node::write(&self.root, &prefix, n, &self.args.image, false)?;
         let mut serve = Serve::spawn(&self.bin, &node, &self.args.host, Duration::from_secs(30))?;
         let mut client = serve.client().await?;
         wait_all_running(&mut client, &node.ids, Duration::from_secs(60 + n as u64)).await?;
@@ -1271,7 +1306,7 @@ impl Bench {
         };
         eprintln!("bench: === {n} apps{scale} ===");
         if boot_runs > 0 {
-            self.boot(n, boot_runs, boot_section).await?;
+            self.boot(n, boot_runs, boot_section, detect).await?;
         }
         eprintln!("bench: booting {n} apps for hot swap, detection and footprint");
         let (node, serve) = self.steady_node(n).await?;
