@@ -184,12 +184,16 @@ impl CrashTracker {
             self.restart_at = None;
             return None;
         }
-        let factor = 1u32 << (self.quick_crashes - 1).min(16);
-        let wait = policy
-            .initial_backoff
-            .saturating_mul(factor)
-            .min(policy.max_backoff);
-        self.restart_at = Some(now + wait);
+        // The first crash in a row restarts at once (a one-off crash costs no wait);
+        // from the second on the wait doubles from `initial_backoff` up to the cap.
+        let wait = match self.quick_crashes {
+            1 => Duration::ZERO,
+            n => policy
+                .initial_backoff
+                .saturating_mul(1u32 << (n - 2).min(16))
+                .min(policy.max_backoff),
+        };
+        self.restart_at = (!wait.is_zero()).then_some(now + wait);
         Some(wait)
     }
 
@@ -447,7 +451,7 @@ mod tests {
             t.started(now);
             waits.push(t.crashed(now, &policy).unwrap().as_secs());
         }
-        assert_eq!(waits, vec![1, 2, 4, 8, 8, 8, 8, 8, 8]);
+        assert_eq!(waits, vec![0, 1, 2, 4, 8, 8, 8, 8, 8]);
         t.started(now);
         assert_eq!(t.crashed(now, &policy), None);
         assert!(t.given_up());
@@ -467,7 +471,7 @@ mod tests {
         assert_eq!(t.quick_crashes(), 4);
         t.started(start);
         let later = start + policy.stable_after + Duration::from_secs(1);
-        assert_eq!(t.crashed(later, &policy), Some(policy.initial_backoff));
+        assert_eq!(t.crashed(later, &policy), Some(Duration::ZERO));
         assert_eq!(t.quick_crashes(), 1);
         assert!(!t.given_up());
     }
@@ -476,6 +480,12 @@ mod tests {
     fn backoff_counts_down() {
         let mut t = CrashTracker::default();
         let now = Instant::now();
+        t.started(now);
+        assert_eq!(
+            t.crashed(now, &CrashPolicy::default()),
+            Some(Duration::ZERO)
+        );
+        assert!(!t.restart_pending(), "the first crash restarts at once");
         t.started(now);
         t.crashed(now, &CrashPolicy::default());
         assert!(t.restart_pending());

@@ -79,7 +79,7 @@ use crate::app::{
 };
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::engine::{ContainerRuntime, ContainerSummary, EngineError};
+use crate::engine::{ContainerRuntime, ContainerSummary, EngineError, EngineErrorKind};
 use crate::manifest::AppId;
 use crate::ops::OpParams;
 use crate::planner::{CrashPolicy, Deps};
@@ -104,6 +104,8 @@ pub struct Supervisor {
     /// Operation id → app, for `operation.get`.
     operations: HashMap<String, String>,
     engine_status: EngineStatus,
+    /// The current engine outage was logged already.
+    engine_lost_logged: bool,
     last_reconcile: ReconcileStatus,
     /// A tick is running (ticks never overlap).
     ticking: bool,
@@ -171,6 +173,7 @@ impl Supervisor {
             packages: BTreeMap::new(),
             operations: HashMap::new(),
             engine_status: EngineStatus::default(),
+            engine_lost_logged: false,
             last_reconcile: ReconcileStatus::default(),
             ticking: false,
             first_boot,
@@ -268,33 +271,52 @@ impl Supervisor {
         self.ticking = true;
         let engine = self.shared.engine.clone();
         let started = Instant::now();
+        // The version is asked only while the engine is not known to be reachable: a
+        // tick is then one list call, and a failing list is what says the engine left.
+        let ask_version = !self.engine_status.reachable;
         let fut = async move {
-            let version = engine.version().await;
+            let version = match ask_version {
+                true => Some(engine.version().await),
+                false => None,
+            };
             let list = match &version {
-                Ok(_) => engine.list().await,
-                Err(e) => Err(clone_err(e)),
+                Some(Err(e)) => Err(clone_err(e)),
+                _ => engine.list().await,
             };
             (version, list)
         };
         ctx.spawn(fut.into_actor(self).map(move |(version, list), act, ctx| {
             act.ticking = false;
-            match version {
-                Ok(v) => {
-                    act.engine_status = EngineStatus {
-                        reachable: true,
-                        version: Some(v.version),
-                    }
+            if let Some(Ok(v)) = version {
+                if act.engine_lost_logged {
+                    tracing::info!(version = %v.version, "engine reachable again");
                 }
-                Err(e) => {
-                    if act.engine_status.reachable || act.engine_status.version.is_none() {
-                        tracing::warn!(error = %e, "engine unreachable");
-                    }
-                    act.engine_status.reachable = false;
-                }
+                act.engine_lost_logged = false;
+                act.engine_status = EngineStatus {
+                    reachable: true,
+                    version: Some(v.version),
+                };
             }
             let list = match list {
                 Ok(l) => l,
-                Err(_) => return,
+                Err(e) => {
+                    let lost = ask_version
+                        || matches!(
+                            e.kind(),
+                            EngineErrorKind::Unreachable | EngineErrorKind::Timeout
+                        );
+                    if lost {
+                        // Said once per outage, not on every tick of it.
+                        if !act.engine_lost_logged {
+                            tracing::warn!(error = %e, "engine unreachable");
+                            act.engine_lost_logged = true;
+                        }
+                        act.engine_status.reachable = false;
+                    } else {
+                        tracing::warn!(error = %e, "listing containers failed");
+                    }
+                    return;
+                }
             };
             let mut by_app: HashMap<String, ContainerSummary> = HashMap::new();
             for c in list {
