@@ -24,7 +24,7 @@ use crate::health::{self, HealthTracker};
 use crate::lifecycle::{self, Guard, GuardFacts, StateFacts};
 use crate::ops::{self, OpEnd, OpEnv, OpParams};
 use crate::planner::{self, Action, CrashPolicy, CrashTracker, Deps, Observed};
-use crate::store::{AppRecord, Installed, Store};
+use crate::store::{AppRecord, Installed, JournalEntry, Store};
 
 /// What every app actor shares.
 pub struct Shared {
@@ -226,6 +226,11 @@ impl AppActor {
 
     /// Starts an operation: the actor marks it in flight, the work runs as a future, and
     /// [`OpFinished`] comes back when it ends.
+    /// The id of this app's `n`th operation since the supervisor started.
+    fn op_id(&self, n: u64) -> String {
+        format!("{}-{}-{}", self.id(), std::process::id(), n)
+    }
+
     fn begin(
         &mut self,
         ctx: &mut Context<Self>,
@@ -234,7 +239,7 @@ impl AppActor {
     ) -> Operation {
         self.op_counter += 1;
         let op = Operation {
-            id: format!("{}-{}-{}", self.id(), std::process::id(), self.op_counter),
+            id: self.op_id(self.op_counter),
             package: self.id().to_string(),
             kind,
             status: OperationStatus::Running,
@@ -266,7 +271,7 @@ impl AppActor {
         self.op_counter += 1;
         let now = api::now();
         let op = Operation {
-            id: format!("{}-{}-{}", self.id(), std::process::id(), self.op_counter),
+            id: self.op_id(self.op_counter),
             package: self.id().to_string(),
             kind,
             status: OperationStatus::Succeeded,
@@ -747,6 +752,20 @@ impl Handler<Command> for AppActor {
         // The owner's wish is persisted before the work starts; a wish that cannot be
         // stored is refused, so a restart never brings back an older one.
         let before = self.record.clone();
+        if matches!(kind, OperationKind::Install | OperationKind::Uninstall) {
+            // Journaled before the answer: an accepted install or uninstall is finished
+            // at the next boot even when power fails before its first step.
+            self.record.journal = Some(JournalEntry {
+                operation: self.op_id(self.op_counter + 1),
+                kind,
+                step: "accepted".into(),
+                started_at: api::now(),
+                from: None,
+                to: None,
+                snapshot: None,
+                purge: msg.params.purge,
+            });
+        }
         match kind {
             OperationKind::Start | OperationKind::Restart => {
                 self.crash.reset();
@@ -759,11 +778,9 @@ impl Handler<Command> for AppActor {
             }
             _ => {}
         }
-        if kind != OperationKind::Install {
-            if let Err(e) = self.try_save() {
-                self.record = before;
-                return Err(AppError::Internal(format!("{}: {e}", self.id())));
-            }
+        if let Err(e) = self.try_save() {
+            self.record = before;
+            return Err(AppError::Internal(format!("{}: {e}", self.id())));
         }
         Ok(self.begin(ctx, kind, msg.params))
     }

@@ -141,18 +141,22 @@ fn finish(
 ) -> OpEnd {
     record.journal = None;
     let mut result = result;
-    if persist {
-        if let Err(e) = env.save(&record) {
-            // The work is done but not recorded: say so, the owner must not be told
-            // all is well while the disk holds an older wish.
-            tracing::error!(app = env.id(), error = %e, "could not persist state");
-            let e = format!("could not persist state: {e}");
-            result = Err(match result {
-                Ok(done) => format!("{done}, but {e}"),
-                Err(err) => format!("{err}; {e}"),
-            });
-            record.last_error = result.as_ref().err().cloned();
+    if !persist {
+        // Nothing left to remember (uninstalled, or an install that never got going):
+        // no state file either, so the disk never holds a stale journal.
+        if let Err(e) = env.store.remove(env.id()) {
+            tracing::error!(app = env.id(), error = %e, "could not remove state");
         }
+    } else if let Err(e) = env.save(&record) {
+        // The work is done but not recorded: say so, the owner must not be told
+        // all is well while the disk holds an older wish.
+        tracing::error!(app = env.id(), error = %e, "could not persist state");
+        let e = format!("could not persist state: {e}");
+        result = Err(match result {
+            Ok(done) => format!("{done}, but {e}"),
+            Err(err) => format!("{err}; {e}"),
+        });
+        record.last_error = result.as_ref().err().cloned();
     }
     OpEnd {
         record,
@@ -758,12 +762,7 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
     let mut started = false;
     let mut health = None;
     let result = match j.kind {
-        OperationKind::Install if record.installed.is_none() => {
-            // Cut off before anything was installed: nothing to undo but the container.
-            remove_quietly(env.engine.as_ref(), &container_name(env.id()))
-                .await
-                .map(|_| "install undone".to_string())
-        }
+        // An accepted install is finished: every step is idempotent.
         OperationKind::Install => {
             let params = OpParams {
                 purge: false,
