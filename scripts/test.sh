@@ -55,15 +55,27 @@ fi
 run_tests() {
     local rc
     set +e
-    "$@" 2>&1 | tee "$tests_log"
+    "$@" 2>&1 | tee -a "$tests_log"
     rc=${PIPESTATUS[0]}
     set -e
     return "$rc"
 }
+: >"$tests_log"
+# Supervisor-level tests run a second time against Podman's Docker-compatible API (the
+# engine layer's own tests already cover both engines in one run).
+PODMAN_SUITES=(supervisor operations)
 if cargo nextest --version >/dev/null 2>&1; then
     run tests run_tests cargo nextest run --no-fail-fast
+    filter=$(printf 'binary(%s) | ' "${PODMAN_SUITES[@]}")
+    run tests-podman run_tests env ARCHIPELAGO_TEST_DOCKER_HOST="$ARCHIPELAGO_TEST_PODMAN_HOST" \
+        cargo nextest run --no-fail-fast -E "${filter% | }"
 else
     run tests run_tests cargo test --no-fail-fast
+    for suite in "${PODMAN_SUITES[@]}"; do
+        run "tests-podman-$suite" run_tests env \
+            ARCHIPELAGO_TEST_DOCKER_HOST="$ARCHIPELAGO_TEST_PODMAN_HOST" \
+            cargo test --no-fail-fast --test "$suite"
+    done
 fi
 
 teardown
@@ -74,7 +86,7 @@ counts=$(awk '
         p = 0; f = 0
         if (match($0, /[0-9]+ passed/)) p = substr($0, RSTART, RLENGTH) + 0
         if (match($0, /[0-9]+ failed/)) f = substr($0, RSTART, RLENGTH) + 0
-        nextest = p " passed, " f " failed"
+        np += p; nf += f; nextest = 1
     }
     /^test result: / {
         if (match($0, /[0-9]+ passed/)) tp += substr($0, RSTART, RLENGTH) + 0
@@ -82,7 +94,7 @@ counts=$(awk '
         seen = 1
     }
     END {
-        if (nextest != "") print nextest
+        if (nextest) print np + 0 " passed, " nf + 0 " failed"
         else if (seen) print tp + 0 " passed, " tf + 0 " failed"
     }
 ' "$tests_log")

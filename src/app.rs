@@ -587,8 +587,16 @@ impl Handler<OpFinished> for AppActor {
         }
         self.publish_operation(&op);
         self.remember(op);
-        // Learn the container's new facts at once instead of waiting for a tick.
-        self.refresh(ctx);
+        // The package (installed version, container facts, last error) reflects the
+        // operation's end before anyone can read the operation as ended.
+        match end.observed {
+            Some(seen) => {
+                self.observed = seen;
+                self.reconcile(ctx);
+            }
+            None => self.refresh(ctx),
+        }
+        self.publish();
     }
 }
 
@@ -596,23 +604,11 @@ impl AppActor {
     /// Re-reads the app's container from the engine and reconciles.
     fn refresh(&mut self, ctx: &mut Context<Self>) {
         let engine = self.shared.engine.clone();
-        let name = container_name(self.id());
-        let fut = async move { engine.inspect(&name).await };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-            match res {
-                Ok(d) => {
-                    act.observed = Some(ContainerSummary {
-                        id: d.id,
-                        name: d.name,
-                        app: act.id().to_string(),
-                        spec_hash: d.labels.get(crate::engine::LABEL_SPEC_HASH).cloned(),
-                        version: d.labels.get(crate::engine::LABEL_VERSION).cloned(),
-                        image: d.image,
-                        state: d.state,
-                    })
-                }
-                Err(e) if ops::is_not_found(&e) => act.observed = None,
-                Err(_) => {}
+        let app = self.id().to_string();
+        let fut = async move { ops::observe(engine.as_ref(), &app).await };
+        ctx.spawn(fut.into_actor(self).map(|seen, act, ctx| {
+            if let Some(seen) = seen {
+                act.observed = seen;
             }
             act.reconcile(ctx);
         }));

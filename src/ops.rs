@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use crate::api::{Desired, Health, OperationKind, OperationProgress};
 use crate::catalog::CatalogApp;
 use crate::engine::{
-    container_name, ContainerRuntime, ContainerSpec, EngineError, EngineErrorKind, Progress,
-    LABEL_SPEC_HASH,
+    container_name, ContainerRuntime, ContainerSpec, ContainerSummary, EngineError,
+    EngineErrorKind, Progress, LABEL_SPEC_HASH, LABEL_VERSION,
 };
 use crate::health::{self, HealthTracker};
 use crate::manifest::ResolvedSource;
@@ -85,6 +85,27 @@ pub struct OpEnd {
     /// The container was started by this operation (for the crash tracker).
     pub started: bool,
     pub health: Option<Health>,
+    /// The app's container as the operation left it (`Some(None)`: there is none);
+    /// `None` when the engine could not say.
+    pub observed: Option<Option<ContainerSummary>>,
+}
+
+/// The app's container as the engine reports it now: `Some(None)` when there is none,
+/// `None` when the engine could not say.
+pub async fn observe(engine: &dyn ContainerRuntime, app: &str) -> Option<Option<ContainerSummary>> {
+    match engine.inspect(&container_name(app)).await {
+        Ok(d) => Some(Some(ContainerSummary {
+            id: d.id,
+            name: d.name,
+            app: app.to_string(),
+            spec_hash: d.labels.get(LABEL_SPEC_HASH).cloned(),
+            version: d.labels.get(LABEL_VERSION).cloned(),
+            image: d.image,
+            state: d.state,
+        })),
+        Err(e) if is_not_found(&e) => Some(None),
+        Err(_) => None,
+    }
 }
 
 /// Parameters an operation was asked with.
@@ -126,12 +147,12 @@ pub async fn run(
     record.last_error = result.as_ref().err().cloned();
     // A finished uninstall removed the state file on purpose: do not write it back.
     let persist = kind != OperationKind::Uninstall || result.is_err();
-    finish(&env, record, result, started, health, persist)
+    finish(&env, record, result, started, health, persist).await
 }
 
 /// Ends an operation: clears its journal, persists the record when asked, and hands it
 /// back with the result.
-fn finish(
+async fn finish(
     env: &OpEnv,
     mut record: AppRecord,
     result: Result<String, String>,
@@ -163,6 +184,7 @@ fn finish(
         result,
         started,
         health,
+        observed: observe(env.engine.as_ref(), env.id()).await,
     }
 }
 
@@ -756,6 +778,7 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
             result: Ok("nothing to recover".into()),
             started: false,
             health: None,
+            observed: None,
         };
     };
     tracing::warn!(app = env.id(), operation = %j.operation, kind = ?j.kind, step = %j.step, "recovering an interrupted operation");
@@ -784,7 +807,7 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
     };
     record.last_error = result.as_ref().err().cloned();
     let persist = record.installed.is_some() || record.desired != Desired::NotInstalled;
-    finish(env, record, result, started, health, persist)
+    finish(env, record, result, started, health, persist).await
 }
 
 /// Recovers an upgrade or rollback from its journal step:

@@ -395,34 +395,18 @@ fn ctl(port: u16, password: &std::path::Path, args: &[&str]) -> Option<serde_jso
     serde_json::from_slice(&out.stdout).ok()
 }
 
-/// Every container labelled as the app's, any state: (name, image, running).
-async fn containers_of(docker: &bollard::Docker, id: &str) -> Vec<(String, String, bool)> {
-    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
-        .all(true)
-        .build();
-    docker
-        .list_containers(Some(opts))
+/// Every container labelled as the app's, any state: (name, image, running). Listed
+/// through our runtime, which waits out Podman's transient `stopped` state.
+async fn containers_of(id: &str) -> Vec<(String, String, bool)> {
+    let rt = DockerRuntime::connect(&common::docker_host())
+        .await
+        .unwrap();
+    rt.list()
         .await
         .unwrap()
         .into_iter()
-        .filter(|c| {
-            c.labels
-                .as_ref()
-                .and_then(|l| l.get("io.archipelago.app"))
-                .map(String::as_str)
-                == Some(id)
-        })
-        .map(|c| {
-            (
-                c.names
-                    .unwrap_or_default()
-                    .join(",")
-                    .trim_start_matches('/')
-                    .to_string(),
-                c.image.unwrap_or_default(),
-                c.state.map(|s| s.to_string()).as_deref() == Some("running"),
-            )
-        })
+        .filter(|c| c.app == id)
+        .map(|c| (c.name, c.image, c.state.is_running()))
         .collect()
 }
 
@@ -535,7 +519,7 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
         assert_eq!(op["operation"]["status"], "running", "{op}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let cs = containers_of(&docker, &id).await;
+            let cs = containers_of(&id).await;
             let has = |n: &str| cs.iter().any(|c| c.0 == n);
             let new_running = cs
                 .iter()
@@ -575,7 +559,7 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
             p["last_error"]
         );
         assert_eq!(p["image"], image.as_str(), "{point:?}: {p}");
-        let cs = containers_of(&docker, &id).await;
+        let cs = containers_of(&id).await;
         assert_eq!(
             cs,
             vec![(name.clone(), image.clone(), true)],

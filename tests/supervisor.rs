@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::node::{inspect, package, wait_state, Node};
+use common::node::{cgroup_memory_limit, inspect, package, wait_state, Node};
 
 use std::time::{Duration, Instant};
 
@@ -137,10 +137,7 @@ async fn a_memory_change_is_applied_live() {
     let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
     wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
     let before = inspect(&id).await;
-    assert_eq!(
-        before.host_config.as_ref().unwrap().memory,
-        Some(64 * 1024 * 1024)
-    );
+    assert_eq!(cgroup_memory_limit(&id).await, 64 * 1024 * 1024);
     let path = node.apps_dir().join(&id).join("manifest.yml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
@@ -149,8 +146,8 @@ async fn a_memory_change_is_applied_live() {
     sup.send(ReloadCatalog).await.unwrap().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let now = inspect(&id).await;
-        if now.host_config.as_ref().unwrap().memory == Some(96 * 1024 * 1024) {
+        if cgroup_memory_limit(&id).await == 96 * 1024 * 1024 {
+            let now = inspect(&id).await;
             assert_eq!(
                 now.state.unwrap().started_at,
                 before.state.unwrap().started_at,
@@ -188,8 +185,8 @@ async fn a_manifest_edited_on_disk_is_reloaded_by_itself() {
     let edited = Instant::now();
     let deadline = edited + Duration::from_secs(5);
     loop {
-        let now = inspect(&id).await;
-        if now.host_config.as_ref().unwrap().memory == Some(80 * 1024 * 1024) {
+        if cgroup_memory_limit(&id).await == 80 * 1024 * 1024 {
+            let now = inspect(&id).await;
             assert_eq!(now.id, before.id, "recreated");
             assert_eq!(
                 now.state.unwrap().started_at,

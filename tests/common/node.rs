@@ -156,11 +156,44 @@ pub async fn wait_state(
 
 pub async fn inspect(id: &str) -> bollard::models::ContainerInspectResponse {
     let docker = connect(&docker_host()).await;
-    docker
-        .inspect_container(
-            &format!("archipelago-{id}"),
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = docker
+            .inspect_container(
+                &format!("archipelago-{id}"),
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await;
+        match res {
+            // Podman briefly reports a state (`stopped`) that bollard cannot parse.
+            Err(bollard::errors::Error::JsonDataError { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
+/// The memory limit the kernel enforces on the app's container, read from inside it
+/// (cgroup v2 `memory.max` or v1 `memory.limit_in_bytes`). Podman's inspect can keep
+/// reporting an old limit after a live update; the cgroup never does.
+pub async fn cgroup_memory_limit(id: &str) -> u64 {
+    use archipelago::engine::docker::DockerRuntime;
+    let rt = DockerRuntime::connect(&docker_host()).await.unwrap();
+    let cmd: Vec<String> = [
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = rt
+        .exec(&format!("archipelago-{id}"), &cmd, Duration::from_secs(10))
         .await
-        .unwrap()
+        .unwrap();
+    out.output
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("cgroup memory of {id}: {:?}: {e}", out.output))
 }
