@@ -44,6 +44,19 @@ pub struct PackageChanged(pub Package);
 /// How many finished operations an app keeps for `operation.get`.
 const KEPT_OPERATIONS: usize = 16;
 
+/// An operation id: `<app>-<supervisor pid>-<n>`. It names its app, so
+/// `operation.get` finds the app without a table of operations.
+fn operation_id(app: &str, n: &str) -> String {
+    format!("{app}-{}-{n}", std::process::id())
+}
+
+/// The app an [`operation_id`] belongs to.
+pub fn app_of_operation(id: &str) -> Option<&str> {
+    let mut parts = id.rsplitn(3, '-');
+    let (_n, _pid, app) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(app)
+}
+
 pub struct AppActor {
     app: CatalogApp,
     shared: Arc<Shared>,
@@ -228,7 +241,7 @@ impl AppActor {
     /// [`OpFinished`] comes back when it ends.
     /// The id of this app's `n`th operation since the supervisor started.
     fn op_id(&self, n: u64) -> String {
-        format!("{}-{}-{}", self.id(), std::process::id(), n)
+        operation_id(self.id(), &n.to_string())
     }
 
     fn begin(
@@ -480,7 +493,7 @@ impl Actor for AppActor {
                 .unwrap_or(OperationKind::Start);
             self.op_counter += 1;
             let op = Operation {
-                id: format!("{}-{}-recover", self.id(), std::process::id()),
+                id: operation_id(self.id(), "recover"),
                 package: self.id().to_string(),
                 kind,
                 status: OperationStatus::Running,
@@ -846,5 +859,22 @@ impl Handler<LeaveCatalog> for AppActor {
 impl AppActor {
     pub fn installed(&self) -> Option<&Installed> {
         self.record.installed.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_id_names_its_app() {
+        for app in ["lnd", "mempool-api", "a-b-c"] {
+            for n in ["1", "42", "recover"] {
+                let id = operation_id(app, n);
+                assert_eq!(app_of_operation(&id), Some(app), "{id}");
+            }
+        }
+        assert_eq!(app_of_operation("nodashes"), None);
+        assert_eq!(app_of_operation("one-dash"), None);
     }
 }

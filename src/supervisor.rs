@@ -101,8 +101,6 @@ pub struct Supervisor {
     /// The last `Package` each app reported: `package.list` answers from here at once,
     /// whatever the app actors are doing.
     packages: BTreeMap<String, Package>,
-    /// Operation id → app, for `operation.get`.
-    operations: HashMap<String, String>,
     engine_status: EngineStatus,
     /// The current engine outage was logged already.
     engine_lost_logged: bool,
@@ -171,7 +169,6 @@ impl Supervisor {
             }),
             actors: BTreeMap::new(),
             packages: BTreeMap::new(),
-            operations: HashMap::new(),
             engine_status: EngineStatus::default(),
             engine_lost_logged: false,
             last_reconcile: ReconcileStatus::default(),
@@ -461,9 +458,6 @@ impl Handler<PackageChanged> for Supervisor {
     fn handle(&mut self, msg: PackageChanged, _: &mut Context<Self>) {
         let pkg = msg.0;
         let id = pkg.id.clone();
-        if let Some(op) = &pkg.operation {
-            self.operations.insert(op.id.clone(), id.clone());
-        }
         let readiness_changed = self
             .packages
             .get(&id)
@@ -505,7 +499,7 @@ impl Handler<GetPackage> for Supervisor {
 
 impl Handler<RunOperation> for Supervisor {
     type Result = ResponseFuture<Result<Operation, AppError>>;
-    fn handle(&mut self, msg: RunOperation, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: RunOperation, _: &mut Context<Self>) -> Self::Result {
         let id = msg.id.clone();
         let Some(addr) = self.actors.get(&id).cloned() else {
             return Box::pin(async move { Err(AppError::UnknownApp { id }) });
@@ -550,43 +544,24 @@ impl Handler<RunOperation> for Supervisor {
         } else {
             deps_ready = !matches!(self.deps_of(&id), Deps::Blocked { .. });
         }
-        let me = ctx.address();
         Box::pin(async move {
-            let op = addr
-                .send(Command {
-                    kind: msg.kind,
-                    params: OpParams {
-                        purge: msg.purge,
-                        deps_ready,
-                    },
-                })
-                .await??;
-            // Every operation handed out can be looked up, including one that was
-            // already satisfied and so never changed the package.
-            me.do_send(RecordOperation(op.id.clone(), op.package.clone()));
-            Ok(op)
+            addr.send(Command {
+                kind: msg.kind,
+                params: OpParams {
+                    purge: msg.purge,
+                    deps_ready,
+                },
+            })
+            .await?
         })
-    }
-}
-
-/// Remembers which app an operation belongs to, for `operation.get`.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct RecordOperation(String, String);
-
-impl Handler<RecordOperation> for Supervisor {
-    type Result = ();
-    fn handle(&mut self, msg: RecordOperation, _: &mut Context<Self>) {
-        self.operations.insert(msg.0, msg.1);
     }
 }
 
 impl Handler<GetOperation> for Supervisor {
     type Result = ResponseFuture<Result<Operation, AppError>>;
     fn handle(&mut self, msg: GetOperation, _: &mut Context<Self>) -> Self::Result {
-        let addr = self
-            .operations
-            .get(&msg.id)
+        // An operation id names its app, so no table of operations is kept.
+        let addr = app::app_of_operation(&msg.id)
             .and_then(|app| self.actors.get(app))
             .cloned();
         Box::pin(async move {
@@ -661,7 +636,6 @@ impl Supervisor {
                 if stopped.unwrap_or(false) && act.actors.get(&id).is_some_and(|a| *a == addr) {
                     act.actors.remove(&id);
                     act.packages.remove(&id);
-                    act.operations.retain(|_, app| *app != id);
                     // The app came back while its actor was stopping: give it a new one.
                     if let Ok(app_id) = AppId::try_from(id) {
                         if act.catalog.get(&app_id).is_some() {
