@@ -18,7 +18,9 @@ use crate::api::{
     Package,
 };
 use crate::catalog::CatalogApp;
-use crate::engine::{container_name, ContainerRuntime, ContainerSummary, EngineEvent};
+use crate::engine::{
+    container_name, ContainerRuntime, ContainerSpec, ContainerSummary, EngineEvent,
+};
 use crate::error::AppError;
 use crate::health::{self, HealthTracker};
 use crate::lifecycle::{self, Guard, GuardFacts, StateFacts};
@@ -83,6 +85,10 @@ pub struct AppActor {
     /// When the last operation ended: a tick's list taken before then is stale for this
     /// app (it may still show the container as the operation found it).
     last_op_end: Option<std::time::Instant>,
+    /// The container spec the manifest asks for with the installed image, and its hash:
+    /// computing it reads the secrets files, so a tick reuses it until the manifest, the
+    /// installed image or a dependency's readiness changes.
+    wanted: Option<(Installed, Arc<ContainerSpec>, String)>,
     /// The last Package sent, to send only changes.
     last_sent: Option<Package>,
     /// False once the app's folder left the catalog while it stayed installed: the actor
@@ -112,6 +118,7 @@ impl AppActor {
             probing: false,
             op_counter: 0,
             last_op_end: None,
+            wanted: None,
             last_sent: None,
             in_catalog: true,
         }
@@ -309,18 +316,32 @@ impl AppActor {
     }
 
     /// Reconcile: plan from the facts and carry the actions out.
+    /// The wanted spec and its hash for the installed image (see [`AppActor::wanted`]).
+    fn wanted_spec(&mut self, ctx: &mut Context<Self>) -> Option<(Arc<ContainerSpec>, String)> {
+        let installed = self.record.installed.clone()?;
+        if let Some((i, spec, hash)) = &self.wanted {
+            if *i == installed {
+                return Some((spec.clone(), hash.clone()));
+            }
+        }
+        match self.env(ctx, "plan").spec_for(&installed) {
+            Ok(spec) => {
+                let hash = spec.hash();
+                let spec = Arc::new(spec);
+                self.wanted = Some((installed, spec.clone(), hash.clone()));
+                Some((spec, hash))
+            }
+            Err(e) => {
+                self.record.last_error = Some(e);
+                self.wanted = None;
+                None
+            }
+        }
+    }
+
     fn reconcile(&mut self, ctx: &mut Context<Self>) -> usize {
-        let wanted = match (&self.record.installed, self.env(ctx, "plan")) {
-            (Some(i), env) => match env.spec_for(i) {
-                Ok(spec) => Some(spec),
-                Err(e) => {
-                    self.record.last_error = Some(e);
-                    None
-                }
-            },
-            (None, _) => None,
-        };
-        let hash = wanted.as_ref().map(|s| s.hash()).unwrap_or_default();
+        let wanted = self.wanted_spec(ctx);
+        let hash = wanted.as_ref().map(|(_, h)| h.clone()).unwrap_or_default();
         let observed = self.observed.as_ref().map(|o| Observed {
             state: o.state,
             spec_hash: o.spec_hash.clone(),
@@ -450,10 +471,7 @@ impl AppActor {
         if self.probing || self.in_flight().is_some() || !self.running() {
             return;
         }
-        let Some(installed) = self.record.installed.clone() else {
-            return;
-        };
-        let Ok(spec) = self.env(ctx, "probe").spec_for(&installed) else {
+        let Some((spec, _)) = self.wanted_spec(ctx) else {
             return;
         };
         self.probing = true;
@@ -564,6 +582,8 @@ impl Handler<OpFinished> for AppActor {
         };
         let end = *msg.end;
         self.record = end.record;
+        // An install may have made new secrets: compute the wanted spec afresh.
+        self.wanted = None;
         self.last_op_end = Some(std::time::Instant::now());
         op.finished_at = Some(api::now());
         match &end.result {
@@ -669,6 +689,8 @@ impl Handler<DepsChanged> for AppActor {
     fn handle(&mut self, msg: DepsChanged, ctx: &mut Context<Self>) {
         if self.deps != msg.0 {
             self.deps = msg.0;
+            // A dependency that went away and came back may have new secrets.
+            self.wanted = None;
             self.reconcile(ctx);
         }
     }
@@ -821,6 +843,7 @@ impl Handler<CatalogUpdate> for AppActor {
     fn handle(&mut self, msg: CatalogUpdate, ctx: &mut Context<Self>) {
         self.app = msg.0;
         self.in_catalog = true;
+        self.wanted = None;
         self.reconcile(ctx);
     }
 }
