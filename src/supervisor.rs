@@ -407,8 +407,44 @@ impl Actor for Supervisor {
         );
         if self.first_boot {
             // First boot: install the default apps; each starts once its dependencies
-            // are running and healthy (the planner waits for them).
-            for id in self.default_apps.clone() {
+            // are running and healthy (the planner waits for them). They go in
+            // dependency order, and the memory budget holds for them as for any install:
+            // an app that would exceed it is left out, and so are its dependents.
+            let wanted: std::collections::BTreeSet<&AppId> = self.default_apps.iter().collect();
+            for id in &self.default_apps {
+                if self.catalog.get(id).is_none() {
+                    tracing::warn!(app = %id, "default app is not in the catalog");
+                }
+            }
+            let mut reserved = 0u64;
+            let mut left_out: Vec<AppId> = vec![];
+            for id in ids.iter().filter(|id| wanted.contains(id)) {
+                let Some(app) = self.catalog.get(id) else {
+                    continue;
+                };
+                let needs = app.manifest.container.memory_limit.bytes();
+                if let Some(dep) = app
+                    .manifest
+                    .dependencies
+                    .iter()
+                    .find(|d| left_out.contains(d))
+                {
+                    tracing::warn!(app = %id, dependency = %dep, "default app left out: its dependency was left out");
+                    left_out.push(id.clone());
+                    continue;
+                }
+                if let Some(budget) = self.memory_budget.filter(|b| reserved + needs > *b) {
+                    tracing::warn!(
+                        app = %id,
+                        needed_bytes = needs,
+                        reserved_bytes = reserved,
+                        budget_bytes = budget,
+                        "default app left out: memory budget exceeded"
+                    );
+                    left_out.push(id.clone());
+                    continue;
+                }
+                reserved += needs;
                 if let Some(addr) = self.actors.get(id.as_str()) {
                     addr.do_send(Command {
                         kind: OperationKind::Install,
@@ -417,8 +453,6 @@ impl Actor for Supervisor {
                             deps_ready: false,
                         },
                     });
-                } else {
-                    tracing::warn!(app = %id, "default app is not in the catalog");
                 }
             }
         }
@@ -794,6 +828,47 @@ mod tests {
 
     /// Two 64 MiB apps under a 100 MiB budget: the second is refused with -32004 and the
     /// figures, and nothing is created for it.
+    /// At first boot the default apps are held to the memory budget too: in dependency
+    /// order, an app that would exceed it is left out, and so is its dependent.
+    #[actix_web::test]
+    async fn first_boot_holds_default_apps_to_the_memory_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        write_app(&apps, "a", "");
+        write_app(&apps, "b", "");
+        let dependent = "dependencies: [b]\n";
+        let dir_c = apps.join("c");
+        std::fs::create_dir_all(&dir_c).unwrap();
+        std::fs::write(
+            dir_c.join("manifest.yml"),
+            format!("id: c\nname: c\nversion: \"1\"\n{dependent}container:\n  image: img:1\n  network: none\n  memory_limit: 8MiB\n"),
+        )
+        .unwrap();
+        let fake = Arc::new(FakeRuntime::new());
+        // c (8 MiB) would fit, but it depends on b, which does not.
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: [c, b, a]\nmemory_budget: 100MiB\n",
+            CrashPolicy::default(),
+        );
+        wait_for(&sup, "a", "running", settled_running).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for left_out in ["b", "c"] {
+            let p = sup
+                .send(GetPackage {
+                    id: left_out.into(),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(p.state, AppState::NotInstalled, "{left_out}");
+            assert_eq!(p.desired, Desired::NotInstalled, "{left_out}");
+        }
+        let status = sup.send(GetStatus).await.unwrap();
+        assert_eq!(status.memory.reserved_bytes, 64 * MIB);
+    }
+
     #[actix_web::test]
     async fn a_start_over_the_memory_budget_is_refused_with_figures() {
         let dir = tempfile::tempdir().unwrap();
