@@ -123,11 +123,19 @@ async fn a_container_killed_from_outside_comes_back() {
     wait_state(&sup, &id, AppState::Running, Duration::from_secs(3)).await;
 }
 
-/// A manifest memory change is applied live: new limit, same start time.
-#[actix_web::test]
-async fn a_memory_change_is_applied_live() {
+/// A running app whose manifest memory is about to change: its node, supervisor, id, the
+/// manifest's path and the container as it was before the change.
+struct MemoryCase {
+    _node: Node,
+    sup: actix::Addr<archipelago::supervisor::Supervisor>,
+    id: String,
+    manifest: std::path::PathBuf,
+    before: bollard::models::ContainerInspectResponse,
+}
+
+async fn running_64mib_app(tag: &str) -> MemoryCase {
     common::connect(&common::docker_host()).await;
-    let node = Node::new("mem");
+    let node = Node::new(tag);
     let id = node.app(
         "app",
         "while true; do sleep 1 & wait $!; done",
@@ -136,74 +144,69 @@ async fn a_memory_change_is_applied_live() {
     );
     let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
     wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
-    let before = inspect(&id).await;
     assert_eq!(cgroup_memory_limit(&id).await, 64 * 1024 * 1024);
-    let path = node.apps_dir().join(&id).join("manifest.yml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("64MiB", "96MiB");
-    std::fs::write(&path, text).unwrap();
-    sup.send(ReloadCatalog).await.unwrap().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if cgroup_memory_limit(&id).await == 96 * 1024 * 1024 {
-            let now = inspect(&id).await;
-            assert_eq!(
-                now.state.unwrap().started_at,
-                before.state.unwrap().started_at,
-                "restarted"
-            );
-            assert_eq!(now.id, before.id, "recreated");
-            break;
-        }
-        assert!(Instant::now() < deadline, "limit not applied");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    MemoryCase {
+        manifest: node.apps_dir().join(&id).join("manifest.yml"),
+        before: inspect(&id).await,
+        _node: node,
+        sup,
+        id,
     }
+}
+
+impl MemoryCase {
+    /// Rewrites the manifest's `64MiB` as `to`.
+    fn edit(&self, to: &str) {
+        let text = std::fs::read_to_string(&self.manifest)
+            .unwrap()
+            .replace("64MiB", to);
+        std::fs::write(&self.manifest, text).unwrap();
+    }
+
+    /// Waits until the kernel enforces `bytes`, then checks the container was neither
+    /// recreated nor restarted.
+    async fn applied_live(&self, bytes: u64, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        while cgroup_memory_limit(&self.id).await != bytes {
+            assert!(Instant::now() < deadline, "{what}: limit not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let now = inspect(&self.id).await;
+        assert_eq!(now.id, self.before.id, "{what}: recreated");
+        assert_eq!(
+            now.state.unwrap().started_at,
+            self.before.state.as_ref().unwrap().started_at,
+            "{what}: restarted"
+        );
+    }
+}
+
+/// A manifest memory change is applied live: new limit, same start time.
+#[actix_web::test]
+async fn a_memory_change_is_applied_live() {
+    let case = running_64mib_app("mem").await;
+    case.edit("96MiB");
+    case.sup.send(ReloadCatalog).await.unwrap().unwrap();
+    case.applied_live(96 * 1024 * 1024, Duration::from_secs(5), "catalog.reload")
+        .await;
 }
 
 /// An edit of a manifest on disk is picked up without `catalog.reload`: the supervisor
 /// sees `apps_dir` change at its next tick and applies the new memory limit live.
 #[actix_web::test]
 async fn a_manifest_edited_on_disk_is_reloaded_by_itself() {
-    common::connect(&common::docker_host()).await;
-    let node = Node::new("disk");
-    let id = node.app(
-        "app",
-        "while true; do sleep 1 & wait $!; done",
-        "  network: none\n",
-        "",
-    );
-    let sup = node.start(&node.config(std::slice::from_ref(&id), ""));
-    wait_state(&sup, &id, AppState::Running, Duration::from_secs(60)).await;
-    let before = inspect(&id).await;
-    let path = node.apps_dir().join(&id).join("manifest.yml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("64MiB", "80MiB");
+    let case = running_64mib_app("disk").await;
     // Same length as before: a size check alone would miss it.
-    std::fs::write(&path, text).unwrap();
+    case.edit("80MiB");
     let edited = Instant::now();
-    let deadline = edited + Duration::from_secs(5);
-    loop {
-        if cgroup_memory_limit(&id).await == 80 * 1024 * 1024 {
-            let now = inspect(&id).await;
-            assert_eq!(now.id, before.id, "recreated");
-            assert_eq!(
-                now.state.unwrap().started_at,
-                before.state.unwrap().started_at,
-                "restarted"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "edit on disk never applied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    case.applied_live(80 * 1024 * 1024, Duration::from_secs(5), "edit on disk")
+        .await;
     println!(
         "edit on disk applied {:?} after the write",
         edited.elapsed()
     );
     assert_eq!(
-        package(&sup, &id).await.memory_limit_bytes,
+        package(&case.sup, &case.id).await.memory_limit_bytes,
         80 * 1024 * 1024
     );
 }
