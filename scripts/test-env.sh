@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Starts, stops and reports the real container engines that the integration tests use:
 # a private dockerd, a podman API service and a loopback image registry, all under
-# /tmp/archipelago-test, plus the tiny image archipelago-test/busybox:latest on both engines.
+# /tmp/archipelago-test, plus two test images on both engines and in the registry: the tiny
+# archipelago-test/busybox:latest and archipelago-test/servers:latest, a Debian bookworm root
+# file system with the real tor, redis, postgresql and nginx packages (built with debootstrap
+# and cached under /var/cache/archipelago-test; ARCHIPELAGO_TEST_REBUILD_SERVERS=1 rebuilds it).
 #
 # usage: scripts/test-env.sh up|down|status|env
 #
 #   up      install what is missing (Debian packages), start whatever is not answering,
-#           build and load the test image; safe to run again
+#           build and load the test images; safe to run again
 #   down [docker|podman|registry]...
 #           remove leftover archipelago-* containers, then stop the named services (all three
 #           by default)
@@ -19,6 +22,7 @@ BASE=/tmp/archipelago-test
 DOCKER_SOCK="$BASE/docker.sock"
 DOCKER_PID="$BASE/docker.pid"
 DOCKER_LOG="$BASE/docker.log"
+DOCKER_CONFIG="$BASE/docker-daemon.json"
 PODMAN_SOCK="$BASE/podman.sock"
 PODMAN_PID="$BASE/podman.pid"
 PODMAN_LOG="$BASE/podman.log"
@@ -30,12 +34,25 @@ REGISTRY_CONFIG="$BASE/registry.yml"
 REGISTRY_DATA="$BASE/registry"
 IMAGE="archipelago-test/busybox:latest"
 REGISTRY_IMAGE="$REGISTRY_NAME/archipelago-test/busybox:1"
+SERVERS_IMAGE="archipelago-test/servers:latest"
+SERVERS_REGISTRY_IMAGE="$REGISTRY_NAME/archipelago-test/servers:1"
+# The servers image's root file system: what debootstrap installs, and from where. The tar is
+# cached across `down` in SERVERS_CACHE under a name keyed on these settings and on
+# SERVERS_RECIPE (bump it when build_servers_rootfs changes what goes into the tar).
+SERVERS_CACHE=${ARCHIPELAGO_TEST_CACHE:-/var/cache/archipelago-test}
+SERVERS_SUITE=bookworm
+SERVERS_MIRROR=${ARCHIPELAGO_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SERVERS_PACKAGES=tor,redis-server,postgresql,nginx-light,netcat-openbsd,procps
+SERVERS_DEBOOTSTRAP_ARGS=(--variant=minbase "--include=$SERVERS_PACKAGES")
+SERVERS_RECIPE=1
+# Image label holding the cache key the image was imported from.
+SERVERS_LABEL=org.archipelago.test.rootfs-key
 CONTAINERS_CONF=/etc/containers/containers.conf
 REGISTRIES_DROPIN=/etc/containers/registries.conf.d/50-archipelago-test.conf
 ULIMITS='default_ulimits = ["nofile=1024:1024","nproc=1024:1024"]'
 
 PACKAGES=(docker.io busybox-static docker-registry podman chromium chromium-driver
-    docker-compose shellcheck systemd curl)
+    docker-compose shellcheck systemd curl debootstrap)
 
 # Seconds each start and stop may take before the script gives up with an error.
 START_TIMEOUT=${ARCHIPELAGO_TEST_START_TIMEOUT:-60}
@@ -165,10 +182,17 @@ start_docker() {
     fi
     rm -f "$DOCKER_SOCK" "$DOCKER_PID"
     mkdir -p "$BASE/docker-data" "$BASE/docker-exec"
+    # An empty config of its own: /etc/docker/daemon.json belongs to the system dockerd, and
+    # dockerd refuses to start when it sets what the flags below set (data-root, storage-driver).
+    echo '{}' >"$DOCKER_CONFIG"
     log "starting dockerd (log: $DOCKER_LOG)"
+    # Own config, data root, exec root (where its own containerd's socket lives) and containerd
+    # namespaces: nothing is shared with a system dockerd or containerd.
     setsid nohup dockerd --iptables=false --ip-forward=false --bridge=none \
-        --storage-driver=overlay2 -H "unix://$DOCKER_SOCK" \
+        --config-file "$DOCKER_CONFIG" --storage-driver=overlay2 -H "unix://$DOCKER_SOCK" \
         --data-root "$BASE/docker-data" --exec-root "$BASE/docker-exec" \
+        --containerd-namespace archipelago-test \
+        --containerd-plugins-namespace archipelago-test-plugins \
         --pidfile "$DOCKER_PID" >"$DOCKER_LOG" 2>&1 </dev/null &
     wait_for dockerd "$DOCKER_LOG" ping_socket "$DOCKER_SOCK"
 }
@@ -256,6 +280,167 @@ load_images() {
     docker_cli push -q "$REGISTRY_IMAGE" >/dev/null
 }
 
+# The cached root file system tar of the servers image; its name changes with the settings.
+servers_key() {
+    printf '%s\n' "$SERVERS_SUITE" "${SERVERS_DEBOOTSTRAP_ARGS[@]}" "$SERVERS_RECIPE" |
+        sha256sum | cut -c1-16
+}
+
+servers_tar() { echo "$SERVERS_CACHE/servers-rootfs-$SERVERS_SUITE-$(servers_key).tar"; }
+
+# remove_tree DIR: unmounts whatever is still mounted below DIR (an interrupted debootstrap
+# leaves /proc and /sys mounted in its target), then deletes DIR without leaving its file system.
+remove_tree() {
+    local dir mnt
+    [ -d "$1" ] || return 0
+    dir=$(realpath "$1")
+    # /proc/self/mounts escapes blanks as \040; the build dirs have none.
+    awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r |
+        while read -r mnt; do
+            umount -l "$mnt" || log "could not unmount $mnt"
+        done
+    rm -rf --one-file-system "$dir"
+}
+
+# Builds the servers root file system with debootstrap and caches its tar at $(servers_tar),
+# unless it is there already (ARCHIPELAGO_TEST_REBUILD_SERVERS=1: even then). Takes a minute
+# or two, ~1 GB while building and ~430 MB for the tar.
+build_servers_rootfs() {
+    local tar build root start f lock reuse=1
+    tar=$(servers_tar)
+    [ "${ARCHIPELAGO_TEST_REBUILD_SERVERS:-0}" != 1 ] || reuse=0
+    if [ "$(id -u)" -ne 0 ]; then
+        [ "$reuse" = 1 ] && [ -f "$tar" ] && return 0
+        die "run as root to build $tar with debootstrap"
+    fi
+    mkdir -p "$SERVERS_CACHE"
+    # One build at a time; a concurrent 'up' waits, then uses what the first one built.
+    exec {lock}>"$SERVERS_CACHE/.lock"
+    if ! flock -n "$lock"; then
+        log "waiting for another build of the servers root file system"
+        flock "$lock"
+        reuse=1
+    fi
+    # Leftovers of interrupted builds.
+    for f in "$SERVERS_CACHE"/build.*; do
+        [ -e "$f" ] || continue
+        log "removing leftover $f"
+        remove_tree "$f"
+    done
+    if [ "$reuse" = 1 ] && [ -f "$tar" ]; then
+        exec {lock}>&-
+        return 0
+    fi
+    build=$(mktemp -d "$SERVERS_CACHE/build.XXXXXX")
+    root="$build/root"
+    start=$SECONDS
+    log "building the servers root file system with debootstrap (log: $build/debootstrap.log)"
+    if ! debootstrap "${SERVERS_DEBOOTSTRAP_ARGS[@]}" "$SERVERS_SUITE" "$root" \
+        "$SERVERS_MIRROR" >"$build/debootstrap.log" 2>&1 </dev/null; then
+        tail -n 20 "$build/debootstrap.log" >&2 || true
+        [ -f "$root/debootstrap/debootstrap.log" ] && tail -n 20 "$root/debootstrap/debootstrap.log" >&2
+        die "debootstrap failed; left $build for a look (the next 'up' removes it)"
+    fi
+    # What the tests rely on, checked inside the root file system (its alternatives links are
+    # absolute); fail here rather than cache a tar without it.
+    # shellcheck disable=SC2016 # expanded by the shell inside the root file system
+    if ! chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -ec '
+        id debian-tor; id postgres; id redis
+        tor --version; redis-server --version; ls /usr/lib/postgresql/*/bin/initdb
+        for c in redis-cli psql nc; do command -v "$c"; done' >"$build/check.log" 2>&1; then
+        cat "$build/check.log" >&2
+        die "the servers root file system lacks something the tests need; left $build"
+    fi
+    # Package lists, caches, logs and documentation are only weight (as in Debian's slim
+    # images); the engines provide resolv.conf and hostname.
+    rm -rf "${root:?}"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/debconf/*-old \
+        "$root"/var/log/apt/* "$root"/var/log/*.log "$root"/tmp/* "$root"/var/tmp/* \
+        "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/*/
+    find "$root/usr/share/doc" -type f ! -name copyright -delete
+    : >"$root/etc/resolv.conf"
+    : >"$root/etc/hostname"
+    tar -C "$root" --numeric-owner -cf "$build/rootfs.tar" .
+    # A rename within the cache's file system: the cached tar is always a whole one.
+    mv -f "$build/rootfs.tar" "$tar"
+    remove_tree "$build"
+    # Tars of other settings are stale.
+    for f in "$SERVERS_CACHE"/servers-rootfs-*.tar; do
+        [ "$f" = "$tar" ] || rm -f "$f"
+    done
+    exec {lock}>&-
+    log "built $tar ($(du -h "$tar" | cut -f1)) in $((SECONDS - start))s"
+}
+
+# image_id docker|podman IMAGE: the image's ID as sha256:HEX (podman leaves out the
+# prefix), or nothing when it is absent.
+image_id() {
+    local id
+    id=$("${1}_cli" image inspect --format '{{.Id}}' "$2" 2>/dev/null) || return 0
+    echo "sha256:${id#sha256:}"
+}
+
+# Imports the servers image into docker (when missing or built from other settings), loads it
+# into podman and pushes it to the registry, skipping each step that is already done.
+load_servers_image() {
+    local key tar tmp id start repo old_docker old_podman
+    key=$(servers_key)
+    tar=$(servers_tar)
+    old_docker=$(image_id docker "$SERVERS_IMAGE")
+    old_podman=$(image_id podman "$SERVERS_IMAGE")
+    if [ "${ARCHIPELAGO_TEST_REBUILD_SERVERS:-0}" != 1 ] &&
+        [ "$(docker_cli image inspect --format "{{index .Config.Labels \"$SERVERS_LABEL\"}}" \
+            "$SERVERS_IMAGE" 2>/dev/null)" = "$key" ]; then
+        log "docker has $SERVERS_IMAGE"
+    else
+        build_servers_rootfs
+        log "importing $SERVERS_IMAGE into docker"
+        start=$SECONDS
+        docker_cli import \
+            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            --change 'CMD ["bash"]' --change "LABEL $SERVERS_LABEL=$key" \
+            "$tar" "$SERVERS_IMAGE" >/dev/null
+        log "imported $SERVERS_IMAGE in $((SECONDS - start))s"
+    fi
+    id=$(image_id docker "$SERVERS_IMAGE")
+    [ -n "$id" ] || die "docker import did not give $SERVERS_IMAGE"
+    # docker save | podman load keeps the image ID, so an equal ID means the same image.
+    if [ "$(image_id podman "$SERVERS_IMAGE")" = "$id" ]; then
+        log "podman has $SERVERS_IMAGE"
+    else
+        tmp=$(mktemp -d)
+        log "loading $SERVERS_IMAGE into podman"
+        start=$SECONDS
+        docker_cli save -o "$tmp/image.tar" "$SERVERS_IMAGE"
+        podman_cli load -q -i "$tmp/image.tar" >/dev/null
+        rm -rf "$tmp"
+        [ "$(image_id podman "$SERVERS_IMAGE")" = "$id" ] ||
+            die "podman load did not give $SERVERS_IMAGE ($id)"
+        log "loaded $SERVERS_IMAGE into podman in $((SECONDS - start))s"
+    fi
+    # The registry's manifest names the image ID as its config digest.
+    repo=${SERVERS_REGISTRY_IMAGE#"$REGISTRY_NAME"/}
+    if curl -fsS --max-time 5 \
+        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+        -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+        "http://$REGISTRY_ADDR/v2/${repo%:*}/manifests/${repo##*:}" 2>/dev/null |
+        grep -qF "\"$id\""; then
+        log "registry has $SERVERS_REGISTRY_IMAGE"
+    else
+        docker_cli tag "$SERVERS_IMAGE" "$SERVERS_REGISTRY_IMAGE"
+        log "pushing $SERVERS_REGISTRY_IMAGE"
+        start=$SECONDS
+        docker_cli push -q "$SERVERS_REGISTRY_IMAGE" >/dev/null
+        log "pushed $SERVERS_REGISTRY_IMAGE in $((SECONDS - start))s"
+    fi
+    # A replaced image is untagged now; drop it unless a container still uses it.
+    if [ -n "$old_docker" ] && [ "$old_docker" != "$id" ]; then
+        docker_cli rmi "$old_docker" >/dev/null 2>&1 || true
+    fi
+    if [ -n "$old_podman" ] && [ "$old_podman" != "$id" ]; then
+        podman_cli rmi "$old_podman" >/dev/null 2>&1 || true
+    fi
+}
+
 cmd_up() {
     mkdir -p "$BASE"
     install_packages
@@ -264,6 +449,7 @@ cmd_up() {
     start_registry
     start_podman
     load_images
+    load_servers_image
     log "ready: docker unix://$DOCKER_SOCK, podman unix://$PODMAN_SOCK, registry $REGISTRY_NAME"
 }
 
@@ -379,6 +565,7 @@ cmd_env() {
     echo "export ARCHIPELAGO_TEST_DOCKER_HOST=unix://$DOCKER_SOCK"
     echo "export ARCHIPELAGO_TEST_PODMAN_HOST=unix://$PODMAN_SOCK"
     echo "export ARCHIPELAGO_TEST_REGISTRY=$REGISTRY_NAME"
+    echo "export ARCHIPELAGO_TEST_SERVERS_IMAGE=$SERVERS_IMAGE"
 }
 
 case "${1:-}" in
