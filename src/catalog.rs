@@ -222,6 +222,28 @@ impl Catalog {
             }
         }
 
+        // A dependency's volume exists: the dependency declares it as its own.
+        for (id, app) in &all {
+            for (i, volume) in app.manifest.container.volumes.iter().enumerate() {
+                let Some(owner) = &volume.app else { continue };
+                let Some(dep) = all.get(owner) else { continue };
+                let declared = dep
+                    .manifest
+                    .container
+                    .volumes
+                    .iter()
+                    .any(|v| v.is_own() && v.name == volume.name);
+                if app.manifest.dependencies.contains(owner) && !declared {
+                    problems.push(Problem::new(
+                        &app.path,
+                        format!("container.volumes[{i}]"),
+                        format!("`{owner}` has no volume `{}`", volume.name),
+                    ));
+                    bad.insert(id.clone());
+                }
+            }
+        }
+
         // Leave out dependents of left-out apps, one problem each, until nothing changes.
         let failed = |dep: &AppId, bad: &BTreeSet<AppId>| {
             bad.contains(dep) || (present.contains(dep) && !all.contains_key(dep))
@@ -482,6 +504,10 @@ mod tests {
             app(&format!("dependencies: [{deps}]\n{secrets}"))
                 .replace("  image:", &format!("  env: {{X: \"{value}\"}}\n  image:"))
         };
+        let with_volume = |deps: &str, volume: &str| {
+            app(&format!("dependencies: [{deps}]\n"))
+                .replace("  image:", &format!("  volumes: [\"{volume}\"]\n  image:"))
+        };
         let cases: Vec<Case> = vec![
             ("fine", vec![("a", app("")), ("b", deps("a"))], &["a", "b"], vec![]),
             (
@@ -522,6 +548,18 @@ mod tests {
                 vec![("a", app("")), ("b", with_env("a", "${secret:a/pw}", ""))],
                 &["a"],
                 vec!["b/manifest.yml: container.env.X: ${secret:a/pw}: `a` has no secret `pw`"],
+            ),
+            (
+                "dependency's volume exists",
+                vec![("a", with_volume("", "data:/data")), ("b", with_volume("a", "a/data:/a:ro"))],
+                &["a", "b"],
+                vec![],
+            ),
+            (
+                "dependency's volume missing",
+                vec![("a", app("")), ("b", with_volume("a", "a/nope:/a:ro"))],
+                &["a"],
+                vec!["b/manifest.yml: container.volumes[0]: `a` has no volume `nope`"],
             ),
             (
                 "secret of a non-dependency",

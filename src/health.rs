@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use crate::api::Health;
 use crate::engine::{container_name, ContainerRuntime, ContainerSpec};
 use crate::manifest::{HealthCheck, HealthProbe};
-use crate::spec::probe_port;
+use crate::netns::{self, NetnsError};
+use crate::spec::host_port;
 
 /// Runs one probe. `Err` says why it failed.
 pub async fn probe(
@@ -21,20 +22,12 @@ pub async fn probe(
     let fut = async {
         match &check.probe {
             HealthProbe::Http { port, path } => {
-                let host_port = probe_port(spec, *port).ok_or_else(|| {
-                    format!("port {port} is neither published nor on host network")
-                })?;
-                http_get(host_port, path).await
+                let stream = connect(engine, spec, *port, check.timeout).await?;
+                http_get(stream, *port, path).await
             }
-            HealthProbe::Tcp { port } => {
-                let host_port = probe_port(spec, *port).ok_or_else(|| {
-                    format!("port {port} is neither published nor on host network")
-                })?;
-                TcpStream::connect(("127.0.0.1", host_port))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("tcp 127.0.0.1:{host_port}: {e}"))
-            }
+            HealthProbe::Tcp { port } => connect(engine, spec, *port, check.timeout)
+                .await
+                .map(|_| ()),
             HealthProbe::Exec(cmd) => {
                 let out = engine
                     .exec(&container_name(&spec.app), cmd, check.timeout)
@@ -61,31 +54,65 @@ pub async fn probe(
     }
 }
 
-/// A plain HTTP/1.1 GET on loopback; any 2xx or 3xx status is healthy.
-async fn http_get(port: u16, path: &str) -> Result<(), String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
+/// Connects to the app's `port` where its server listens: `127.0.0.1:port` inside the
+/// container's own network namespace, so a server on a private network with no published
+/// port is reached. Under host networking that namespace is the host's. Only when the
+/// namespace cannot be entered (archipelago not running as root) does it fall back to a
+/// published port on the host's loopback.
+async fn connect(
+    engine: &dyn ContainerRuntime,
+    spec: &ContainerSpec,
+    port: u16,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
+    let name = container_name(&spec.app);
+    if spec.network != "host" {
+        let details = engine.inspect(&name).await.map_err(|e| e.to_string())?;
+        let pid = details
+            .pid
+            .ok_or_else(|| format!("{name} is not running"))?;
+        match netns::connect_loopback(pid, port, timeout).await {
+            Ok(stream) => return Ok(stream),
+            Err(NetnsError::Connect { source, .. }) => {
+                return Err(format!("tcp {port} in {name}: {source}"))
+            }
+            Err(e) => {
+                if host_port(spec, port).is_none() {
+                    return Err(format!(
+                        "{e}: run archipelago as root, or publish port {port} for the probe"
+                    ));
+                }
+            }
+        }
+    }
+    let host_port = host_port(spec, port).unwrap_or(port);
+    TcpStream::connect(("127.0.0.1", host_port))
         .await
-        .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
+        .map_err(|e| format!("tcp 127.0.0.1:{host_port}: {e}"))
+}
+
+/// A plain HTTP/1.1 GET over `stream`; any 2xx or 3xx status is healthy.
+async fn http_get(mut stream: TcpStream, port: u16, path: &str) -> Result<(), String> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: archipelago-health\r\n\r\n");
     stream
         .write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
+        .map_err(|e| format!("http :{port}: {e}"))?;
     let mut head = [0u8; 64];
     let n = stream
         .read(&mut head)
         .await
-        .map_err(|e| format!("http 127.0.0.1:{port}: {e}"))?;
+        .map_err(|e| format!("http :{port}: {e}"))?;
     let line = String::from_utf8_lossy(&head[..n]);
     let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("http 127.0.0.1:{port}{path}: not an HTTP answer"))?;
+        .ok_or_else(|| format!("http :{port}{path}: not an HTTP answer"))?;
     if (200..400).contains(&status) {
         Ok(())
     } else {
-        Err(format!("http 127.0.0.1:{port}{path}: status {status}"))
+        Err(format!("http :{port}{path}: status {status}"))
     }
 }
 
@@ -189,8 +216,11 @@ mod tests {
                     .unwrap();
             }
         });
-        assert_eq!(http_get(port, "/").await, Ok(()));
-        let err = http_get(port, "/").await.unwrap_err();
+        let connect = || TcpStream::connect(("127.0.0.1", port));
+        assert_eq!(http_get(connect().await.unwrap(), port, "/").await, Ok(()));
+        let err = http_get(connect().await.unwrap(), port, "/")
+            .await
+            .unwrap_err();
         assert!(err.contains("status 503"), "{err}");
         server.await.unwrap();
     }

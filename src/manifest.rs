@@ -178,10 +178,22 @@ pub struct ContainerConfig {
     /// Published ports, `host:container[/tcp|/udp]`.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
-    /// Named volumes, `NAME:PATH[:ro]`.
+    /// Volumes: the app's own `NAME:PATH[:ro]`, a dependency's `APP/NAME:PATH:ro`, or the
+    /// long form with a snapshot policy.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
-    /// Engine network; `None` means the config's `engine.default_network`.
+    /// Capabilities added to the default set (names such as `NET_ADMIN`, `CAP_` optional).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the default set, beside those always dropped
+    /// ([`DEFAULT_CAP_DROP`]).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// Most processes and threads the container may hold (default [`DEFAULT_PIDS_LIMIT`]).
+    #[serde(default)]
+    pub pids_limit: Option<u32>,
+    /// `host`, `none` or a network name; `None` means the config's
+    /// `engine.default_network`. Joining another container's namespace is refused.
     #[serde(default)]
     pub network: Option<String>,
     /// Hard memory limit (required).
@@ -195,6 +207,75 @@ pub struct ContainerConfig {
     /// How to tell the app is healthy.
     #[serde(default)]
     pub health: Option<HealthCheck>,
+}
+
+/// Capabilities every container loses unless its manifest adds them back: servers rarely
+/// need raw sockets or device nodes, and both widen what a compromised app can do.
+pub const DEFAULT_CAP_DROP: &[&str] = &["NET_RAW", "MKNOD"];
+
+/// The pids limit of a container whose manifest sets none: far above what a server uses,
+/// low enough that a fork bomb cannot starve the node.
+pub const DEFAULT_PIDS_LIMIT: u32 = 4096;
+
+/// Linux capability names (without `CAP_`), for `cap_add` and `cap_drop`.
+const CAPABILITIES: &[&str] = &[
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+/// A capability name as the engine wants it (`NET_ADMIN`), or why it is not one.
+pub fn capability_name(name: &str) -> Result<String, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if bare == "ALL" {
+        return Err(format!(
+            "{name:?}: ALL is refused; name each capability the app needs"
+        ));
+    }
+    if CAPABILITIES.contains(&bare) {
+        Ok(bare.to_string())
+    } else {
+        Err(format!("{name:?} is not a Linux capability"))
+    }
 }
 
 fn default_stop_timeout() -> Duration {
@@ -438,14 +519,64 @@ impl fmt::Display for PortMapping {
     }
 }
 
-/// A named volume, written `NAME:PATH[:ro|:rw]`. NAME is a folder under
-/// `<data_dir>/apps/<id>/`; [`AppManifest::validate`] refuses names with `/` or `..`.
+/// What an upgrade does with a volume before it swaps the container.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotPolicy {
+    /// Copied before the swap and put back if the new version fails (reflink where the
+    /// filesystem can).
+    #[default]
+    Copy,
+    /// Never copied nor put back: a rollback runs the old image on the data as it is. For
+    /// data that is huge and re-derivable (a blockchain), or dangerous to restore (lnd's
+    /// channel database: an old channel state can lose funds to a penalty transaction).
+    None,
+}
+
+/// A volume: `NAME:PATH[:ro|:rw]`, a folder under `<data_dir>/apps/<id>/`, or
+/// `APP/NAME:PATH:ro`, volume NAME of the dependency APP mounted read-only.
+/// [`AppManifest::validate`] refuses names with `/` or `..` and writable dependency volumes.
+///
+/// The long form `{name, path, read_only, snapshot}` also sets the [`SnapshotPolicy`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VolumeMount {
+    /// The dependency that owns the volume; `None` for the app's own.
+    pub app: Option<AppId>,
     pub name: String,
     /// Absolute path inside the container.
     pub path: String,
     pub read_only: bool,
+    pub snapshot: SnapshotPolicy,
+}
+
+impl VolumeMount {
+    /// `NAME` or `APP/NAME`, as written in the manifest.
+    pub fn source(&self) -> String {
+        match &self.app {
+            Some(app) => format!("{app}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// True for the app's own volumes (not a dependency's).
+    pub fn is_own(&self) -> bool {
+        self.app.is_none()
+    }
+
+    /// Splits `APP/NAME` into the dependency and the name; anything else stays a plain
+    /// name, for [`check_volume_name`] to judge (so `../data` is still reported as such).
+    fn split_source(source: &str) -> (Option<AppId>, String) {
+        if let Some((app, name)) = source.split_once('/') {
+            if let Ok(app) = app.parse::<AppId>() {
+                if !name.contains('/') {
+                    return (Some(app), name.to_string());
+                }
+            }
+        }
+        (None, source.to_string())
+    }
 }
 
 impl FromStr for VolumeMount {
@@ -453,7 +584,7 @@ impl FromStr for VolumeMount {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split(':').collect();
-        let (name, path, read_only) = match parts.as_slice() {
+        let (source, path, read_only) = match parts.as_slice() {
             [name, path] => (*name, *path, false),
             [name, path, "ro"] => (*name, *path, true),
             [name, path, "rw"] => (*name, *path, false),
@@ -468,21 +599,86 @@ impl FromStr for VolumeMount {
                 ))
             }
         };
+        let (app, name) = VolumeMount::split_source(source);
         Ok(VolumeMount {
-            name: name.to_string(),
+            app,
+            name,
             path: path.to_string(),
             read_only,
+            snapshot: SnapshotPolicy::Copy,
         })
     }
 }
 
 impl fmt::Display for VolumeMount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.name, self.path)?;
+        write!(f, "{}:{}", self.source(), self.path)?;
         if self.read_only {
             f.write_str(":ro")?;
         }
         Ok(())
+    }
+}
+
+/// The long YAML form of [`VolumeMount`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    name: String,
+    path: String,
+    #[serde(default)]
+    read_only: bool,
+    #[serde(default)]
+    snapshot: SnapshotPolicy,
+}
+
+impl Serialize for VolumeMount {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.snapshot == SnapshotPolicy::Copy {
+            serializer.collect_str(self)
+        } else {
+            RawVolume {
+                name: self.source(),
+                path: self.path.clone(),
+                read_only: self.read_only,
+                snapshot: self.snapshot,
+            }
+            .serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VolumeMount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct VolumeVisitor;
+
+        impl<'de> Visitor<'de> for VolumeVisitor {
+            type Value = VolumeMount;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a volume such as \"data:/data\" or {name: data, path: /data, snapshot: none}",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<VolumeMount, E> {
+                v.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<VolumeMount, A::Error> {
+                let raw = RawVolume::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let (app, name) = VolumeMount::split_source(&raw.name);
+                Ok(VolumeMount {
+                    app,
+                    name,
+                    path: raw.path,
+                    read_only: raw.read_only,
+                    snapshot: raw.snapshot,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(VolumeVisitor)
     }
 }
 
@@ -521,10 +717,6 @@ macro_rules! string_form {
 string_form!(
     PortMapping,
     "a port mapping such as \"9735:9735\" or \"53:53/udp\""
-);
-string_form!(
-    VolumeMount,
-    "a volume such as \"data:/data\" or \"conf:/etc/app:ro\""
 );
 
 /// When the supervisor restarts an app's container after it exits.
@@ -1047,6 +1239,27 @@ impl AppManifest {
             if let Err(reason) = check_volume_name(&volume.name) {
                 problem(&field, reason);
             }
+            if let Some(app) = &volume.app {
+                if !self.dependencies.contains(app) {
+                    problem(
+                        &field,
+                        format!(
+                            "volume {:?} belongs to `{app}`, which is not a dependency of this app",
+                            volume.source()
+                        ),
+                    );
+                }
+                if !volume.read_only {
+                    problem(
+                        &field,
+                        format!(
+                            "a dependency's volume is mounted read-only only: write \"{}:{}:ro\"",
+                            volume.source(),
+                            volume.path
+                        ),
+                    );
+                }
+            }
             if !volume.path.starts_with('/') {
                 problem(
                     &field,
@@ -1059,10 +1272,25 @@ impl AppManifest {
                 );
             }
         }
-        if c.network.as_ref().is_some_and(|n| n.trim().is_empty()) {
+        if let Some(network) = &c.network {
+            if let Err(reason) = check_network(network) {
+                problem("container.network", reason);
+            }
+        }
+        for (field, names) in [
+            ("container.cap_add", &c.cap_add),
+            ("container.cap_drop", &c.cap_drop),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                if let Err(reason) = capability_name(name) {
+                    problem(&format!("{field}[{i}]"), reason);
+                }
+            }
+        }
+        if c.pids_limit == Some(0) {
             problem(
-                "container.network",
-                "is empty: leave it out for the default network".to_string(),
+                "container.pids_limit",
+                "must be above 0: leave it out for the default".to_string(),
             );
         }
         if let Some(health) = &c.health {
@@ -1080,6 +1308,9 @@ impl AppManifest {
                             format!("{path:?} must start with '/'"),
                         );
                     }
+                    if let Err(reason) = check_probe_port(*port, &c.ports) {
+                        problem("container.health.http.port", reason);
+                    }
                 }
                 HealthProbe::Tcp { port } => {
                     if *port == 0 {
@@ -1087,6 +1318,9 @@ impl AppManifest {
                             "container.health.tcp.port",
                             "port 0 is not allowed".to_string(),
                         );
+                    }
+                    if let Err(reason) = check_probe_port(*port, &c.ports) {
+                        problem("container.health.tcp.port", reason);
                     }
                 }
                 HealthProbe::Exec(command) => {
@@ -1220,6 +1454,45 @@ fn is_valid_tag(tag: &str) -> bool {
         && bytes
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `host`, `none` or a network name. Sharing another container's namespaces
+/// (`container:NAME`, `ns:PATH`) is refused: an app would see and reach everything of the
+/// other one, and the supervisor could not tell what the app's network is.
+fn check_network(network: &str) -> Result<(), String> {
+    if network.trim().is_empty() {
+        return Err("is empty: leave it out for the default network".to_string());
+    }
+    if let Some((mode, _)) = network.split_once(':') {
+        return Err(format!(
+            "{network:?}: {mode}: networks are refused; use host, none or a network name"
+        ));
+    }
+    let ok = network.as_bytes()[0].is_ascii_alphanumeric()
+        && network
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{network:?} is not a network name: use A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        ))
+    }
+}
+
+/// A probe connects to `port` inside the container's own network namespace, so it names
+/// the port the server listens on. A port that is only the host side of a published
+/// mapping to another port is never answered there: that is a mistake, not a probe.
+fn check_probe_port(port: u16, ports: &[PortMapping]) -> Result<(), String> {
+    let listened = ports.iter().any(|p| p.container == port);
+    match ports.iter().find(|p| p.host == port && p.container != port) {
+        Some(p) if !listened => Err(format!(
+            "{port} is the host side of the published port {p}: probes connect inside the container, so name the port it listens on ({})",
+            p.container
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A volume name is one folder name under the app's data folder: never a host path.
@@ -1530,9 +1803,11 @@ ui: {port: 8080, path: /}
         assert_eq!(
             c.volumes[1],
             VolumeMount {
+                app: None,
                 name: "conf".into(),
                 path: "/etc/lnd".into(),
-                read_only: true
+                read_only: true,
+                snapshot: SnapshotPolicy::Copy,
             }
         );
         assert!(!c.volumes[2].read_only);
@@ -1632,7 +1907,7 @@ ui: {port: 8080, path: /}
             ("1GiB", "512m", "container.memory_limit: line 18: \"512m\" is ambiguous: write 512Mi for powers of 1024 or 512M for powers of 1000"),
             ("1GiB", "5Mi", "container.memory_limit: line 18: \"5Mi\" is 5242880 bytes, below the minimum of 6 MiB (6291456 bytes)"),
             ("  network: host\n", "  network: host\n  privileged: true\n", "container.privileged: line 18: unknown field `privileged`: privileged containers are not supported"),
-            ("  network: host\n", "  netwrok: host\n", "container.netwrok: line 17: unknown field `netwrok`, expected one of `image`, `build`, `command`, `entrypoint`, `user`, `env`, `ports`, `volumes`, `network`, `memory_limit`, `stop_timeout`, `restart`, `health`"),
+            ("  network: host\n", "  netwrok: host\n", "container.netwrok: line 17: unknown field `netwrok`, expected one of `image`, `build`, `command`, `entrypoint`, `user`, `env`, `ports`, `volumes`, `cap_add`, `cap_drop`, `pids_limit`, `network`, `memory_limit`, `stop_timeout`, `restart`, `health`"),
             ("ui: {port", "color: red\nui: {port", "color: line 35: unknown field `color`, expected one of `id`, `name`, `version`, `description`, `dependencies`, `container`, `hooks`, `secrets`, `ui`"),
             ("  memory_limit: 1GiB\n", "", "container.memory_limit: line 7: is required"),
             ("name: LND\n", "", "name: line 1: is required"),
@@ -1687,6 +1962,17 @@ ui: {port: 8080, path: /}
             ("\"data:/root/.lnd\"", "\"da ta:/root/.lnd\"", &["container.volumes[0]: volume name \"da ta\" is invalid: use A-Z a-z 0-9 _ . -"]),
             ("\"data:/root/.lnd\"", "\"data:root\"", &["container.volumes[0]: container path \"root\" must be absolute"]),
             ("\"data:/root/.lnd\"", "\"data:/etc/lnd\"", &["container.volumes[1]: container path \"/etc/lnd\" is mounted twice"]),
+            ("\"data:/root/.lnd\"", "\"bitcoind/data:/bitcoin\"", &["container.volumes[0]: a dependency's volume is mounted read-only only: write \"bitcoind/data:/bitcoin:ro\""]),
+            ("\"data:/root/.lnd\"", "\"tor/data:/tor:ro\"", &["container.volumes[0]: volume \"tor/data\" belongs to `tor`, which is not a dependency of this app"]),
+            ("network: host", "network: 'container:bitcoind'", &["container.network: \"container:bitcoind\": container: networks are refused; use host, none or a network name"]),
+            ("network: host", "network: 'ns:/proc/1/ns/net'", &["container.network: \"ns:/proc/1/ns/net\": ns: networks are refused; use host, none or a network name"]),
+            ("network: host", "network: '-x'", &["container.network: \"-x\" is not a network name: use A-Z a-z 0-9 _ . -, starting with a letter or digit"]),
+            ("network: host\n", "network: host\n  cap_add: [net_admin, CAP_SYS_TIME, BOGUS]\n  cap_drop: [ALL]\n  pids_limit: 0\n", &[
+                "container.cap_add[2]: \"BOGUS\" is not a Linux capability",
+                "container.cap_drop[0]: \"ALL\": ALL is refused; name each capability the app needs",
+                "container.pids_limit: must be above 0: leave it out for the default",
+            ]),
+            ("\"10009:10009/tcp\"", "\"8080:80\"", &["container.health.http.port: 8080 is the host side of the published port 8080:80/tcp: probes connect inside the container, so name the port it listens on (80)"]),
             ("http: {port: 8080, path: /}", "http: {port: 0, path: health}", &[
                 "container.health.http.path: \"health\" must start with '/'",
                 "container.health.http.port: port 0 is not allowed",
@@ -1755,6 +2041,7 @@ ui: {port: 8080, path: /}
             ("conf:/etc/app:z", Err("unknown mode \"z\"")),
             ("data", Err("expected NAME:PATH[:ro]")),
             ("a:b:c:d", Err("expected NAME:PATH[:ro]")),
+            ("lnd/data:/lnd:ro", Ok(("data", "/lnd", true))),
         ];
         for (input, want) in volumes {
             let got = input.parse::<VolumeMount>();
@@ -1767,6 +2054,29 @@ ui: {port: 8080, path: /}
                 (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn volumes_of_dependencies_and_the_long_form() {
+        let parse = |yaml: &str| serde_yaml::from_str::<VolumeMount>(yaml);
+        let dep = parse("\"lnd/data:/lnd:ro\"").unwrap();
+        assert_eq!(dep.app.as_ref().map(AppId::as_str), Some("lnd"));
+        assert_eq!(dep.source(), "lnd/data");
+        assert_eq!(dep.to_string(), "lnd/data:/lnd:ro");
+        let not_an_app = parse("\"../data:/x\"").unwrap();
+        assert_eq!(
+            (not_an_app.app, not_an_app.name.as_str()),
+            (None, "../data")
+        );
+        let long = parse("{name: chain, path: /data, snapshot: none}").unwrap();
+        assert_eq!(long.snapshot, SnapshotPolicy::None);
+        assert!(long.is_own() && !long.read_only);
+        let round = serde_yaml::to_string(&long).unwrap();
+        assert_eq!(parse(&round).unwrap(), long);
+        let err = parse("{name: chain, path: /data, snapshot: maybe}").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `maybe`"), "{err}");
+        let err = parse("{name: chain, path: /data, mode: ro}").unwrap_err();
+        assert!(err.to_string().contains("unknown field `mode`"), "{err}");
     }
 
     #[test]

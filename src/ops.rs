@@ -5,7 +5,7 @@
 //! These futures own the app's record while they run (the actor writes nothing
 //! meanwhile) and hand it back when they end.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use crate::engine::{
 };
 use crate::health::{self, HealthTracker};
 use crate::manifest::ResolvedSource;
+use crate::owner;
 use crate::secrets;
 use crate::spec::{container_spec, create_volume_dirs};
 use crate::store::{AppRecord, Installed, JournalEntry, Store};
@@ -275,12 +276,82 @@ async fn ensure_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), Strin
         Err(e) if e.kind() == EngineErrorKind::ContainerNotFound => {}
         Err(e) => return Err(e.to_string()),
     }
+    create_container(env, spec).await
+}
+
+/// Creates the app's container and gives the app's own volume folders to the user it runs
+/// as (see [`crate::owner`]). The folders are made first; the owner is known only from the
+/// created container (the manifest's user, or else the image's) and, for names, from the
+/// image's own `/etc/passwd` and `/etc/group`. A user that cannot be resolved takes the
+/// new container away again and fails, naming the user.
+async fn create_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), String> {
+    let volumes: Vec<_> = env.app.manifest.container.volumes.iter().collect();
+    let own: Vec<PathBuf> = volumes
+        .iter()
+        .filter(|v| v.is_own())
+        .map(|v| env.store.app_dir(env.id()).join(&v.name))
+        .collect();
+    let deps: Vec<PathBuf> = spec
+        .binds
+        .iter()
+        .filter(|b| !own.contains(&b.host))
+        .map(|b| b.host.clone())
+        .collect();
+    let (app, store) = (env.app.clone(), env.store.clone());
+    let groups = blocking(move || {
+        create_volume_dirs(&app, &store).map_err(|e| format!("volume folders: {e}"))?;
+        let mut groups: Vec<u32> = deps.iter().filter_map(|d| owner::folder_group(d)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        Ok(groups)
+    })
+    .await?;
+    let mut spec = spec.clone();
+    spec.group_add = groups;
     env.say("creating container");
-    engine
-        .create(spec)
+    let engine = env.engine.as_ref();
+    engine.create(&spec).await.map_err(|e| e.to_string())?;
+    if own.is_empty() {
+        return Ok(());
+    }
+    let name = container_name(env.id());
+    let name = name.as_str();
+    let owned = async {
+        let user = engine.inspect(name).await.map_err(|e| e.to_string())?.user;
+        let (passwd, group) = if owner::needs_image_files(&user) {
+            let read = |path: &'static str| async move {
+                engine
+                    .read_file(name, path)
+                    .await
+                    .map(|f| f.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+                    .map_err(|e| e.to_string())
+            };
+            (read("/etc/passwd").await?, read("/etc/group").await?)
+        } else {
+            (None, None)
+        };
+        let on_host = owner::resolve(&user, passwd.as_deref(), group.as_deref())
+            .and_then(|o| o.on_host(&engine.id_map()))
+            .map_err(|e| format!("volume owner: {e}"))?;
+        blocking(move || {
+            owner::own_volumes(&own, on_host).map_err(|e| format!("volume owner: {e}"))
+        })
         .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    }
+    .await;
+    if owned.is_err() {
+        let _ = remove_quietly(engine, name).await;
+    }
+    owned
+}
+
+/// Runs blocking file work on tokio's blocking pool, off the actors' thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("file work panicked: {e}"))?
 }
 
 /// Starts the installed image's container, runs the `post_create` hooks once, and waits
@@ -297,7 +368,6 @@ async fn start(
         .ok_or_else(|| format!("{} is not installed", env.id()))?;
     let _slot = env.start_slots.acquire().await.map_err(|e| e.to_string())?;
     let spec = env.spec_for(&installed)?;
-    create_volume_dirs(&env.app, &env.store).map_err(|e| format!("volume folders: {e}"))?;
     fetch_image(env, &installed, false).await?;
     ensure_container(env, &spec).await?;
     env.say("starting container");
@@ -429,7 +499,6 @@ async fn install(
         env.say("generating secrets");
         secrets::generate(&env.store, env.id(), &env.app.manifest.secrets)
             .map_err(|e| e.to_string())?;
-        create_volume_dirs(&env.app, &env.store).map_err(|e| format!("volume folders: {e}"))?;
         fetch_image(env, &target, false).await
     }
     .await;
@@ -614,10 +683,7 @@ async fn swap(
         restore_snapshot(env, src)?;
     }
     let attempt = async {
-        env.engine
-            .create(&new_spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        create_container(env, &new_spec).await?;
         env.say(format!("starting {}", to.version));
         env.engine.start(&name).await.map_err(|e| e.to_string())?;
         wait_healthy(env, &new_spec, Instant::now()).await

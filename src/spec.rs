@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::catalog::CatalogApp;
 use crate::engine::{Bind, ContainerSpec, PortBinding};
-use crate::manifest::Protocol;
+use crate::manifest::{capability_name, AppId, Protocol, DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT};
 use crate::secrets::{self, SecretError};
 use crate::store::Store;
 
@@ -30,7 +30,19 @@ pub fn container_spec(
         .iter()
         .map(|(k, v)| Ok((k.clone(), render(v)?)))
         .collect::<Result<_, SecretError>>()?;
-    let volumes_root = store.app_dir(id);
+    let caps = |names: &[String]| -> Vec<String> {
+        // validate refused anything else, so a name that fails here cannot occur.
+        names
+            .iter()
+            .filter_map(|n| capability_name(n).ok())
+            .collect()
+    };
+    let cap_add = caps(&c.cap_add);
+    let mut cap_drop: Vec<String> = DEFAULT_CAP_DROP.iter().map(|c| c.to_string()).collect();
+    cap_drop.extend(caps(&c.cap_drop));
+    cap_drop.retain(|cap| !cap_add.contains(cap));
+    cap_drop.sort();
+    cap_drop.dedup();
     Ok(ContainerSpec {
         app: id.to_string(),
         version: m.version.clone(),
@@ -52,7 +64,9 @@ pub fn container_spec(
             .volumes
             .iter()
             .map(|v| Bind {
-                host: volumes_root.join(&v.name),
+                host: store
+                    .app_dir(v.app.as_ref().map_or(id, AppId::as_str))
+                    .join(&v.name),
                 container: v.path.clone(),
                 read_only: v.read_only,
             })
@@ -63,22 +77,28 @@ pub fn container_spec(
             .unwrap_or_else(|| default_network.to_string()),
         memory_limit: c.memory_limit.bytes(),
         stop_timeout: c.stop_timeout,
+        cap_add,
+        cap_drop,
+        pids_limit: c.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
+        group_add: Vec::new(),
     })
 }
 
-/// Creates the host folders an app's volumes are bound from.
+/// Creates the host folders an app's own volumes are bound from (a dependency's exist
+/// already: the dependency runs before its dependants). Blocking file work.
 pub fn create_volume_dirs(app: &CatalogApp, store: &Store) -> std::io::Result<()> {
     let root = store.app_dir(app.manifest.id.as_str());
     std::fs::create_dir_all(&root)?;
-    for v in &app.manifest.container.volumes {
+    for v in app.manifest.container.volumes.iter().filter(|v| v.is_own()) {
         std::fs::create_dir_all(root.join(&v.name))?;
     }
     Ok(())
 }
 
-/// The host port where a container port can be probed from the host: the port itself
-/// under host networking, else the published host port that maps to it.
-pub fn probe_port(spec: &ContainerSpec, container_port: u16) -> Option<u16> {
+/// The host port where a container port can be reached from the host's loopback: the
+/// port itself under host networking, else the published host port that maps to it.
+/// Probes use it only when they cannot enter the container's network namespace.
+pub fn host_port(spec: &ContainerSpec, container_port: u16) -> Option<u16> {
     if spec.network == "host" {
         return Some(container_port);
     }

@@ -100,6 +100,10 @@ fn spec(app: &str, command: &str) -> ContainerSpec {
         network: "none".to_string(),
         memory_limit: 64 * MIB,
         stop_timeout: Duration::from_secs(2),
+        cap_add: vec![],
+        cap_drop: vec![],
+        pids_limit: 4096,
+        group_add: vec![],
     }
 }
 

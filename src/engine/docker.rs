@@ -24,8 +24,8 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, ContainerUpdateBody,
-    EventMessage, HostConfig, PortBinding as DockerPortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
+    EndpointSettings, EventMessage, HostConfig, NetworkingConfig, PortBinding as DockerPortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -37,10 +37,11 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::stream::{BoxStream, StreamExt};
 
+use super::parse_subid;
 use super::{
     container_name, BuildRequest, ContainerDetails, ContainerRuntime, ContainerSpec,
-    ContainerSummary, EngineError, EngineEvent, EngineVersion, ExecOutput, ImageInfo, Progress,
-    ProgressSink, RunState, LABEL_APP, LABEL_SPEC_HASH, LABEL_VERSION,
+    ContainerSummary, EngineError, EngineEvent, EngineVersion, ExecOutput, IdMap, ImageInfo,
+    Progress, ProgressSink, RunState, LABEL_APP, LABEL_NETWORK, LABEL_SPEC_HASH, LABEL_VERSION,
 };
 
 /// bollard's own per-request limit (time to the response head). Only a backstop: every
@@ -78,10 +79,47 @@ pub struct DockerRuntime {
     /// right: Podman then applies its stored, old limit again, inspect shows that, and the
     /// caller updates again.
     live_limits: Arc<Mutex<LiveLimits>>,
+    /// Held while a network is looked up and made, so apps installing at once never
+    /// create two networks of the same name (Docker allows that, and every create then
+    /// fails with `network … is ambiguous`).
+    network_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Container ids to host ids: a rootless engine's user namespace.
+    id_map: IdMap,
 }
 
 /// Container id → (`StartedAt` of the run, limit in bytes).
 type LiveLimits = HashMap<String, (Option<String>, u64)>;
+
+/// The user namespace of a rootless engine: its user is the owner of its socket, and its
+/// subordinate ids come from `/etc/subuid` and `/etc/subgid`.
+fn rootless_id_map(host: &str) -> IdMap {
+    use std::os::unix::fs::MetadataExt;
+    let owner = host
+        .strip_prefix("unix://")
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map(|m| (m.uid(), m.gid()));
+    let Some((uid, gid)) = owner else {
+        tracing::warn!(%host, "rootless engine over tcp: volume owners are not mapped");
+        return IdMap::Identity;
+    };
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut f = line.split(':');
+                let name = f.next()?;
+                (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_default();
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    IdMap::Rootless {
+        uid,
+        gid,
+        subuid: parse_subid(&read("/etc/subuid"), &name, uid),
+        subgid: parse_subid(&read("/etc/subgid"), &name, gid),
+    }
+}
 
 impl DockerRuntime {
     /// Connects to `host` (`unix:///path`, `tcp://host:port` or `http://host:port`) and
@@ -124,12 +162,27 @@ impl DockerRuntime {
             .unwrap_or_default()
             .iter()
             .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+        let rootless = match tokio::time::timeout(CONNECT_TIMEOUT, docker.info()).await {
+            Ok(Ok(info)) => info
+                .security_options
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.contains("name=rootless")),
+            _ => false,
+        };
+        let id_map = if rootless {
+            rootless_id_map(host)
+        } else {
+            IdMap::Identity
+        };
         Ok(DockerRuntime {
             docker,
             host: host.to_string(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             podman,
             live_limits: Arc::default(),
+            network_lock: Arc::default(),
+            id_map,
         })
     }
 
@@ -142,6 +195,75 @@ impl DockerRuntime {
         // The map is only read and written whole under the lock; a poisoned lock still
         // holds a consistent map.
         self.live_limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every network whose name is exactly `name` (the engine's name filter also matches
+    /// parts of names), oldest first.
+    async fn networks_named(&self, name: &str) -> Result<Vec<NetworkFacts>, EngineError> {
+        let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+            .filters(&HashMap::from([("name", vec![name])]))
+            .build();
+        let list = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(|e| self.err(Target::Network(name), e))?;
+        let mut found = Vec::new();
+        for n in list.into_iter().filter(|n| n.name.as_deref() == Some(name)) {
+            let Some(id) = n.id else { continue };
+            // The list call leaves `Containers` empty; inspect says who is attached.
+            let inspected = self
+                .docker
+                .inspect_network(
+                    &id,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+                .map_err(|e| self.err(Target::Network(name), e))?;
+            found.push(NetworkFacts {
+                containers: inspected.containers.map_or(0, |c| c.len()),
+                ours: inspected
+                    .labels
+                    .is_some_and(|l| l.contains_key(LABEL_NETWORK)),
+                created: n.created.map(|t| t.to_string()).unwrap_or_default(),
+                id,
+            });
+        }
+        found.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(found)
+    }
+
+    /// Several networks share `name` (an earlier version raced itself at first boot).
+    /// Keeps the one in use (or the oldest) and removes the empty ones; when two or more
+    /// hold containers, nothing is touched and the error says what to do.
+    async fn repair_duplicate_networks(
+        &self,
+        name: &str,
+        found: Vec<NetworkFacts>,
+    ) -> Result<(), EngineError> {
+        match plan_network_repair(&found) {
+            Ok(remove) => {
+                for id in remove {
+                    tracing::warn!(network = %name, %id, "removing an empty duplicate network");
+                    self.docker
+                        .remove_network(&id)
+                        .await
+                        .map_err(|e| self.err(Target::Network(name), e))?;
+                }
+                Ok(())
+            }
+            Err(in_use) => Err(EngineError::Other {
+                target: format!("network {name}"),
+                reason: format!(
+                    "is ambiguous: {} networks share this name and these cannot be removed \
+                     safely: {}; move every container to one of them (`docker network \
+                     disconnect` / `connect`), then remove the others with `docker network rm \
+                     ID`",
+                    found.len(),
+                    in_use.join(", ")
+                ),
+            }),
+        }
     }
 
     /// Changes the bound on plain API calls (default 60 s).
@@ -269,6 +391,7 @@ enum Target<'a> {
     },
     Pull(&'a str),
     Build(&'a str),
+    Network(&'a str),
 }
 
 impl Target<'_> {
@@ -278,6 +401,7 @@ impl Target<'_> {
             Target::Container(c) | Target::Create { container: c, .. } => c.to_string(),
             Target::Image(i) | Target::Pull(i) => i.to_string(),
             Target::Build(t) => t.to_string(),
+            Target::Network(n) => format!("network {n}"),
         }
     }
 }
@@ -489,7 +613,14 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         })
         .collect::<Vec<_>>();
     let memory = (spec.memory_limit > 0).then(|| bytes_i64(spec.memory_limit));
+    let list = |v: &[String]| (!v.is_empty()).then(|| v.to_vec());
     let host_config = HostConfig {
+        cap_add: list(&spec.cap_add),
+        cap_drop: list(&spec.cap_drop),
+        security_opt: Some(vec!["no-new-privileges".to_string()]),
+        pids_limit: Some(i64::from(spec.pids_limit)),
+        group_add: (!spec.group_add.is_empty())
+            .then(|| spec.group_add.iter().map(u32::to_string).collect()),
         binds: (!binds.is_empty()).then_some(binds),
         network_mode: (!spec.network.is_empty()).then(|| spec.network.clone()),
         // Swap equal to memory: the limit is the real ceiling, not memory plus as much swap.
@@ -513,8 +644,90 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         stop_timeout: Some(i64::from(secs_i32(spec.stop_timeout))),
         host_config: Some(host_config),
+        networking_config: network_aliases(spec),
         ..Default::default()
     }
+}
+
+/// On a named network, the app id is an alias of the container, so `bitcoind:8332` works
+/// beside `archipelago-bitcoind:8332`.
+fn network_aliases(spec: &ContainerSpec) -> Option<NetworkingConfig> {
+    if super::is_builtin_network(&spec.network) || spec.network.is_empty() {
+        return None;
+    }
+    let endpoint = EndpointSettings {
+        aliases: Some(vec![spec.app.clone()]),
+        ..Default::default()
+    };
+    Some(NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(spec.network.clone(), endpoint)])),
+    })
+}
+
+/// What [`DockerRuntime::ensure_network`] knows of one network of the wanted name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NetworkFacts {
+    id: String,
+    containers: usize,
+    /// Carries [`LABEL_NETWORK`]: the supervisor made it.
+    ours: bool,
+    created: String,
+}
+
+/// Which duplicates to remove (`found` oldest first): every empty network we made, but
+/// the one holding containers (or the oldest when none does). `Err` lists the networks
+/// that would still share the name: in use, or made by someone else.
+fn plan_network_repair(found: &[NetworkFacts]) -> Result<Vec<String>, Vec<String>> {
+    let keep = found
+        .iter()
+        .find(|n| n.containers > 0)
+        .or(found.first())
+        .map(|n| n.id.as_str());
+    let (remove, stay): (Vec<&NetworkFacts>, Vec<&NetworkFacts>) = found
+        .iter()
+        .partition(|n| Some(n.id.as_str()) != keep && n.containers == 0 && n.ours);
+    if stay.len() > 1 {
+        return Err(stay
+            .iter()
+            .map(|n| match (n.containers, n.ours) {
+                (0, _) => format!("{} (empty, not made by archipelago)", short_id(&n.id)),
+                (c, _) => format!("{} ({c} containers)", short_id(&n.id)),
+            })
+            .collect());
+    }
+    Ok(remove.iter().map(|n| n.id.clone()).collect())
+}
+
+fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The largest file [`ContainerRuntime::read_file`] reads.
+const MAX_READ_FILE: usize = 1 << 20;
+
+/// The content of the first regular file in a tar archive (the archive endpoint answers
+/// one entry for a file); `Ok(None)` when the path was not a regular file.
+fn first_file_of_tar(tar: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(tar);
+    let mut entries = archive.entries().map_err(|e| format!("bad archive: {e}"))?;
+    let Some(entry) = entries.next() else {
+        return Ok(None);
+    };
+    let mut entry = entry.map_err(|e| format!("bad archive: {e}"))?;
+    if !entry.header().entry_type().is_file() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    entry
+        .by_ref()
+        .take(MAX_READ_FILE as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("bad archive: {e}"))?;
+    if out.len() > MAX_READ_FILE {
+        return Err(format!("larger than {MAX_READ_FILE} bytes"));
+    }
+    Ok(Some(out))
 }
 
 /// Running byte totals of a pull, per layer.
@@ -808,6 +1021,11 @@ impl ContainerRuntime for DockerRuntime {
                 finished_at: real_time(state.finished_at),
                 memory_limit,
                 oom_killed: state.oom_killed.unwrap_or(false),
+                pid: state
+                    .pid
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|p| *p > 0 && run_state.is_running()),
+                user: config.user.unwrap_or_default(),
             })
         };
         self.bounded(|| format!("inspect {container}"), self.call_timeout, fut)
@@ -1236,33 +1454,78 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn ensure_network(&self, name: &str) -> Result<bool, EngineError> {
+        let _one_at_a_time = self.network_lock.lock().await;
         let fut = async {
-            let opts = None::<bollard::query_parameters::InspectNetworkOptions>;
-            match self.docker.inspect_network(name, opts).await {
-                Ok(_) => return Ok(false),
-                Err(BollardError::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {}
-                Err(e) => return Err(self.err(Target::Engine, e)),
+            let found = self.networks_named(name).await?;
+            match found.len() {
+                0 => {}
+                1 => return Ok(false),
+                _ => {
+                    self.repair_duplicate_networks(name, found).await?;
+                    return Ok(false);
+                }
             }
             let request = bollard::models::NetworkCreateRequest {
                 name: name.to_string(),
                 driver: Some("bridge".to_string()),
-                labels: Some(
-                    [(super::LABEL_NETWORK.to_string(), "true".to_string())]
-                        .into_iter()
-                        .collect(),
-                ),
+                labels: Some(HashMap::from([(
+                    LABEL_NETWORK.to_string(),
+                    "true".to_string(),
+                )])),
                 ..Default::default()
             };
             self.docker
                 .create_network(request)
                 .await
                 .map(|_| true)
-                .map_err(|e| self.err(Target::Engine, e))
+                .map_err(|e| self.err(Target::Network(name), e))
         };
         self.bounded(|| format!("ensure network {name}"), self.call_timeout, fut)
             .await
+    }
+
+    async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let fut = async {
+            let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+                .path(path)
+                .build();
+            let mut stream = self.docker.download_from_container(container, Some(opts));
+            let mut tar = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        tar.extend_from_slice(&bytes);
+                        if tar.len() > MAX_READ_FILE + 64 * 1024 {
+                            return Err(EngineError::Other {
+                                target: format!("{container}:{path}"),
+                                reason: format!("larger than {MAX_READ_FILE} bytes"),
+                            });
+                        }
+                    }
+                    Err(BollardError::DockerResponseServerError {
+                        status_code: 404,
+                        message,
+                    }) if !message.to_ascii_lowercase().contains("no such container") => {
+                        return Ok(None)
+                    }
+                    Err(e) => return Err(self.err(Target::Container(container), e)),
+                }
+            }
+            first_file_of_tar(&tar).map_err(|reason| EngineError::Other {
+                target: format!("{container}:{path}"),
+                reason,
+            })
+        };
+        self.bounded(
+            || format!("read {path} of {container}"),
+            self.call_timeout,
+            fut,
+        )
+        .await
+    }
+
+    fn id_map(&self) -> IdMap {
+        self.id_map.clone()
     }
 
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError> {
@@ -1288,6 +1551,35 @@ impl ContainerRuntime for DockerRuntime {
 mod tests {
     use super::*;
     use crate::engine::{Bind, EngineErrorKind, PortBinding};
+
+    #[test]
+    fn duplicate_networks_keep_the_one_in_use() {
+        let net = |id: &str, containers, ours| NetworkFacts {
+            id: id.to_string(),
+            containers,
+            ours,
+            created: id.to_string(),
+        };
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        type Case<'a> = (&'a [NetworkFacts], Result<Vec<String>, usize>);
+        let cases: &[Case] = &[
+            (
+                &[net("a", 0, true), net("b", 0, true), net("c", 0, true)],
+                Ok(ids(&["b", "c"])),
+            ),
+            (
+                &[net("a", 0, true), net("b", 2, true), net("c", 0, true)],
+                Ok(ids(&["a", "c"])),
+            ),
+            (&[net("a", 1, true), net("b", 2, true)], Err(2)),
+            (&[net("a", 0, false), net("b", 0, true)], Ok(ids(&["b"]))),
+            (&[net("a", 3, true), net("b", 0, false)], Err(2)),
+        ];
+        for (found, want) in cases {
+            let got = plan_network_repair(found).map_err(|stay| stay.len());
+            assert_eq!(&got, want, "{found:?}");
+        }
+    }
 
     #[test]
     fn split_refs() {
@@ -1395,6 +1687,10 @@ mod tests {
             network: "host".into(),
             memory_limit: 64 << 20,
             stop_timeout: Duration::from_millis(1500),
+            cap_add: vec![],
+            cap_drop: vec![],
+            pids_limit: 4096,
+            group_add: vec![],
         };
         let body = create_body(&spec);
         let hc = body.host_config.clone().expect("host config");

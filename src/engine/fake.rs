@@ -141,6 +141,8 @@ impl FakeContainer {
             finished_at: self.finished_at.clone(),
             memory_limit: self.memory_limit,
             oom_killed: false,
+            pid: None,
+            user: self.spec.user.clone().unwrap_or_default(),
         }
     }
 }
@@ -157,6 +159,8 @@ struct State {
     stop_delay: Duration,
     exec_results: HashMap<String, ExecOutput>,
     logs: HashMap<String, Vec<String>>,
+    /// Files of every container's filesystem, by path.
+    files: HashMap<String, Vec<u8>>,
     /// Counter for ids and start stamps.
     clock: u64,
     /// User-defined networks that exist.
@@ -260,6 +264,11 @@ impl FakeRuntime {
     }
 
     /// The log lines of `container` (name).
+    /// A file every container's filesystem holds, for [`ContainerRuntime::read_file`].
+    pub fn set_file(&self, path: &str, content: &[u8]) {
+        self.lock().files.insert(path.to_string(), content.to_vec());
+    }
+
     pub fn set_logs(&self, container: &str, lines: Vec<String>) {
         self.lock().logs.insert(container.to_string(), lines);
     }
@@ -630,6 +639,13 @@ impl ContainerRuntime for FakeRuntime {
         Ok(self.lock().networks.insert(name.to_string()))
     }
 
+    /// Every container of the fake has the files given to [`FakeRuntime::set_file`].
+    async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let state = self.lock();
+        state.find_key(container)?;
+        Ok(state.files.get(path).cloned())
+    }
+
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError> {
         self.enter(Call::Rename(container.to_string(), new_name.to_string()))?;
         let mut state = self.lock();
@@ -670,6 +686,10 @@ mod tests {
             network: "none".into(),
             memory_limit: 64 << 20,
             stop_timeout: Duration::from_secs(10),
+            cap_add: vec![],
+            cap_drop: vec![],
+            pids_limit: 4096,
+            group_add: vec![],
         }
     }
 

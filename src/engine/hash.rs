@@ -23,12 +23,14 @@ use super::ContainerSpec;
 const HASH_HEX_LEN: usize = 32;
 
 /// Bumped whenever the encoding changes, so old and new hashes never collide by accident.
-const ENCODING_VERSION: &[u8] = b"archipelago-spec-v1";
+/// v2: capabilities, the pids limit and `no-new-privileges` (always on) joined the spec.
+const ENCODING_VERSION: &[u8] = b"archipelago-spec-v2";
 
 impl ContainerSpec {
     /// Stable hash of every field whose change needs a recreate: `app`, `image`, `env`,
-    /// `command`, `entrypoint`, `user`, `ports`, `binds`, `network` and `stop_timeout`.
-    /// Neither `memory_limit` (changed live) nor `version` (a label only) is part of it.
+    /// `command`, `entrypoint`, `user`, `ports`, `binds`, `network`, `stop_timeout`,
+    /// `cap_add`, `cap_drop` and `pids_limit`. Neither `memory_limit` (changed live),
+    /// `version` (a label only) nor `group_add` (derived from the binds) is part of it.
     pub fn hash(&self) -> String {
         let mut enc = Encoder::default();
         enc.bytes(ENCODING_VERSION);
@@ -65,6 +67,15 @@ impl ContainerSpec {
         enc.field("network").str(&self.network);
         enc.field("stop_timeout")
             .u64(u64::try_from(self.stop_timeout.as_millis()).unwrap_or(u64::MAX));
+        for (field, caps) in [("cap_add", &self.cap_add), ("cap_drop", &self.cap_drop)] {
+            let mut caps = caps.clone();
+            caps.sort();
+            enc.field(field).count(caps.len());
+            for cap in &caps {
+                enc.str(cap);
+            }
+        }
+        enc.field("pids_limit").u64(u64::from(self.pids_limit));
         let digest = Sha256::digest(&enc.buf);
         let mut hex = hex::encode(digest);
         hex.truncate(HASH_HEX_LEN);
@@ -163,6 +174,10 @@ mod tests {
             network: "host".into(),
             memory_limit: 2 << 30,
             stop_timeout: Duration::from_secs(600),
+            cap_add: vec![],
+            cap_drop: vec!["NET_RAW".into(), "MKNOD".into()],
+            pids_limit: 4096,
+            group_add: vec![],
         }
     }
 
@@ -172,7 +187,7 @@ mod tests {
         assert_eq!(a, spec().hash());
         assert_eq!(a.len(), HASH_HEX_LEN);
         // Pinned: a change here means every deployed container gets recreated on upgrade.
-        assert_eq!(a, "67bb92121b23e5e025b5cf522e593227");
+        assert_eq!(a, "afff4af8bd911ce2aefb30c7034f34cd");
     }
 
     #[test]
@@ -232,6 +247,11 @@ mod tests {
             ("stop timeout", |s| {
                 s.stop_timeout = Duration::from_secs(601)
             }),
+            ("cap added", |s| s.cap_add.push("NET_ADMIN".into())),
+            ("cap no longer dropped", |s| {
+                s.cap_drop.pop();
+            }),
+            ("pids limit", |s| s.pids_limit = 100),
         ];
         let base = spec().hash();
         for (name, edit) in cases {
@@ -264,5 +284,7 @@ mod tests {
         assert_eq!(s.hash(), base, "memory limit is changed live");
         s.version = "27.1-1".into();
         assert_eq!(s.hash(), base, "version is a label only");
+        s.group_add = vec![105];
+        assert_eq!(s.hash(), base, "groups follow from the binds");
     }
 }

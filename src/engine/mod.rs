@@ -94,6 +94,12 @@ pub struct ContainerDetails {
     /// Memory limit in bytes; 0 means unlimited.
     pub memory_limit: u64,
     pub oom_killed: bool,
+    /// Host pid of the container's first process while it runs: the way into its network
+    /// namespace for health probes.
+    pub pid: Option<u32>,
+    /// The user the container runs as (`Config.User`): the manifest's, or else the image's;
+    /// empty means root.
+    pub user: String,
 }
 
 /// A host port published by a container.
@@ -107,7 +113,8 @@ pub struct PortBinding {
 /// A host folder mounted into a container.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Bind {
-    /// Absolute host path, always under `<data_dir>/apps/<id>/`.
+    /// Absolute host path, always under `<data_dir>/apps/<id>/` (or a dependency's
+    /// `<data_dir>/apps/<dep>/`, read-only).
     pub host: PathBuf,
     pub container: String,
     pub read_only: bool,
@@ -126,11 +133,21 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     pub ports: Vec<PortBinding>,
     pub binds: Vec<Bind>,
-    /// `bridge`, `host`, `none` or a network name.
+    /// `bridge`, `host`, `none` or a network name. On a named network the container is
+    /// also reachable by its app id (a network alias).
     pub network: String,
     /// Bytes. Changing it alone never needs a recreate: see [`ContainerRuntime::update_memory`].
     pub memory_limit: u64,
     pub stop_timeout: Duration,
+    /// Capabilities added to and dropped from the engine's default set. Every container
+    /// also runs with `no-new-privileges`.
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub pids_limit: u32,
+    /// Supplementary groups (numeric gids): the owners of the dependency volumes the app
+    /// reads. Derived from those folders at create time, so not part of the spec hash (the
+    /// binds that cause them are).
+    pub group_add: Vec<u32>,
 }
 
 /// A request to build an image from a folder.
@@ -288,6 +305,76 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// [`LABEL_NETWORK`]); answers whether it had to be created. Apps on such a network
     /// reach each other by container name.
     async fn ensure_network(&self, name: &str) -> Result<bool, EngineError>;
+    /// A regular file of a container's filesystem (created or running), at most 1 MiB;
+    /// `Ok(None)` when it does not exist. Used to read the image's `/etc/passwd`.
+    async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>, EngineError>;
+    /// How the engine maps container user ids to host ids: the identity, or a rootless
+    /// engine's user namespace.
+    fn id_map(&self) -> IdMap {
+        IdMap::Identity
+    }
+}
+
+/// Container ids to host ids, for the owners of volume folders.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IdMap {
+    /// A rootful engine: container uid N is host uid N.
+    #[default]
+    Identity,
+    /// A rootless engine run by host user `uid`/`gid`: container id 0 is that user, and
+    /// container id N ≥ 1 is the (N-1)th id of its subordinate ranges (`/etc/subuid`,
+    /// `/etc/subgid`), as `newuidmap` lays them out.
+    Rootless {
+        uid: u32,
+        gid: u32,
+        subuid: Vec<(u32, u32)>,
+        subgid: Vec<(u32, u32)>,
+    },
+}
+
+impl IdMap {
+    /// The host uid of container uid `id`, or `None` when the namespace does not map it.
+    pub fn host_uid(&self, id: u32) -> Option<u32> {
+        match self {
+            IdMap::Identity => Some(id),
+            IdMap::Rootless { uid, subuid, .. } => map_id(id, *uid, subuid),
+        }
+    }
+
+    /// The host gid of container gid `id`, or `None` when the namespace does not map it.
+    pub fn host_gid(&self, id: u32) -> Option<u32> {
+        match self {
+            IdMap::Identity => Some(id),
+            IdMap::Rootless { gid, subgid, .. } => map_id(id, *gid, subgid),
+        }
+    }
+}
+
+fn map_id(id: u32, own: u32, ranges: &[(u32, u32)]) -> Option<u32> {
+    if id == 0 {
+        return Some(own);
+    }
+    let mut index = id - 1;
+    for &(start, count) in ranges {
+        if index < count {
+            return start.checked_add(index);
+        }
+        index -= count;
+    }
+    None
+}
+
+/// The ranges `/etc/subuid` or `/etc/subgid` give to a user (`name:start:count` lines,
+/// matched by name or by numeric id), in file order.
+pub fn parse_subid(text: &str, user: &str, id: u32) -> Vec<(u32, u32)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.trim().split(':');
+            let (who, start, count) = (parts.next()?, parts.next()?, parts.next()?);
+            let matches = who == user || who.parse::<u32>() == Ok(id);
+            Some((start.parse().ok()?, count.parse().ok()?)).filter(|_| matches)
+        })
+        .collect()
 }
 
 /// Label on networks the supervisor created.
@@ -296,4 +383,38 @@ pub const LABEL_NETWORK: &str = "io.archipelago.network";
 /// True for the networks every engine has built in, which are never created.
 pub fn is_builtin_network(name: &str) -> bool {
     matches!(name, "bridge" | "host" | "none" | "default") || name.starts_with("container:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rootless_ids_map_through_the_subordinate_ranges() {
+        let subuid = parse_subid(
+            "other:100000:65536\nnode:200000:1000\n1001:300000:65536\nbroken line\n",
+            "node",
+            1001,
+        );
+        assert_eq!(subuid, vec![(200000, 1000), (300000, 65536)]);
+        let map = IdMap::Rootless {
+            uid: 1001,
+            gid: 1002,
+            subuid: subuid.clone(),
+            subgid: vec![(500000, 10)],
+        };
+        let cases = [
+            (0, Some(1001), Some(1002)),
+            (1, Some(200000), Some(500000)),
+            (1000, Some(200999), None),
+            (1001, Some(300000), None),
+            (65536 + 1000, Some(365535), None),
+            (65536 + 1001, None, None),
+        ];
+        for (id, uid, gid) in cases {
+            assert_eq!(map.host_uid(id), uid, "uid {id}");
+            assert_eq!(map.host_gid(id), gid, "gid {id}");
+        }
+        assert_eq!(IdMap::Identity.host_uid(70), Some(70));
+    }
 }

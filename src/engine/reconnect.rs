@@ -142,4 +142,16 @@ impl ContainerRuntime for ReconnectingRuntime {
     async fn ensure_network(&self, name: &str) -> Result<bool, EngineError> {
         forward!(self, c => c.ensure_network(name))
     }
+    async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        forward!(self, c => c.read_file(container, path))
+    }
+    /// The map of the current connection; the identity while none is made (nothing is
+    /// created then either).
+    fn id_map(&self) -> IdMap {
+        self.conn
+            .try_lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(ContainerRuntime::id_map))
+            .unwrap_or_default()
+    }
 }
