@@ -23,6 +23,9 @@ DOCKER_SOCK="$BASE/docker.sock"
 DOCKER_PID="$BASE/docker.pid"
 DOCKER_LOG="$BASE/docker.log"
 DOCKER_CONFIG="$BASE/docker-daemon.json"
+# Subnets of the private dockerd's networks: its own, so that traffic between its containers
+# can be let through the host's forward filter without opening anything else.
+DOCKER_POOL="10.213.0.0/16"
 PODMAN_SOCK="$BASE/podman.sock"
 PODMAN_PID="$BASE/podman.pid"
 PODMAN_LOG="$BASE/podman.log"
@@ -51,7 +54,7 @@ CONTAINERS_CONF=/etc/containers/containers.conf
 REGISTRIES_DROPIN=/etc/containers/registries.conf.d/50-archipelago-test.conf
 ULIMITS='default_ulimits = ["nofile=1024:1024","nproc=1024:1024"]'
 
-PACKAGES=(docker.io busybox-static docker-registry podman chromium chromium-driver
+PACKAGES=(docker.io iptables busybox-static docker-registry podman chromium chromium-driver
     docker-compose shellcheck systemd curl debootstrap)
 
 # Seconds each start and stop may take before the script gives up with an error.
@@ -184,7 +187,7 @@ start_docker() {
     mkdir -p "$BASE/docker-data" "$BASE/docker-exec"
     # An empty config of its own: /etc/docker/daemon.json belongs to the system dockerd, and
     # dockerd refuses to start when it sets what the flags below set (data-root, storage-driver).
-    echo '{}' >"$DOCKER_CONFIG"
+    printf '{"default-address-pools": [{"base": "%s", "size": 24}]}\n' "$DOCKER_POOL" >"$DOCKER_CONFIG"
     log "starting dockerd (log: $DOCKER_LOG)"
     # Own config, data root, exec root (where its own containerd's socket lives) and containerd
     # namespaces: nothing is shared with a system dockerd or containerd.
@@ -195,6 +198,19 @@ start_docker() {
         --containerd-plugins-namespace archipelago-test-plugins \
         --pidfile "$DOCKER_PID" >"$DOCKER_LOG" 2>&1 </dev/null &
     wait_for dockerd "$DOCKER_LOG" ping_socket "$DOCKER_SOCK"
+}
+
+# The private dockerd runs with --iptables=false, so it adds no forward rules; a system
+# dockerd beside it sets the FORWARD policy to DROP, and bridged traffic passes through that
+# chain (br_netfilter). This lets through what goes between the private dockerd's own
+# containers (its address pool to its address pool) and nothing else.
+allow_private_bridges() {
+    command -v iptables >/dev/null || return 0
+    iptables -S FORWARD >/dev/null 2>&1 || return 0
+    if ! iptables -C FORWARD -s "$DOCKER_POOL" -d "$DOCKER_POOL" -j ACCEPT 2>/dev/null; then
+        log "letting traffic between the private dockerd's containers ($DOCKER_POOL) through FORWARD"
+        iptables -I FORWARD 1 -s "$DOCKER_POOL" -d "$DOCKER_POOL" -j ACCEPT
+    fi
 }
 
 start_registry() {
@@ -446,6 +462,7 @@ cmd_up() {
     install_packages
     configure_podman
     start_docker
+    allow_private_bridges
     start_registry
     start_podman
     load_images

@@ -86,16 +86,30 @@ impl ServeNode {
     /// Starts `archipelago serve` on a fresh config for this node, on a free loopback
     /// port, talking to the engine at `engine_host`.
     pub fn serve(&self, engine_host: &str, default_apps: &[String]) -> Server {
+        self.serve_on(engine_host, "none", default_apps)
+    }
+
+    /// Like [`ServeNode::serve`], with apps on `network` by default.
+    pub fn serve_on(&self, engine_host: &str, network: &str, default_apps: &[String]) -> Server {
         let config = self.dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:0\napps_dir: apps\ndata_dir: data\nengine:\n  host: {engine_host}\n  default_network: none\nreconcile_interval: 200ms\ndefault_apps: [{}]\nauth:\n  password_file: password\n",
+                "listen: 127.0.0.1:0\napps_dir: apps\ndata_dir: data\nengine:\n  host: {engine_host}\n  default_network: {network}\nreconcile_interval: 200ms\ndefault_apps: [{}]\nauth:\n  password_file: password\n",
                 default_apps.join(", ")
             ),
         )
         .unwrap();
         Server::start(&config)
+    }
+
+    /// Writes an app's manifest as given (`{id}` stands for the app's id).
+    pub fn manifest(&self, name: &str, text: &str) -> String {
+        let id = self.id(name);
+        let path = self.manifest_path(&id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text.replace("{id}", &id)).unwrap();
+        id
     }
 }
 
@@ -180,6 +194,12 @@ impl Server {
             ),
         }
         server
+    }
+
+    /// SIGKILL, as a power cut or an OOM kill would: nothing is cleaned up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Every log line so far.
