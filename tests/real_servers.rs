@@ -303,7 +303,7 @@ async fn the_app_network_is_made_once_and_duplicates_are_repaired() {
         docker.create_network(create(true)).await.unwrap();
     }
     assert_eq!(networks_named(&docker, &name).await.len(), 3);
-    assert_eq!(engine.ensure_network(&name).await.unwrap(), false);
+    assert!(!engine.ensure_network(&name).await.unwrap(), "nothing new is made");
     assert_eq!(
         networks_named(&docker, &name).await.len(),
         1,
@@ -343,7 +343,7 @@ async fn the_app_network_is_made_once_and_duplicates_are_repaired() {
     run(c0.clone(), name.clone()).await;
     containers.push(c0);
     docker.create_network(create(true)).await.unwrap();
-    assert_eq!(engine.ensure_network(&name).await.unwrap(), false);
+    assert!(!engine.ensure_network(&name).await.unwrap(), "nothing new is made");
     assert_eq!(
         networks_named(&docker, &name).await,
         vec![first.clone()],
