@@ -303,7 +303,10 @@ async fn the_app_network_is_made_once_and_duplicates_are_repaired() {
         docker.create_network(create(true)).await.unwrap();
     }
     assert_eq!(networks_named(&docker, &name).await.len(), 3);
-    assert!(!engine.ensure_network(&name).await.unwrap(), "nothing new is made");
+    assert!(
+        !engine.ensure_network(&name).await.unwrap(),
+        "nothing new is made"
+    );
     assert_eq!(
         networks_named(&docker, &name).await.len(),
         1,
@@ -343,7 +346,10 @@ async fn the_app_network_is_made_once_and_duplicates_are_repaired() {
     run(c0.clone(), name.clone()).await;
     containers.push(c0);
     docker.create_network(create(true)).await.unwrap();
-    assert!(!engine.ensure_network(&name).await.unwrap(), "nothing new is made");
+    assert!(
+        !engine.ensure_network(&name).await.unwrap(),
+        "nothing new is made"
+    );
     assert_eq!(
         networks_named(&docker, &name).await,
         vec![first.clone()],
@@ -387,4 +393,48 @@ async fn the_app_network_is_made_once_and_duplicates_are_repaired() {
         2,
         "nothing removed"
     );
+}
+
+/// A volume user the image does not know fails the install, naming the user, and leaves
+/// no container behind.
+#[actix_web::test]
+async fn an_unknown_volume_user_fails_the_install_naming_it() {
+    require_engine().await;
+    let host = docker_host();
+    let node = ServeNode::new("nouser");
+    let id = node.manifest(
+        "ghost",
+        &format!(
+            "id: {{id}}\nname: Ghost\nversion: \"1\"\ncontainer:\n  image: {}\n  user: ghost-user\n  command: [sleep, \"1000\"]\n  volumes: [\"data:/data\"]\n  network: none\n  memory_limit: 64MiB\n",
+            servers_image()
+        ),
+    );
+    let server = node.serve(&host, &[]);
+    let mut c = server.client().await;
+    c.call("package.install", json!({ "id": &id }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let p = loop {
+        let p = get(&mut c, &id).await;
+        if p["operation"]["status"] == "failed" {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "install never failed: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = p["operation"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("user `ghost-user` is not in the image's /etc/passwd"),
+        "{p}"
+    );
+    assert_eq!(p["state"], "not-installed", "{p}");
+    let docker = connect(&host).await;
+    let left = docker
+        .inspect_container(
+            &format!("archipelago-{id}"),
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await;
+    assert!(left.is_err(), "no container is left behind");
 }
