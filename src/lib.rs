@@ -19,6 +19,7 @@ pub mod owner;
 pub mod planner;
 pub mod secrets;
 pub mod serve;
+pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

@@ -19,9 +19,10 @@ use crate::engine::{
     EngineErrorKind, Progress, LABEL_SPEC_HASH, LABEL_VERSION,
 };
 use crate::health::{self, HealthTracker};
-use crate::manifest::ResolvedSource;
+use crate::manifest::{ResolvedSource, SnapshotPolicy};
 use crate::owner;
 use crate::secrets;
+use crate::snapshot;
 use crate::spec::{container_spec, create_volume_dirs};
 use crate::store::{AppRecord, Installed, JournalEntry, Store};
 
@@ -53,10 +54,38 @@ impl OpEnv {
         });
     }
 
-    fn save(&self, record: &AppRecord) -> Result<(), String> {
-        self.store
-            .save(self.id(), record)
-            .map_err(|e| e.to_string())
+    /// Persists the record (temp file, fsync, rename) on the blocking pool: an fsync
+    /// during a large copy can take long, and must not hold up the actors' thread.
+    async fn save(&self, record: &AppRecord) -> Result<(), String> {
+        let (store, id, record) = (self.store.clone(), self.id().to_string(), record.clone());
+        blocking(move || store.save(&id, &record).map_err(|e| e.to_string())).await
+    }
+
+    /// Removes the app's state file, off the actors' thread.
+    async fn remove_state(&self) -> Result<(), String> {
+        let (store, id) = (self.store.clone(), self.id().to_string());
+        blocking(move || store.remove(&id).map_err(|e| e.to_string())).await
+    }
+
+    /// Reports bytes done of a total, with a message.
+    fn say_bytes(&self, message: &str, done: u64, total: u64) {
+        (self.progress)(OperationProgress {
+            message: message.to_string(),
+            done: Some(done),
+            total: Some(total),
+        });
+    }
+
+    /// The app's own volumes that an upgrade copies (`snapshot: copy`).
+    fn snapshot_volumes(&self) -> Vec<String> {
+        self.app
+            .manifest
+            .container
+            .volumes
+            .iter()
+            .filter(|v| v.is_own() && v.snapshot == SnapshotPolicy::Copy)
+            .map(|v| v.name.clone())
+            .collect()
     }
 
     /// The image and version the catalog offers now.
@@ -166,10 +195,10 @@ async fn finish(
     if !persist {
         // Nothing left to remember (uninstalled, or an install that never got going):
         // no state file either, so the disk never holds a stale journal.
-        if let Err(e) = env.store.remove(env.id()) {
+        if let Err(e) = env.remove_state().await {
             tracing::error!(app = env.id(), error = %e, "could not remove state");
         }
-    } else if let Err(e) = env.save(&record) {
+    } else if let Err(e) = env.save(&record).await {
         // The work is done but not recorded: say so, the owner must not be told
         // all is well while the disk holds an older wish.
         tracing::error!(app = env.id(), error = %e, "could not persist state");
@@ -189,7 +218,7 @@ async fn finish(
     }
 }
 
-fn journal(
+async fn journal(
     env: &OpEnv,
     record: &mut AppRecord,
     op_id: &str,
@@ -211,7 +240,7 @@ fn journal(
             })
         }
     }
-    env.save(record)
+    env.save(record).await
 }
 
 /// Makes the image of `installed` present: pulled, or built from the manifest's context.
@@ -397,7 +426,7 @@ async fn start(
             }
         }
         record.hooks_done = true;
-        env.save(record)?;
+        env.save(record).await?;
     }
     *health = Some(wait_healthy(env, &spec, started_at).await?);
     Ok("running".into())
@@ -494,7 +523,7 @@ async fn install(
     health: &mut Option<Health>,
 ) -> Result<String, String> {
     let target = env.catalog_install();
-    journal(env, record, op_id, OperationKind::Install, "prepare")?;
+    journal(env, record, op_id, OperationKind::Install, "prepare").await?;
     let prepared = async {
         env.say("generating secrets");
         secrets::generate(&env.store, env.id(), &env.app.manifest.secrets)
@@ -509,7 +538,7 @@ async fn install(
     record.installed = Some(target.clone());
     record.desired = Desired::Running;
     record.hooks_done = false;
-    journal(env, record, op_id, OperationKind::Install, "start")?;
+    journal(env, record, op_id, OperationKind::Install, "start").await?;
     if !params.deps_ready {
         return Ok("installed; it starts once its dependencies are running and healthy".into());
     }
@@ -531,13 +560,13 @@ async fn uninstall(
     op_id: &str,
     purge: bool,
 ) -> Result<String, String> {
-    journal(env, record, op_id, OperationKind::Uninstall, "remove")?;
+    journal(env, record, op_id, OperationKind::Uninstall, "remove").await?;
     if purge {
         // Recorded so an uninstall cut off midway finishes with the same purge.
         if let Some(j) = &mut record.journal {
             j.purge = true;
         }
-        env.save(record)?;
+        env.save(record).await?;
     }
     stop(env).await?;
     let name = container_name(env.id());
@@ -545,11 +574,15 @@ async fn uninstall(
     remove_quietly(env.engine.as_ref(), &format!("{name}{PREVIOUS_SUFFIX}")).await?;
     if purge {
         env.say("deleting volumes and secrets");
-        remove_tree(&env.store.app_dir(env.id()))?;
-        remove_tree(&env.store.snapshots_dir(env.id()))?;
-        secrets::remove_all(&env.store, env.id()).map_err(|e| e.to_string())?;
+        let (store, id) = (env.store.clone(), env.id().to_string());
+        blocking(move || {
+            remove_tree(&store.app_dir(&id))?;
+            remove_tree(&store.snapshots_dir(&id))?;
+            secrets::remove_all(&store, &id).map_err(|e| e.to_string())
+        })
+        .await?;
     }
-    env.store.remove(env.id()).map_err(|e| e.to_string())?;
+    env.remove_state().await?;
     *record = AppRecord::default();
     Ok(if purge {
         "removed with data"
@@ -567,61 +600,109 @@ fn remove_tree(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Copies a folder tree. `std::fs::copy` uses `copy_file_range`, which clones extents
-/// (a reflink) on filesystems that can, and copies bytes elsewhere.
-pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let dest = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
-        } else if kind.is_symlink() {
-            let target = std::fs::read_link(entry.path())?;
-            std::os::unix::fs::symlink(target, dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest)?;
+/// Puts the snapshot's volumes back in place of the live ones, each through
+/// `apps/<id>/<volume>.restoring`. Only volumes the manifest still snapshots are put back:
+/// a `snapshot: none` volume is never restored, whatever an older snapshot holds. Runs off
+/// the actors' thread, with progress in bytes.
+async fn restore_snapshot(env: &OpEnv, snapshot: &Path) -> Result<(), String> {
+    let volumes = env.snapshot_volumes();
+    let (live, snapshot) = (env.store.app_dir(env.id()), snapshot.to_path_buf());
+    let progress = env.clone();
+    blocking(move || {
+        let err =
+            |e: snapshot::SnapshotError| format!("restoring snapshot {}: {e}", snapshot.display());
+        let present: Vec<&String> = volumes
+            .iter()
+            .filter(|v| snapshot.join(v).is_dir())
+            .collect();
+        let sources: Vec<PathBuf> = present.iter().map(|v| snapshot.join(v)).collect();
+        let total = snapshot::measure(&sources).map_err(err)?;
+        let mut done = 0;
+        for volume in present {
+            let target = live.join(volume);
+            let aside = live.join(format!("{volume}.restoring"));
+            remove_tree(&aside)?;
+            let before = done;
+            let stats = snapshot::copy_tree(&snapshot.join(volume), &aside, total, &|d, t| {
+                progress.say_bytes("restoring the snapshot", before + d, t)
+            })
+            .map_err(err)?;
+            done += stats.bytes;
+            remove_tree(&target)?;
+            std::fs::rename(&aside, &target)
+                .map_err(|e| format!("restoring snapshot {}: {e}", snapshot.display()))?;
         }
-    }
-    let perms = std::fs::metadata(from)?.permissions();
-    std::fs::set_permissions(to, perms)
+        Ok(())
+    })
+    .await
 }
 
-/// Replaces the app's volumes with the snapshot's content.
-fn restore_snapshot(env: &OpEnv, snapshot: &Path) -> Result<(), String> {
+/// Copies the app's `snapshot: copy` volumes to `snapshots/<id>/<op_id>/`, off the actors'
+/// thread, with progress in bytes. `total` is what [`snapshot::measure`] said.
+async fn take_snapshot(env: &OpEnv, op_id: &str, total: u64) -> Result<PathBuf, String> {
+    let volumes = env.snapshot_volumes();
     let live = env.store.app_dir(env.id());
-    let err = |e: std::io::Error| format!("restoring snapshot {}: {e}", snapshot.display());
-    let aside = live.with_extension("restoring");
-    remove_tree(&aside)?;
-    copy_tree(snapshot, &aside).map_err(err)?;
-    remove_tree(&live)?;
-    std::fs::rename(&aside, &live).map_err(err)
-}
-
-fn take_snapshot(env: &OpEnv, op_id: &str) -> Result<std::path::PathBuf, String> {
-    let live = env.store.app_dir(env.id());
-    let dir = env.store.snapshots_dir(env.id());
-    let snapshot = dir.join(op_id);
-    remove_tree(&snapshot)?;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if live.exists() {
-        copy_tree(&live, &snapshot).map_err(|e| format!("snapshot of {}: {e}", live.display()))?;
-    } else {
-        std::fs::create_dir_all(&snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
-    }
-    Ok(snapshot)
-}
-
-/// Keeps only the newest snapshot (the one a rollback restores).
-fn prune_snapshots(env: &OpEnv, keep: &Path) {
-    if let Ok(entries) = std::fs::read_dir(env.store.snapshots_dir(env.id())) {
-        for e in entries.flatten() {
-            if e.path() != keep {
-                let _ = std::fs::remove_dir_all(e.path());
+    let snap = env.store.snapshots_dir(env.id()).join(op_id);
+    let progress = env.clone();
+    let target = snap.clone();
+    blocking(move || {
+        remove_tree(&target)?;
+        std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+        let mut done = 0;
+        for volume in volumes {
+            let from = live.join(&volume);
+            if !from.is_dir() {
+                continue;
+            }
+            let before = done;
+            let stats = snapshot::copy_tree(&from, &target.join(&volume), total, &|d, t| {
+                progress.say_bytes("snapshotting volumes", before + d, t)
+            })
+            .map_err(|e| format!("snapshot of {}: {e}", from.display()))?;
+            done += stats.bytes;
+            if stats.skipped > 0 {
+                tracing::warn!(
+                    volume,
+                    skipped = stats.skipped,
+                    "special files left out of the snapshot"
+                );
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
+    Ok(snap)
+}
+
+/// Refuses an upgrade whose snapshot would not fit on the disk, before anything is
+/// touched. Answers the bytes to copy.
+async fn check_snapshot_space(env: &OpEnv) -> Result<u64, String> {
+    let volumes = env.snapshot_volumes();
+    let live = env.store.app_dir(env.id());
+    let dest = env.store.snapshots_dir(env.id());
+    blocking(move || {
+        let folders: Vec<PathBuf> = volumes.iter().map(|v| live.join(v)).collect();
+        let bytes = snapshot::measure(&folders).map_err(|e| e.to_string())?;
+        snapshot::check_space(&volumes, &live, &dest, bytes).map_err(|e| e.to_string())?;
+        Ok(bytes)
+    })
+    .await
+}
+
+/// Keeps only the newest snapshot (the one a rollback restores). Off the actors' thread.
+async fn prune_snapshots(env: &OpEnv, keep: &Path) {
+    let (dir, keep) = (env.store.snapshots_dir(env.id()), keep.to_path_buf());
+    let _ = blocking(move || {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.path() != keep {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// Moves the app from `from` to `to`: snapshot, new image, old container kept aside,
@@ -651,15 +732,16 @@ async fn swap(
     } = plan;
     let name = container_name(env.id());
     let aside = format!("{name}{PREVIOUS_SUFFIX}");
-    journal(env, record, op_id, kind, "fetch")?;
+    journal(env, record, op_id, kind, "fetch").await?;
     if let Some(j) = &mut record.journal {
         j.from = Some(from.clone());
         j.to = Some(to.clone());
     }
-    env.save(record)?;
+    env.save(record).await?;
     fetch_image(env, &to, kind == OperationKind::Upgrade).await?;
     let new_spec = env.spec_for(&to)?;
-    env.say("snapshotting volumes");
+    // Refused here, with the figures, while the app still runs untouched.
+    let snapshot_bytes = check_snapshot_space(env).await?;
     let was_running = env
         .engine
         .inspect(&name)
@@ -667,41 +749,53 @@ async fn swap(
         .map(|d| d.state.is_running())
         .unwrap_or(false);
     stop(env).await?;
-    let snapshot = take_snapshot(env, op_id)?;
+    env.say("snapshotting volumes");
+    let snapshot = match take_snapshot(env, op_id, snapshot_bytes).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing was swapped: drop the partial copy and bring the old one back.
+            let _ = remove_tree_off_thread(env.store.snapshots_dir(env.id()).join(op_id)).await;
+            if was_running {
+                let _ = start_quietly(env).await;
+            }
+            return Err(e);
+        }
+    };
     if let Some(j) = &mut record.journal {
         j.snapshot = Some(snapshot.clone());
     }
-    journal(env, record, op_id, kind, "swap")?;
-    remove_quietly(env.engine.as_ref(), &aside).await?;
-    match env.engine.rename(&name, &aside).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == EngineErrorKind::ContainerNotFound => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    if let Some(src) = &restore_from {
-        env.say("restoring the snapshot of the previous version");
-        restore_snapshot(env, src)?;
-    }
+    // From the snapshot on, every failure goes through the undo below: none may leave
+    // the snapshot behind, or a later rollback would put back this data instead of the
+    // data from before the last upgrade that succeeded.
     let attempt = async {
+        journal(env, record, op_id, kind, "swap").await?;
+        remove_quietly(env.engine.as_ref(), &aside).await?;
+        match env.engine.rename(&name, &aside).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == EngineErrorKind::ContainerNotFound => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if let Some(src) = &restore_from {
+            env.say("restoring the snapshot of the previous version");
+            restore_snapshot(env, src).await?;
+        }
         create_container(env, &new_spec).await?;
         env.say(format!("starting {}", to.version));
         env.engine.start(&name).await.map_err(|e| e.to_string())?;
-        wait_healthy(env, &new_spec, Instant::now()).await
-    }
-    .await;
-    // The new version passed its gate: persist it as installed (journal step "commit")
-    // before cleaning up, so a crash from here on finishes the operation instead of
-    // undoing it.
-    let committed = attempt.and_then(|h| {
+        let h = wait_healthy(env, &new_spec, Instant::now()).await?;
+        // The new version passed its gate: persist it as installed (journal step
+        // "commit") before cleaning up, so a crash from here on finishes the operation
+        // instead of undoing it.
         let mut next = record.clone();
         next.previous = (kind == OperationKind::Upgrade).then(|| from.clone());
         next.installed = Some(to.clone());
         next.memory_limit = Some(new_spec.memory_limit);
-        journal(env, &mut next, op_id, kind, "commit")?;
+        journal(env, &mut next, op_id, kind, "commit").await?;
         *record = next;
         Ok(h)
-    });
-    match committed {
+    }
+    .await;
+    match attempt {
         Ok(h) => {
             *started = true;
             *health = Some(h);
@@ -710,10 +804,11 @@ async fn swap(
         }
         Err(e) => {
             env.say(format!("{e}; rolling back to {}", from.version));
-            undo_swap(env, &snapshot, was_running).await?;
+            let undone = undo_swap(env, &snapshot, was_running).await;
             // This snapshot equals the data now live; a later rollback wants the one
             // taken before the last upgrade that succeeded.
-            remove_tree(&snapshot)?;
+            remove_tree_off_thread(snapshot).await?;
+            undone?;
             *started = was_running;
             Err(format!(
                 "{} to {} failed: {e}; back on {}",
@@ -729,11 +824,16 @@ async fn swap(
     }
 }
 
+/// [`remove_tree`] on the blocking pool.
+async fn remove_tree_off_thread(path: PathBuf) -> Result<(), String> {
+    blocking(move || remove_tree(&path)).await
+}
+
 /// The clean-up after a swap that succeeded: the old container and older snapshots go.
 async fn complete_swap(env: &OpEnv, snapshot: &Path) -> Result<(), String> {
     let aside = format!("{}{PREVIOUS_SUFFIX}", container_name(env.id()));
     remove_quietly(env.engine.as_ref(), &aside).await?;
-    prune_snapshots(env, snapshot);
+    prune_snapshots(env, snapshot).await;
     Ok(())
 }
 
@@ -750,7 +850,7 @@ async fn undo_swap(env: &OpEnv, snapshot: &Path, start_old: bool) -> Result<(), 
         remove_quietly(engine, &name).await?;
     }
     if snapshot.exists() {
-        restore_snapshot(env, snapshot)?;
+        restore_snapshot(env, snapshot).await?;
     }
     if old_exists {
         engine
@@ -905,13 +1005,13 @@ async fn recover_swap(env: &OpEnv, record: &AppRecord, j: &JournalEntry) -> Resu
         "swap" => {
             let snapshot = j.snapshot.clone().unwrap_or_default();
             undo_swap(env, &snapshot, wanted_running).await?;
-            remove_tree(&snapshot)?;
+            remove_tree_off_thread(snapshot).await?;
             Err(format!(
                 "{verb} to {to} interrupted by a supervisor restart; back on {from}"
             ))
         }
         _ => {
-            remove_tree(&env.store.snapshots_dir(env.id()).join(&j.operation))?;
+            remove_tree_off_thread(env.store.snapshots_dir(env.id()).join(&j.operation)).await?;
             Err(format!(
                 "{verb} to {to} interrupted by a supervisor restart before the swap; still on {from}"
             ))
@@ -935,7 +1035,7 @@ pub fn is_not_found(e: &EngineError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::FakeRuntime;
+    use crate::engine::{CallKind, FakeRuntime};
     use crate::manifest::AppManifest;
 
     const ID: &str = "app";
@@ -969,6 +1069,106 @@ mod tests {
             start_slots: Arc::new(Semaphore::new(1)),
             progress: Arc::new(|_| {}),
         }
+    }
+
+    /// Issue 13, defect 3: a swap that failed before its undo left its snapshot behind,
+    /// and a later rollback restored that one instead of the snapshot taken before the
+    /// last upgrade that succeeded. Failed before the fix (the rename's error returned at
+    /// once: stray snapshot, old container left stopped).
+    #[tokio::test]
+    async fn a_failed_swap_leaves_no_snapshot_and_the_old_version_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeRuntime::new());
+        let env = env(dir.path(), fake.clone());
+        fake.set_images(["img:1", "img:2", "img:3"]);
+        fake.set_registry(["img:3"]);
+        let live = env.store.app_dir(ID).join("data");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("wallet.dat"), b"v2 data").unwrap();
+        // The snapshot of the upgrade from 1 to 2, which a rollback must restore.
+        let earlier = env.store.snapshots_dir(ID).join("app-earlier");
+        std::fs::create_dir_all(earlier.join("data")).unwrap();
+        std::fs::write(earlier.join("data/wallet.dat"), b"v1 data").unwrap();
+        let name = container_name(ID);
+        fake.create(&env.spec_for(&v(2)).unwrap()).await.unwrap();
+        fake.start(&name).await.unwrap();
+        let mut record = AppRecord {
+            desired: Desired::Running,
+            installed: Some(v(2)),
+            previous: Some(v(1)),
+            ..AppRecord::default()
+        };
+        fake.fail_next(
+            CallKind::Rename,
+            EngineError::Other {
+                target: name.clone(),
+                reason: "injected".into(),
+            },
+        );
+        let plan = SwapPlan {
+            kind: OperationKind::Upgrade,
+            from: v(2),
+            to: v(3),
+            restore_from: None,
+        };
+        let (mut started, mut health) = (false, None);
+        let err = swap(&env, &mut record, OP, plan, &mut started, &mut health)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("injected") && err.contains("back on 2"),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(env.store.snapshots_dir(ID))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("app-earlier")],
+            "no stray snapshot"
+        );
+        assert_eq!(latest_snapshot(&env), Some(earlier));
+        assert!(
+            fake.container(&name).unwrap().state.is_running(),
+            "the old version runs again"
+        );
+        assert_eq!(record.installed, Some(v(2)));
+        assert_eq!(std::fs::read(live.join("wallet.dat")).unwrap(), b"v2 data");
+    }
+
+    /// `snapshot: none` volumes are neither copied before a swap nor put back after one.
+    #[tokio::test]
+    async fn snapshot_none_volumes_are_never_copied_nor_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeRuntime::new());
+        let mut env = env(dir.path(), fake.clone());
+        env.app.manifest.container.volumes = vec![
+            "data:/data".parse().unwrap(),
+            serde_yaml::from_str("{name: chain, path: /chain, snapshot: none}").unwrap(),
+        ];
+        let root = env.store.app_dir(ID);
+        for (volume, text) in [("data", "wallet"), ("chain", "blocks")] {
+            std::fs::create_dir_all(root.join(volume)).unwrap();
+            std::fs::write(root.join(volume).join("f"), text).unwrap();
+        }
+        let snap = take_snapshot(&env, OP, 0).await.unwrap();
+        assert!(snap.join("data/f").exists());
+        assert!(!snap.join("chain").exists(), "a none volume is not copied");
+        // Even a snapshot that holds the volume (an older layout) never puts it back.
+        std::fs::create_dir_all(snap.join("chain")).unwrap();
+        std::fs::write(snap.join("chain/f"), "old blocks").unwrap();
+        std::fs::write(root.join("data/f"), "changed").unwrap();
+        std::fs::write(root.join("chain/f"), "new blocks").unwrap();
+        restore_snapshot(&env, &snap).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("data/f")).unwrap(),
+            "wallet"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("chain/f")).unwrap(),
+            "new blocks"
+        );
     }
 
     /// Where a kill during an upgrade from 1 to 2 left things.
@@ -1022,7 +1222,14 @@ mod tests {
             purge: false,
         });
         fake.stop(&name, Duration::from_secs(1)).await.unwrap();
-        copy_tree(&env.store.app_dir(ID), &snapshot).unwrap();
+        std::fs::create_dir_all(&snapshot).unwrap();
+        crate::snapshot::copy_tree(
+            &env.store.app_dir(ID).join("data"),
+            &snapshot.join("data"),
+            0,
+            &|_, _| {},
+        )
+        .unwrap();
         if matches!(cut, Cut::Fetch | Cut::SwapBeforeRename) {
             return (record, old_id);
         }

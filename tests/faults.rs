@@ -523,6 +523,11 @@ impl PrivateDocker {
             .append(true)
             .open(d.join("dockerd.log"))
             .unwrap();
+        // A config of its own: the system dockerd's /etc/docker/daemon.json may set what
+        // the flags set, and dockerd refuses to start then. Its own containerd namespaces
+        // too, so nothing is shared with a system dockerd.
+        let config = d.join("daemon.json");
+        std::fs::write(&config, "{}\n").unwrap();
         let child = Command::new("dockerd")
             .args([
                 "--iptables=false",
@@ -530,8 +535,12 @@ impl PrivateDocker {
                 "--bridge=none",
                 "--storage-driver=overlay2",
                 "--shutdown-timeout=2",
-                "-H",
+                "--containerd-namespace=archipelago-faults",
+                "--containerd-plugins-namespace=archipelago-faults-plugins",
             ])
+            .arg("--config-file")
+            .arg(&config)
+            .arg("-H")
             .arg(self.host())
             .arg("--data-root")
             .arg(d.join("data"))
