@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use actix::prelude::*;
 use tokio::sync::{broadcast, Semaphore};
@@ -52,6 +53,14 @@ fn operation_id(app: &str, n: &str) -> String {
     format!("{app}-{}-{n}", std::process::id())
 }
 
+/// SHA-256 (hex) of a manifest's content, whatever its file's layout.
+pub(crate) fn manifest_digest(m: &crate::manifest::AppManifest) -> String {
+    use sha2::{Digest, Sha256};
+    // Plain data with string keys (maps are sorted) serializes, and always alike.
+    let bytes = serde_json::to_vec(m).expect("a manifest serializes");
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// The app an [`operation_id`] belongs to.
 pub fn app_of_operation(id: &str) -> Option<&str> {
     let mut parts = id.rsplitn(3, '-');
@@ -75,10 +84,17 @@ pub struct AppActor {
     op: Option<Operation>,
     /// Recent operations, newest last.
     finished: VecDeque<Operation>,
-    /// Crash restarts and their backoff.
+    /// Crash restarts and their backoff; persisted in the record (`crashes`) whenever it
+    /// changes, and restored from it at start.
     crash: CrashTracker,
+    /// SHA-256 of the manifest, so a crash history is kept only for the manifest it
+    /// happened with.
+    manifest_digest: String,
     /// Whether dependencies allow a start, as the supervisor last said.
     deps: Deps,
+    /// The run (container id and start time) whose exit was last handled: an exit seen
+    /// both at an operation's end and by its late `die` event counts once.
+    exit_handled: Option<(String, Option<String>)>,
     /// A probe is in flight (never two at once).
     probing: bool,
     op_counter: u64,
@@ -103,6 +119,17 @@ impl AppActor {
         shared: Arc<Shared>,
         supervisor: Recipient<PackageChanged>,
     ) -> Self {
+        let manifest_digest = manifest_digest(&app.manifest);
+        let crash = match &record.crashes {
+            Some(crashes) => CrashTracker::from_record(
+                crashes,
+                &manifest_digest,
+                Instant::now(),
+                SystemTime::now(),
+                &shared.crash_policy,
+            ),
+            None => CrashTracker::default(),
+        };
         AppActor {
             app,
             shared,
@@ -113,7 +140,9 @@ impl AppActor {
             running_since: None,
             op: None,
             finished: VecDeque::new(),
-            crash: CrashTracker::default(),
+            crash,
+            manifest_digest,
+            exit_handled: None,
             deps: Deps::Ready,
             probing: false,
             op_counter: 0,
@@ -242,6 +271,23 @@ impl AppActor {
                 tracing::error!(app = self.id(), error = %e, "could not persist state");
                 format!("could not persist state: {e}")
             })
+    }
+
+    /// Persists the crash history after it changed, so a restarted supervisor keeps a
+    /// `failed` app failed and waits out a backoff in progress. While an operation runs
+    /// it owns the record on disk: the history is then written when the operation ends.
+    /// `disk_differs` says the file holds another history than the record in memory.
+    fn remember_crashes(&mut self, disk_differs: bool) {
+        let crashes =
+            self.crash
+                .to_record(Instant::now(), SystemTime::now(), &self.manifest_digest);
+        if crashes.is_none() && self.record.crashes.is_none() && !disk_differs {
+            return;
+        }
+        self.record.crashes = crashes;
+        if self.op.is_none() && self.record.installed.is_some() {
+            self.save();
+        }
     }
 
     /// Starts an operation: the actor marks it in flight, the work runs as a future, and
@@ -451,6 +497,7 @@ impl AppActor {
             Some(wait) => {
                 tracing::warn!(app = self.id(), code, backoff = ?wait, "container crashed; restarting");
                 self.record.last_error = Some(format!("crashed with exit code {code}"));
+                self.remember_crashes(false);
                 self.reconcile(ctx);
             }
             None => {
@@ -459,6 +506,7 @@ impl AppActor {
                     "crashed {} times in a row (last exit code {code}); press Retry to start it again",
                     self.crash.quick_crashes()
                 ));
+                self.remember_crashes(false);
                 self.publish();
             }
         }
@@ -581,7 +629,12 @@ impl Handler<OpFinished> for AppActor {
             return;
         };
         let end = *msg.end;
+        // The crash history is the actor's: the operation worked on a copy taken when
+        // it began, which may be older.
+        let crashes = self.record.crashes.take();
         self.record = end.record;
+        let crashes_stale = self.record.crashes != crashes;
+        self.record.crashes = crashes;
         // An install may have made new secrets: compute the wanted spec afresh.
         self.wanted = None;
         self.last_op_end = Some(std::time::Instant::now());
@@ -598,6 +651,7 @@ impl Handler<OpFinished> for AppActor {
                 tracing::warn!(app = self.id(), operation = %op.id, error = %e, "operation failed");
             }
         }
+        let crash_before = self.crash.clone();
         if end.started {
             self.crash.started(Instant::now());
             self.running_since = Some(Instant::now());
@@ -618,6 +672,9 @@ impl Handler<OpFinished> for AppActor {
             self.crash
                 .crashed(Instant::now(), &self.shared.crash_policy);
         }
+        if crashes_stale || self.crash != crash_before {
+            self.remember_crashes(crashes_stale);
+        }
         self.publish_operation(&op);
         self.remember(op);
         // The package (installed version, container facts, last error) reflects the
@@ -625,7 +682,15 @@ impl Handler<OpFinished> for AppActor {
         match end.observed {
             Some(seen) => {
                 self.observed = seen;
-                self.reconcile(ctx);
+                if end.started && self.observed.is_some() && !self.running() {
+                    // The container this operation started has exited already (an app
+                    // that fails at once): its `die` came while the operation owned the
+                    // app and was not counted. It counts now, or the app would be
+                    // started again and again without ever ending `failed`.
+                    self.confirm_exit(ctx, None);
+                } else {
+                    self.reconcile(ctx);
+                }
             }
             None => self.refresh(ctx),
         }
@@ -634,6 +699,42 @@ impl Handler<OpFinished> for AppActor {
 }
 
 impl AppActor {
+    /// The container seems to have exited (`code` if the event said): confirmed with the
+    /// engine before it counts as a crash, so a late event from a stop that has already
+    /// ended restarts nothing. Reconciles when the container is running after all.
+    fn confirm_exit(&mut self, ctx: &mut Context<Self>, code: Option<i64>) {
+        let engine = self.shared.engine.clone();
+        let name = container_name(self.id());
+        let fut = async move { engine.inspect(&name).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(d) if !d.state.is_running() => {
+                    if let Some(o) = act.observed.as_mut() {
+                        o.state = d.state;
+                    }
+                    let run = Some((d.id.clone(), d.started_at.clone()));
+                    if act.exit_handled == run {
+                        act.publish();
+                        return;
+                    }
+                    // An exit seen while an operation owns the app is left to that
+                    // operation's end, which looks again.
+                    if act.in_flight().is_none() {
+                        act.exit_handled = run;
+                    }
+                    act.on_exit(ctx, d.exit_code.or(code));
+                    if act.in_flight().is_none() && act.record.desired != Desired::Running {
+                        act.reconcile(ctx);
+                    }
+                }
+                _ => {
+                    act.reconcile(ctx);
+                }
+            }
+            act.publish();
+        }));
+    }
+
     /// Re-reads the app's container from the engine and reconciles.
     fn refresh(&mut self, ctx: &mut Context<Self>) {
         let engine = self.shared.engine.clone();
@@ -706,25 +807,7 @@ impl Handler<ContainerEvent> for AppActor {
     fn handle(&mut self, msg: ContainerEvent, ctx: &mut Context<Self>) {
         let ev = msg.0;
         match ev.action.as_str() {
-            "die" | "oom" => {
-                // Confirm with the engine before calling it a crash: a late event from a
-                // stop that has already ended must not restart anything.
-                let engine = self.shared.engine.clone();
-                let name = container_name(self.id());
-                let code = ev.exit_code;
-                let fut = async move { engine.inspect(&name).await };
-                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                    if let Ok(d) = res {
-                        if !d.state.is_running() {
-                            if let Some(o) = act.observed.as_mut() {
-                                o.state = d.state;
-                            }
-                            act.on_exit(ctx, d.exit_code.or(code));
-                        }
-                    }
-                    act.publish();
-                }));
-            }
+            "die" | "oom" => self.confirm_exit(ctx, ev.exit_code),
             "start" | "destroy" | "create" | "rename" if self.in_flight().is_none() => {
                 self.refresh(ctx);
             }
@@ -799,20 +882,21 @@ impl Handler<Command> for AppActor {
         }
         match kind {
             OperationKind::Start | OperationKind::Restart => {
-                self.crash.reset();
                 self.record.desired = Desired::Running;
                 self.record.last_error = None;
             }
             OperationKind::Stop => {
-                self.crash.reset();
                 self.record.desired = Desired::Stopped;
             }
             _ => {}
         }
+        // The owner acted: whatever the crash loop decided is forgotten, on disk too.
+        self.record.crashes = None;
         if let Err(e) = self.try_save() {
             self.record = before;
             return Err(AppError::Internal(format!("{}: {e}", self.id())));
         }
+        self.crash.reset();
         Ok(self.begin(ctx, kind, msg.params))
     }
 }
@@ -841,6 +925,19 @@ pub struct CatalogUpdate(pub CatalogApp);
 impl Handler<CatalogUpdate> for AppActor {
     type Result = ();
     fn handle(&mut self, msg: CatalogUpdate, ctx: &mut Context<Self>) {
+        if msg.0.manifest != self.app.manifest {
+            self.manifest_digest = manifest_digest(&msg.0.manifest);
+            if self.crash != CrashTracker::default() {
+                // A new manifest (a new version, another command) may fix the crash: a
+                // `failed` app or one in backoff gets a fresh start.
+                tracing::info!(
+                    app = self.id(),
+                    "manifest changed; crash history starts over"
+                );
+                self.crash.reset();
+                self.remember_crashes(false);
+            }
+        }
         self.app = msg.0;
         self.in_catalog = true;
         self.wanted = None;

@@ -9,6 +9,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,56 @@ pub struct AppRecord {
     pub journal: Option<JournalEntry>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The crash loop as the app actor last knew it: a supervisor restart must not
+    /// forget that an app was given up as `failed`, nor a backoff in progress. `None`
+    /// when there is nothing to remember (files written before it existed read so too).
+    #[serde(default)]
+    pub crashes: Option<CrashRecord>,
+}
+
+/// An app's crash history, persisted with its record in wall-clock time so that it
+/// means the same after a restart (the supervisor's own clock starts anew).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashRecord {
+    /// Quick crashes in a row so far.
+    #[serde(default)]
+    pub quick_crashes: u32,
+    /// The crash loop gave up: the app stays `failed` until the owner acts or its
+    /// manifest changes.
+    #[serde(default)]
+    pub given_up: bool,
+    /// When the supervisor last started the container, if the crash loop is still
+    /// counting: a crash later than the stable period after it starts the count over.
+    #[serde(default, with = "rfc3339")]
+    pub started_at: Option<SystemTime>,
+    /// When the backoff in progress ends.
+    #[serde(default, with = "rfc3339")]
+    pub restart_at: Option<SystemTime>,
+    /// SHA-256 (hex) of the manifest the crashes happened with: a different manifest
+    /// (a new version may fix the crash) starts over.
+    #[serde(default)]
+    pub manifest: Option<String>,
+}
+
+/// `Option<SystemTime>` as an RFC 3339 timestamp (UTC, milliseconds), readable in the
+/// state file.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 impl Default for AppRecord {
@@ -74,6 +125,7 @@ impl Default for AppRecord {
             hooks_done: false,
             journal: None,
             last_error: None,
+            crashes: None,
         }
     }
 }

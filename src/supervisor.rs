@@ -972,17 +972,29 @@ mod tests {
         }
     }
 
-    /// A tick whose list was taken before a stop ended still shows the container running;
-    /// the app must not plan a second stop (or read `running`) from it.
-    #[actix_web::test]
-    async fn a_tick_listed_before_an_operation_ended_is_not_planned_from() {
-        let dir = tempfile::tempdir().unwrap();
-        write_app(&dir.path().join("apps"), "a", "");
-        let (catalog, problems) = Catalog::load(&dir.path().join("apps"));
+    /// An installed app wanted running, on `img:1`.
+    fn installed_record() -> crate::store::AppRecord {
+        crate::store::AppRecord {
+            desired: crate::api::Desired::Running,
+            installed: Some(crate::store::Installed {
+                version: "1".into(),
+                image: "img:1".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An actor for app `a` of `dir/apps`, on the fake engine and `dir/data`, without a
+    /// supervisor; `record` makes its persisted record from its catalog entry.
+    fn app_actor(
+        dir: &Path,
+        fake: &Arc<FakeRuntime>,
+        record: impl FnOnce(&crate::catalog::CatalogApp) -> crate::store::AppRecord,
+    ) -> Addr<AppActor> {
+        let (catalog, problems) = Catalog::load(&dir.join("apps"));
         assert!(problems.is_empty(), "{problems:?}");
-        let fake = Arc::new(FakeRuntime::new());
         fake.set_images(["img:1"]);
-        let store = Store::open(&dir.path().join("data")).unwrap();
+        let store = Store::open(&dir.join("data")).unwrap();
         let (events, _) = broadcast::channel(16);
         let shared = Arc::new(Shared {
             engine: fake.clone(),
@@ -992,17 +1004,20 @@ mod tests {
             events,
             crash_policy: CrashPolicy::default(),
         });
-        let record = crate::store::AppRecord {
-            desired: crate::api::Desired::Running,
-            installed: Some(crate::store::Installed {
-                version: "1".into(),
-                image: "img:1".into(),
-            }),
-            ..Default::default()
-        };
         let id = AppId::try_from("a".to_string()).unwrap();
         let app = catalog.get(&id).unwrap().clone();
-        let actor = AppActor::new(app, record, shared, Sink.start().recipient()).start();
+        let record = record(&app);
+        AppActor::new(app, record, shared, Sink.start().recipient()).start()
+    }
+
+    /// A tick whose list was taken before a stop ended still shows the container running;
+    /// the app must not plan a second stop (or read `running`) from it.
+    #[actix_web::test]
+    async fn a_tick_listed_before_an_operation_ended_is_not_planned_from() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "");
+        let fake = Arc::new(FakeRuntime::new());
+        let actor = app_actor(dir.path(), &fake, |_| installed_record());
         let observe = |container, listed_at| Observe {
             container,
             deps: Deps::Ready,
@@ -1039,21 +1054,20 @@ mod tests {
         assert_eq!(stops, 1, "a second stop was planned from a stale list");
     }
 
-    /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
-    #[actix_web::test]
-    async fn a_crash_loop_ends_failed_and_retry_clears_it() {
-        let dir = tempfile::tempdir().unwrap();
-        write_app(&dir.path().join("apps"), "a", "  restart: always\n");
-        let fake = Arc::new(FakeRuntime::new());
-        let policy = CrashPolicy {
+    /// A policy that gives up after three quick crashes, with short backoffs.
+    fn three_crashes() -> CrashPolicy {
+        CrashPolicy {
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(50),
             stable_after: Duration::from_secs(60),
             max_quick_crashes: 3,
-        };
-        let sup = start(dir.path(), &fake, "default_apps: [a]\n", policy);
+        }
+    }
+
+    /// Crashes app `a` `n` times, each time once the supervisor has it running again.
+    async fn crash_times(sup: &Addr<Supervisor>, fake: &FakeRuntime, n: u32) {
         let mut starts: Vec<String> = vec![];
-        for crash in 1..=3 {
+        for crash in 1..=n {
             // Running again on a new start (the supervisor restarted it after the crash).
             let deadline = Instant::now() + Duration::from_secs(5);
             let stamp = loop {
@@ -1069,10 +1083,118 @@ mod tests {
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             };
-            wait_for(&sup, "a", "running", settled_running).await;
+            wait_for(sup, "a", "running", settled_running).await;
             starts.push(stamp);
             assert!(fake.crash("a", 1), "crash {crash}");
         }
+    }
+
+    fn starts(fake: &FakeRuntime) -> usize {
+        fake.calls()
+            .iter()
+            .filter(|c| matches!(c, crate::engine::fake::Call::Start(..)))
+            .count()
+    }
+
+    /// A supervisor started again over a given-up app (as after kill -9) keeps it
+    /// `failed` with its error and does not start it; Retry does.
+    #[actix_web::test]
+    async fn a_failed_app_stays_failed_across_a_supervisor_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "  restart: always\n");
+        let fake = Arc::new(FakeRuntime::new());
+        let first = start(dir.path(), &fake, "default_apps: [a]\n", three_crashes());
+        crash_times(&first, &fake, 3).await;
+        wait_for(&first, "a", "failed", |p| p.state == AppState::Failed).await;
+        let before = starts(&fake);
+
+        // The first supervisor has given up and does nothing more; the second reads the
+        // same data folder.
+        let second = start(dir.path(), &fake, "default_apps: [a]\n", three_crashes());
+        let p = wait_for(&second, "a", "failed", |p| p.state == AppState::Failed).await;
+        assert!(
+            p.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("crashed 3 times"),
+            "{p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(starts(&fake), before, "started again after the restart");
+        let p = second
+            .send(GetPackage { id: "a".into() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.state, AppState::Failed);
+
+        run(&second, "a", OperationKind::Start).await.unwrap();
+        let p = wait_for(&second, "a", "running again", settled_running).await;
+        assert_eq!(p.last_error, None);
+        let saved = Store::open(&dir.path().join("data"))
+            .unwrap()
+            .load("a")
+            .unwrap()
+            .unwrap()
+            .record;
+        assert_eq!(saved.crashes, None, "Retry forgets the history on disk too");
+    }
+
+    /// An app restored in the middle of a crash backoff waits out what is left of it
+    /// (`restarting`), then starts; a history of another manifest is not restored.
+    #[actix_web::test]
+    async fn a_backoff_in_progress_is_waited_out_after_a_restart() {
+        for (same_manifest, held) in [(true, true), (false, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            write_app(&dir.path().join("apps"), "a", "  restart: always\n");
+            let fake = Arc::new(FakeRuntime::new());
+            let restart_at = std::time::SystemTime::now() + Duration::from_millis(800);
+            let actor = app_actor(dir.path(), &fake, |app| crate::store::AppRecord {
+                crashes: Some(crate::store::CrashRecord {
+                    quick_crashes: 2,
+                    given_up: false,
+                    started_at: None,
+                    restart_at: Some(restart_at),
+                    manifest: Some(match same_manifest {
+                        true => app::manifest_digest(&app.manifest),
+                        false => "another".into(),
+                    }),
+                }),
+                ..installed_record()
+            });
+            let began = Instant::now();
+            actor
+                .send(Observe {
+                    container: None,
+                    deps: Deps::Ready,
+                    listed_at: std::time::Instant::now(),
+                })
+                .await
+                .unwrap();
+            if held {
+                let p = actor.send(app::Snapshot).await.unwrap();
+                assert_eq!(p.state, AppState::Restarting);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert_eq!(starts(&fake), 0, "started before the backoff ended");
+            }
+            app_state(&actor, AppState::Running).await;
+            let waited = began.elapsed();
+            assert_eq!(
+                waited >= Duration::from_millis(700),
+                held,
+                "same manifest {same_manifest}: running after {waited:?}"
+            );
+        }
+    }
+
+    /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
+    #[actix_web::test]
+    async fn a_crash_loop_ends_failed_and_retry_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "  restart: always\n");
+        let fake = Arc::new(FakeRuntime::new());
+        let sup = start(dir.path(), &fake, "default_apps: [a]\n", three_crashes());
+        crash_times(&sup, &fake, 3).await;
         let p = wait_for(&sup, "a", "failed", |p| p.state == AppState::Failed).await;
         let error = p.last_error.unwrap_or_default();
         assert!(error.contains("crashed 3 times"), "{error}");
