@@ -47,10 +47,29 @@ pub struct PackageChanged(pub Package);
 /// How many finished operations an app keeps for `operation.get`.
 const KEPT_OPERATIONS: usize = 16;
 
-/// An operation id: `<app>-<supervisor pid>-<n>`. It names its app, so
-/// `operation.get` finds the app without a table of operations.
-fn operation_id(app: &str, n: &str) -> String {
-    format!("{app}-{}-{n}", std::process::id())
+/// An operation id: `<app>-<instance>-<n>`, where `instance` is drawn afresh for each
+/// app actor (see [`instance_token`]). It names its app, so `operation.get` finds the app
+/// without a table of operations; and it never repeats across supervisor restarts, since
+/// journal entries and snapshot folders are named by it.
+fn operation_id(app: &str, instance: &str, n: &str) -> String {
+    format!("{app}-{instance}-{n}")
+}
+
+/// 12 random hex digits, different for every app actor ever made: a pid repeats after a
+/// reboot, and a wall clock can go back (a board without a real-time clock), so neither
+/// will do. Should the OS random source fail, the wall clock's nanoseconds stand in.
+fn instance_token() -> String {
+    let mut bytes = [0u8; 6];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => hex::encode(bytes),
+        Err(_) => {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            format!("{:012x}", nanos as u64 & 0xffff_ffff_ffff)
+        }
+    }
 }
 
 /// SHA-256 (hex) of a manifest's content, whatever its file's layout.
@@ -97,6 +116,8 @@ pub struct AppActor {
     exit_handled: Option<(String, Option<String>)>,
     /// A probe is in flight (never two at once).
     probing: bool,
+    /// Makes this actor's operation ids unique across restarts ([`operation_id`]).
+    instance: String,
     op_counter: u64,
     /// When the last operation ended: a tick's list taken before then is stale for this
     /// app (it may still show the container as the operation found it).
@@ -145,6 +166,7 @@ impl AppActor {
             exit_handled: None,
             deps: Deps::Ready,
             probing: false,
+            instance: instance_token(),
             op_counter: 0,
             last_op_end: None,
             wanted: None,
@@ -290,13 +312,13 @@ impl AppActor {
         }
     }
 
-    /// Starts an operation: the actor marks it in flight, the work runs as a future, and
-    /// [`OpFinished`] comes back when it ends.
-    /// The id of this app's `n`th operation since the supervisor started.
+    /// The id of this actor's `n`th operation.
     fn op_id(&self, n: u64) -> String {
-        operation_id(self.id(), &n.to_string())
+        operation_id(self.id(), &self.instance, &n.to_string())
     }
 
+    /// Starts an operation: the actor marks it in flight, the work runs as a future, and
+    /// [`OpFinished`] comes back when it ends.
     fn begin(
         &mut self,
         ctx: &mut Context<Self>,
@@ -559,7 +581,7 @@ impl Actor for AppActor {
                 .unwrap_or(OperationKind::Start);
             self.op_counter += 1;
             let op = Operation {
-                id: operation_id(self.id(), "recover"),
+                id: operation_id(self.id(), &self.instance, "recover"),
                 package: self.id().to_string(),
                 kind,
                 status: OperationStatus::Running,
@@ -990,10 +1012,12 @@ mod tests {
     fn an_operation_id_names_its_app() {
         for app in ["lnd", "mempool-api", "a-b-c"] {
             for n in ["1", "42", "recover"] {
-                let id = operation_id(app, n);
+                let id = operation_id(app, &instance_token(), n);
                 assert_eq!(app_of_operation(&id), Some(app), "{id}");
             }
         }
+        // Ids written before the instance token (`<app>-<pid>-<n>`) still name their app.
+        assert_eq!(app_of_operation("lnd-4242-7"), Some("lnd"));
         assert_eq!(app_of_operation("nodashes"), None);
         assert_eq!(app_of_operation("one-dash"), None);
     }

@@ -1187,6 +1187,31 @@ mod tests {
         }
     }
 
+    /// Operation ids never repeat across supervisor restarts, even when the new process
+    /// has the old one's pid (here: the same process): an actor made again, as at a
+    /// restart, does not hand out its predecessor's ids.
+    #[actix_web::test]
+    async fn operation_ids_are_unique_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "");
+        let fake = Arc::new(FakeRuntime::new());
+        let stop = || app::Command {
+            kind: OperationKind::Stop,
+            params: OpParams::default(),
+        };
+        let mut ids = vec![];
+        for _boot in 0..2 {
+            let actor = app_actor(dir.path(), &fake, |_| crate::store::AppRecord {
+                desired: Desired::Stopped,
+                ..installed_record()
+            });
+            let op = actor.send(stop()).await.unwrap().unwrap();
+            assert_eq!(app::app_of_operation(&op.id), Some("a"), "{}", op.id);
+            ids.push(op.id);
+        }
+        assert_ne!(ids[0], ids[1], "the same id after a restart");
+    }
+
     /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
     #[actix_web::test]
     async fn a_crash_loop_ends_failed_and_retry_clears_it() {
