@@ -1212,6 +1212,44 @@ mod tests {
         assert_ne!(ids[0], ids[1], "the same id after a restart");
     }
 
+    /// `package.stop` while an app waits out a crash backoff (`restarting`) is accepted
+    /// and stops the restart: the app ends `stopped` and is not started again.
+    #[actix_web::test]
+    async fn stop_during_a_crash_backoff_is_accepted_and_cancels_the_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "  restart: always\n");
+        let fake = Arc::new(FakeRuntime::new());
+        let policy = CrashPolicy {
+            initial_backoff: Duration::from_millis(1500),
+            ..three_crashes()
+        };
+        let sup = start(dir.path(), &fake, "default_apps: [a]\n", policy);
+        // The first crash restarts at once, the second waits 1.5 s.
+        crash_times(&sup, &fake, 2).await;
+        wait_for(&sup, "a", "restarting", |p| p.state == AppState::Restarting).await;
+        let before = starts(&fake);
+
+        let op = run(&sup, "a", OperationKind::Stop).await.unwrap();
+
+        assert_eq!(op.kind, OperationKind::Stop);
+        let p = wait_for(&sup, "a", "stopped", |p| {
+            p.state == AppState::Stopped
+                && p.operation
+                    .as_ref()
+                    .is_some_and(|o| o.status != OperationStatus::Running)
+        })
+        .await;
+        assert_eq!(p.desired, Desired::Stopped);
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert_eq!(starts(&fake), before, "restarted after the stop");
+        let p = sup
+            .send(GetPackage { id: "a".into() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.state, AppState::Stopped);
+    }
+
     /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
     #[actix_web::test]
     async fn a_crash_loop_ends_failed_and_retry_clears_it() {
