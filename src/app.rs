@@ -116,6 +116,9 @@ pub struct AppActor {
     exit_handled: Option<(String, Option<String>)>,
     /// A probe is in flight (never two at once).
     probing: bool,
+    /// The periodic health probe and its interval, while the manifest has a check; armed
+    /// again when a catalog change adds, removes or retimes the check.
+    probe_loop: Option<(std::time::Duration, SpawnHandle)>,
     /// Makes this actor's operation ids unique across restarts ([`operation_id`]).
     instance: String,
     op_counter: u64,
@@ -166,6 +169,7 @@ impl AppActor {
             exit_handled: None,
             deps: Deps::Ready,
             probing: false,
+            probe_loop: None,
             instance: instance_token(),
             op_counter: 0,
             last_op_end: None,
@@ -534,6 +538,28 @@ impl AppActor {
         }
     }
 
+    /// Runs the health probe every `interval` of the manifest's check, and not at all
+    /// without one; a loop of another interval is replaced.
+    fn arm_probe(&mut self, ctx: &mut Context<Self>) {
+        let want = self
+            .app
+            .manifest
+            .container
+            .health
+            .as_ref()
+            .map(|c| c.interval);
+        if self.probe_loop.as_ref().map(|(every, _)| *every) == want {
+            return;
+        }
+        if let Some((_, handle)) = self.probe_loop.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(every) = want {
+            let handle = ctx.run_interval(every, |act, ctx| act.probe_health(ctx));
+            self.probe_loop = Some((every, handle));
+        }
+    }
+
     fn probe_health(&mut self, ctx: &mut Context<Self>) {
         let Some(check) = self.app.manifest.container.health.clone() else {
             return;
@@ -567,9 +593,7 @@ impl Actor for AppActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(check) = &self.app.manifest.container.health {
-            ctx.run_interval(check.interval, |act, ctx| act.probe_health(ctx));
-        }
+        self.arm_probe(ctx);
         if self.record.journal.is_some() {
             // Finish or undo what a previous supervisor left half-done, before anything
             // else touches the app.
@@ -963,6 +987,7 @@ impl Handler<CatalogUpdate> for AppActor {
         self.app = msg.0;
         self.in_catalog = true;
         self.wanted = None;
+        self.arm_probe(ctx);
         self.reconcile(ctx);
     }
 }

@@ -1250,6 +1250,37 @@ mod tests {
         assert_eq!(p.state, AppState::Stopped);
     }
 
+    /// A health check that a catalog reload adds to a running app is probed: the app
+    /// turns `healthy` (instead of `starting` for ever, which held its dependants back).
+    #[actix_web::test]
+    async fn a_health_check_added_by_a_reload_is_probed() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        write_app(&apps, "a", "");
+        let fake = Arc::new(FakeRuntime::new());
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: [a]\n",
+            CrashPolicy::default(),
+        );
+        let p = wait_for(&sup, "a", "running", settled_running).await;
+        assert_eq!(p.health, Health::None);
+
+        write_app(
+            &apps,
+            "a",
+            "  health:\n    exec: [\"true\"]\n    interval: 50ms\n",
+        );
+        sup.send(ReloadCatalog).await.unwrap().unwrap();
+
+        wait_for(&sup, "a", "healthy", |p| p.health == Health::Healthy).await;
+        assert!(fake.calls().iter().any(|c| matches!(
+            c,
+            crate::engine::fake::Call::Exec(_, cmd) if cmd == &["true".to_string()]
+        )));
+    }
+
     /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
     #[actix_web::test]
     async fn a_crash_loop_ends_failed_and_retry_clears_it() {
