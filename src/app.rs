@@ -29,6 +29,16 @@ use crate::ops::{self, OpEnd, OpEnv, OpParams};
 use crate::planner::{self, Action, CrashPolicy, CrashTracker, Deps, Observed};
 use crate::store::{AppRecord, Installed, JournalEntry, Store};
 
+/// What the manifest asks for with the installed image, secrets rendered: the container
+/// spec, its hash, and the health check.
+#[derive(Clone)]
+struct Wanted {
+    installed: Installed,
+    spec: Arc<ContainerSpec>,
+    hash: String,
+    health: Option<Arc<crate::manifest::HealthCheck>>,
+}
+
 /// What every app actor shares.
 pub struct Shared {
     pub engine: Arc<dyn ContainerRuntime>,
@@ -125,10 +135,11 @@ pub struct AppActor {
     /// When the last operation ended: a tick's list taken before then is stale for this
     /// app (it may still show the container as the operation found it).
     last_op_end: Option<std::time::Instant>,
-    /// The container spec the manifest asks for with the installed image, and its hash:
-    /// computing it reads the secrets files, so a tick reuses it until the manifest, the
-    /// installed image or a dependency's readiness changes.
-    wanted: Option<(Installed, Arc<ContainerSpec>, String)>,
+    /// The container spec the manifest asks for with the installed image, its hash and
+    /// the health check: computing them reads the secrets files, so ticks and probes
+    /// reuse them until the manifest, the installed image or a dependency's readiness
+    /// changes.
+    wanted: Option<Wanted>,
     /// The last Package sent, to send only changes.
     last_sent: Option<Package>,
     /// False once the app's folder left the catalog while it stayed installed: the actor
@@ -387,21 +398,28 @@ impl AppActor {
         }
     }
 
-    /// Reconcile: plan from the facts and carry the actions out.
-    /// The wanted spec and its hash for the installed image (see [`AppActor::wanted`]).
-    fn wanted_spec(&mut self, ctx: &mut Context<Self>) -> Option<(Arc<ContainerSpec>, String)> {
+    /// What the manifest asks for with the installed image (see [`AppActor::wanted`]).
+    fn wanted_spec(&mut self, ctx: &mut Context<Self>) -> Option<Wanted> {
         let installed = self.record.installed.clone()?;
-        if let Some((i, spec, hash)) = &self.wanted {
-            if *i == installed {
-                return Some((spec.clone(), hash.clone()));
+        if let Some(w) = &self.wanted {
+            if w.installed == installed {
+                return Some(w.clone());
             }
         }
-        match self.env(ctx, "plan").spec_for(&installed) {
-            Ok(spec) => {
-                let hash = spec.hash();
-                let spec = Arc::new(spec);
-                self.wanted = Some((installed, spec.clone(), hash.clone()));
-                Some((spec, hash))
+        let env = self.env(ctx, "plan");
+        match env
+            .spec_for(&installed)
+            .and_then(|spec| Ok((spec, env.health_check()?)))
+        {
+            Ok((spec, health)) => {
+                let wanted = Wanted {
+                    installed,
+                    hash: spec.hash(),
+                    spec: Arc::new(spec),
+                    health: health.map(Arc::new),
+                };
+                self.wanted = Some(wanted.clone());
+                Some(wanted)
             }
             Err(e) => {
                 self.record.last_error = Some(e);
@@ -411,9 +429,10 @@ impl AppActor {
         }
     }
 
+    /// Reconcile: plan from the facts and carry the actions out.
     fn reconcile(&mut self, ctx: &mut Context<Self>) -> usize {
         let wanted = self.wanted_spec(ctx);
-        let hash = wanted.as_ref().map(|(_, h)| h.clone()).unwrap_or_default();
+        let hash = wanted.as_ref().map(|w| w.hash.clone()).unwrap_or_default();
         let observed = self.observed.as_ref().map(|o| Observed {
             state: o.state,
             spec_hash: o.spec_hash.clone(),
@@ -561,13 +580,19 @@ impl AppActor {
     }
 
     fn probe_health(&mut self, ctx: &mut Context<Self>) {
-        let Some(check) = self.app.manifest.container.health.clone() else {
+        if self.app.manifest.container.health.is_none() {
             return;
-        };
+        }
         if self.probing || self.in_flight().is_some() || !self.running() {
             return;
         }
-        let Some((spec, _)) = self.wanted_spec(ctx) else {
+        // The check as the engine is to run it, secrets rendered.
+        let Some(Wanted {
+            spec,
+            health: Some(check),
+            ..
+        }) = self.wanted_spec(ctx)
+        else {
             return;
         };
         self.probing = true;

@@ -19,7 +19,7 @@ use crate::engine::{
     EngineErrorKind, Progress, LABEL_SPEC_HASH, LABEL_VERSION,
 };
 use crate::health::{self, HealthTracker};
-use crate::manifest::ResolvedSource;
+use crate::manifest::{HealthCheck, HealthProbe, ResolvedSource};
 use crate::secrets;
 use crate::spec::{container_spec, create_volume_dirs};
 use crate::store::{AppRecord, Installed, JournalEntry, Store};
@@ -75,6 +75,21 @@ impl OpEnv {
         spec.image = installed.image.clone();
         spec.version = installed.version.clone();
         Ok(spec)
+    }
+
+    /// The manifest's health check with `${secret:…}` rendered in an `exec` probe, as it
+    /// is in env and command; `None` without a check.
+    pub fn health_check(&self) -> Result<Option<HealthCheck>, String> {
+        let Some(check) = &self.app.manifest.container.health else {
+            return Ok(None);
+        };
+        let mut check = check.clone();
+        if let HealthProbe::Exec(cmd) = &check.probe {
+            let cmd = secrets::render_all(&self.store, self.id(), cmd)
+                .map_err(|e| format!("health check: {e}"))?;
+            check.probe = HealthProbe::Exec(cmd);
+        }
+        Ok(Some(check))
     }
 }
 
@@ -317,7 +332,11 @@ async fn start(
                 i + 1,
                 hook.exec.join(" ")
             ));
-            let out = run_hook(env.engine.as_ref(), &name, &hook.exec, hook.timeout).await?;
+            // Rendered for the engine only: messages show the command as written, so no
+            // secret reaches the operation's progress, errors or logs.
+            let cmd = secrets::render_all(&env.store, env.id(), &hook.exec)
+                .map_err(|e| format!("post_create hook {}: {e}", i + 1))?;
+            let out = run_hook(env.engine.as_ref(), &name, &cmd, &hook.exec, hook.timeout).await?;
             if out != 0 {
                 return Err(format!(
                     "post_create hook {} ({}) exited {out}",
@@ -333,22 +352,24 @@ async fn start(
     Ok("running".into())
 }
 
+/// Runs a hook's rendered `cmd`; errors show it as `written` (secrets not rendered).
 async fn run_hook(
     engine: &dyn ContainerRuntime,
     container: &str,
     cmd: &[String],
+    written: &[String],
     timeout: Duration,
 ) -> Result<i64, String> {
     engine
         .exec(container, cmd, timeout)
         .await
         .map(|o| o.exit_code)
-        .map_err(|e| format!("post_create hook {}: {e}", cmd.join(" ")))
+        .map_err(|e| format!("post_create hook {}: {e}", written.join(" ")))
 }
 
 /// Probes until healthy, or fails once the check's start period and retries are spent.
 async fn wait_healthy(env: &OpEnv, spec: &ContainerSpec, since: Instant) -> Result<Health, String> {
-    let Some(check) = env.app.manifest.container.health.clone() else {
+    let Some(check) = env.health_check()? else {
         return Ok(Health::None);
     };
     env.say("waiting until healthy");

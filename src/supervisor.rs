@@ -1281,6 +1281,50 @@ mod tests {
         )));
     }
 
+    /// `${secret:…}` in a `post_create` hook and in an exec health check reach the
+    /// engine rendered, as in env and command.
+    #[actix_web::test]
+    async fn hook_and_health_exec_commands_render_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(
+            &dir.path().join("apps"),
+            "a",
+            concat!(
+                "  health:\n    exec: [\"check\", \"--token=${secret:token}\"]\n    interval: 50ms\n",
+                "hooks:\n  post_create:\n    - exec: [\"init\", \"${secret:token}\"]\n",
+                "secrets:\n  token: {kind: hex, bytes: 8}\n",
+            ),
+        );
+        let fake = Arc::new(FakeRuntime::new());
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: [a]\n",
+            CrashPolicy::default(),
+        );
+        wait_for(&sup, "a", "running", settled_running).await;
+        // At least one probe after the start.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let token = std::fs::read_to_string(dir.path().join("data/secrets/a/token")).unwrap();
+        let execs: Vec<Vec<String>> = fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::engine::fake::Call::Exec(_, cmd) => Some(cmd),
+                _ => None,
+            })
+            .collect();
+        let hook = vec!["init".to_string(), token.clone()];
+        let probe = vec!["check".to_string(), format!("--token={token}")];
+        assert!(execs.contains(&hook), "{execs:?}");
+        assert!(execs.contains(&probe), "{execs:?}");
+        assert!(
+            !execs.iter().flatten().any(|arg| arg.contains("${secret:")),
+            "{execs:?}"
+        );
+    }
+
     /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
     #[actix_web::test]
     async fn a_crash_loop_ends_failed_and_retry_clears_it() {
