@@ -432,16 +432,17 @@ impl AppActor {
     /// Reconcile: plan from the facts and carry the actions out.
     fn reconcile(&mut self, ctx: &mut Context<Self>) -> usize {
         let wanted = self.wanted_spec(ctx);
-        let hash = wanted.as_ref().map(|w| w.hash.clone()).unwrap_or_default();
         let observed = self.observed.as_ref().map(|o| Observed {
             state: o.state,
             spec_hash: o.spec_hash.clone(),
         });
         let now = Instant::now();
         let facts = planner::Facts {
-            installed: self.record.installed.is_some() && wanted.is_some(),
+            // An installed app stays installed when its spec cannot be computed: its
+            // container is never taken for an orphan.
+            installed: self.record.installed.is_some(),
             desired: self.record.desired,
-            wanted_hash: &hash,
+            wanted_hash: wanted.as_ref().map(|w| w.hash.as_str()),
             wanted_memory: self.app.manifest.container.memory_limit.bytes(),
             applied_memory: self.record.memory_limit,
             observed: observed.as_ref(),

@@ -68,8 +68,12 @@ impl OpEnv {
     }
 
     /// The spec for the installed image (not the catalog's: moving to a new image is an
-    /// upgrade, never a side effect of a reconcile).
+    /// upgrade, never a side effect of a reconcile). A secret the manifest declares but
+    /// that does not exist yet (a catalog change added it) is generated first; existing
+    /// ones are kept.
     pub fn spec_for(&self, installed: &Installed) -> Result<ContainerSpec, String> {
+        secrets::generate(&self.store, self.id(), &self.app.manifest.secrets)
+            .map_err(|e| e.to_string())?;
         let mut spec = container_spec(&self.app, &self.store, &self.default_network)
             .map_err(|e| e.to_string())?;
         spec.image = installed.image.clone();

@@ -36,8 +36,10 @@ pub enum Deps {
 pub struct Facts<'a> {
     pub installed: bool,
     pub desired: Desired,
-    /// Spec hash of the container the manifest asks for now.
-    pub wanted_hash: &'a str,
+    /// Spec hash of the container the manifest asks for now; `None` when it cannot be
+    /// computed (e.g. a dependency's secret is missing): the app is still installed, so
+    /// its container is left as it is rather than recreated or removed.
+    pub wanted_hash: Option<&'a str>,
     pub wanted_memory: u64,
     /// The limit last applied to the container (persisted).
     pub applied_memory: Option<u64>,
@@ -93,7 +95,14 @@ pub fn plan(f: &Facts<'_>) -> Vec<Action> {
             None => vec![],
         };
     }
-    let drifted = |o: &Observed| o.spec_hash.as_deref() != Some(f.wanted_hash);
+    let Some(wanted_hash) = f.wanted_hash else {
+        // Installed, but what it should run is unknown: only a stop is safe.
+        return match (f.desired, f.observed) {
+            (Desired::Stopped, Some(o)) if o.state.is_running() => vec![Action::Stop],
+            _ => vec![],
+        };
+    };
+    let drifted = |o: &Observed| o.spec_hash.as_deref() != Some(wanted_hash);
     match f.desired {
         Desired::NotInstalled => vec![],
         Desired::Stopped => match f.observed {
@@ -309,7 +318,7 @@ mod tests {
         Facts {
             installed: true,
             desired: Desired::Running,
-            wanted_hash: HASH,
+            wanted_hash: Some(HASH),
             wanted_memory: 64,
             applied_memory: Some(64),
             observed,
@@ -451,6 +460,31 @@ mod tests {
                     ..facts(Some(&ex_ok), &ready)
                 },
                 vec![Action::RemoveOrphan],
+            ),
+            (
+                "an installed app whose wanted spec is unknown keeps its container",
+                Facts {
+                    wanted_hash: None,
+                    ..facts(Some(&run_old), &ready)
+                },
+                vec![],
+            ),
+            (
+                "nor is it started without a spec",
+                Facts {
+                    wanted_hash: None,
+                    ..facts(Some(&ex_ok), &ready)
+                },
+                vec![],
+            ),
+            (
+                "but it is stopped when the owner wants it stopped",
+                Facts {
+                    wanted_hash: None,
+                    desired: Desired::Stopped,
+                    ..facts(Some(&run_ok), &ready)
+                },
+                vec![Action::Stop],
             ),
             (
                 "not installed and no container",

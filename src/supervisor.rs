@@ -1325,6 +1325,109 @@ mod tests {
         );
     }
 
+    /// A catalog edit that adds a secret (and uses it) to a running app generates the
+    /// secret and recreates the container with it; it never takes the app for one that
+    /// is not installed and force-removes its container.
+    #[actix_web::test]
+    async fn a_catalog_edit_adding_a_secret_generates_it_and_keeps_the_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        write_app(&apps, "a", "");
+        let fake = Arc::new(FakeRuntime::new());
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: [a]\n",
+            CrashPolicy::default(),
+        );
+        wait_for(&sup, "a", "running", settled_running).await;
+
+        write_app(
+            &apps,
+            "a",
+            "  env:\n    TOKEN: \"${secret:token}\"\nsecrets:\n  token: {kind: hex, bytes: 8}\n",
+        );
+        sup.send(ReloadCatalog).await.unwrap().unwrap();
+
+        let token_file = dir.path().join("data/secrets/a/token");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let c = fake.container("archipelago-a");
+            let token = std::fs::read_to_string(&token_file).ok();
+            let has_token = |c: &crate::engine::fake::FakeContainer| {
+                token
+                    .as_ref()
+                    .is_some_and(|t| c.spec.env.get("TOKEN") == Some(t))
+            };
+            if c.as_ref()
+                .is_some_and(|c| c.state.is_running() && has_token(c))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never recreated with the token: {c:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let p = wait_for(&sup, "a", "running", settled_running).await;
+        assert_eq!(p.last_error, None);
+        assert_eq!(p.desired, Desired::Running);
+    }
+
+    /// An installed app whose wanted spec cannot be computed (a dependency's secret is
+    /// missing) keeps its running container: it is not an orphan.
+    #[actix_web::test]
+    async fn an_installed_app_without_a_wanted_spec_keeps_its_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        write_app(&apps, "z", "secrets:\n  tok: {kind: hex, bytes: 8}\n");
+        write_app(
+            &apps,
+            "a",
+            "  env:\n    TOK: \"${secret:z/tok}\"\ndependencies: [z]\n",
+        );
+        let fake = Arc::new(FakeRuntime::new());
+        // A's container runs with z's secret, which then goes missing.
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let secret = store.secrets_dir("z").join("tok");
+        std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+        std::fs::write(&secret, "abcd").unwrap();
+        let (catalog, _) = Catalog::load(&apps);
+        let a = catalog
+            .get(&AppId::try_from("a".to_string()).unwrap())
+            .unwrap();
+        let spec = crate::spec::container_spec(a, &store, "none").unwrap();
+        fake.set_images(["img:1"]);
+        fake.create(&spec).await.unwrap();
+        fake.start("archipelago-a").await.unwrap();
+        std::fs::remove_file(&secret).unwrap();
+
+        let actor = app_actor(dir.path(), &fake, |_| installed_record());
+        let container = fake.list().await.unwrap().pop();
+        actor
+            .send(Observe {
+                container,
+                deps: Deps::Ready,
+                listed_at: std::time::Instant::now(),
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let removes = fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, crate::engine::fake::Call::Remove(..)))
+            .count();
+        assert_eq!(removes, 0, "the container was removed as an orphan");
+        assert!(fake.container("archipelago-a").unwrap().state.is_running());
+        let p = actor.send(app::Snapshot).await.unwrap();
+        assert_eq!(p.state, AppState::Running);
+        let error = p.last_error.unwrap_or_default();
+        assert!(error.contains("z/tok"), "{error}");
+    }
+
     /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
     #[actix_web::test]
     async fn a_crash_loop_ends_failed_and_retry_clears_it() {
