@@ -130,6 +130,10 @@ impl Default for AppRecord {
     }
 }
 
+/// `<data_dir>/first-boot-done`: written once the first boot has accepted the default
+/// apps for install.
+const FIRST_BOOT_DONE: &str = "first-boot-done";
+
 /// A state file problem, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -182,11 +186,40 @@ impl Store {
         &self.data_dir
     }
 
-    /// True when no app has any state yet: the node's first boot.
+    /// True on the node's first boot: the first boot was never completed
+    /// ([`Store::mark_first_boot_done`]) and no app has any state. An empty `state/`
+    /// alone is not enough, since uninstalling every app empties it too; state files
+    /// without the marker are a node from before the marker existed, not a new one.
     pub fn is_first_boot(&self) -> Result<bool, StoreError> {
+        if self.first_boot_done()? {
+            return Ok(false);
+        }
         let dir = self.data_dir.join("state");
         let mut entries = fs::read_dir(&dir).map_err(io_err(&dir))?;
         Ok(entries.next().is_none())
+    }
+
+    /// Whether the first boot's marker is written.
+    pub fn first_boot_done(&self) -> Result<bool, StoreError> {
+        let marker = self.data_dir.join(FIRST_BOOT_DONE);
+        marker.try_exists().map_err(io_err(&marker))
+    }
+
+    /// Records durably that the node's first boot is over (its default apps accepted for
+    /// install), so no later boot installs them again.
+    pub fn mark_first_boot_done(&self) -> Result<(), StoreError> {
+        let marker = self.data_dir.join(FIRST_BOOT_DONE);
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&marker)?;
+            writeln!(
+                file,
+                "{}",
+                humantime::format_rfc3339_seconds(SystemTime::now())
+            )?;
+            file.sync_all()
+        };
+        write().map_err(io_err(&marker))?;
+        sync_dir(&self.data_dir)
     }
 
     /// `<data_dir>/apps/<id>`: the app's volumes live below it.
@@ -348,6 +381,29 @@ mod tests {
         let bak = fs::read(dir.path().join("state/lnd.json.bak")).unwrap();
         let bak: AppRecord = serde_json::from_slice(&bak).unwrap();
         assert_eq!(bak.desired, Desired::Running);
+    }
+
+    /// First boot is the marker's absence on a node without state: uninstalling every
+    /// app does not bring it back, and a node from before the marker is not new.
+    #[test]
+    fn first_boot_is_recorded_not_inferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.is_first_boot().unwrap(), "a new node");
+        store.mark_first_boot_done().unwrap();
+        assert!(!store.is_first_boot().unwrap(), "marked");
+        assert!(dir.path().join("first-boot-done").exists());
+
+        let old = tempfile::tempdir().unwrap();
+        let store = Store::open(old.path()).unwrap();
+        store.save("lnd", &record(Desired::Running)).unwrap();
+        assert!(
+            !store.is_first_boot().unwrap(),
+            "state, no marker: an older node"
+        );
+        store.mark_first_boot_done().unwrap();
+        store.remove("lnd").unwrap();
+        assert!(!store.is_first_boot().unwrap(), "every app uninstalled");
     }
 
     #[test]

@@ -384,6 +384,12 @@ impl Supervisor {
     }
 }
 
+fn mark_first_boot_done(store: &Store) {
+    if let Err(e) = store.mark_first_boot_done() {
+        tracing::error!(error = %e, "could not record that the first boot is done");
+    }
+}
+
 fn clone_err(e: &EngineError) -> EngineError {
     EngineError::Unreachable {
         host: String::new(),
@@ -418,6 +424,7 @@ impl Actor for Supervisor {
             }
             let mut reserved = 0u64;
             let mut left_out: Vec<AppId> = vec![];
+            let mut accepted = vec![];
             for id in ids.iter().filter(|id| wanted.contains(id)) {
                 let Some(app) = self.catalog.get(id) else {
                     continue;
@@ -446,15 +453,36 @@ impl Actor for Supervisor {
                 }
                 reserved += needs;
                 if let Some(addr) = self.actors.get(id.as_str()) {
-                    addr.do_send(Command {
+                    let install = addr.send(Command {
                         kind: OperationKind::Install,
                         params: OpParams {
                             purge: false,
                             deps_ready: false,
                         },
                     });
+                    let id = id.clone();
+                    accepted.push(async move { (id, install.await) });
                 }
             }
+            // The first boot is over once every default app's install is accepted (its
+            // journal written, so a crash from here on finishes it): recorded then, and
+            // never inferred again from an empty `state/`.
+            let store = self.shared.store.clone();
+            ctx.spawn(fut::wrap_future(async move {
+                let mut all = true;
+                for (id, answer) in futures_util::future::join_all(accepted).await {
+                    if let Err(e) = answer.map_err(AppError::from).and_then(|r| r) {
+                        tracing::warn!(app = %id, error = %e, "default app not accepted for install");
+                        all = false;
+                    }
+                }
+                if all {
+                    mark_first_boot_done(&store);
+                }
+            }));
+        } else if !self.shared.store.first_boot_done().unwrap_or(true) {
+            // A node from before the marker existed: it had its first boot.
+            mark_first_boot_done(&self.shared.store);
         }
         self.follow_events(ctx);
         ctx.run_interval(self.reconcile_interval, |act, ctx| act.tick(ctx));
@@ -1426,6 +1454,47 @@ mod tests {
         assert_eq!(p.state, AppState::Running);
         let error = p.last_error.unwrap_or_default();
         assert!(error.contains("z/tok"), "{error}");
+    }
+
+    /// Uninstalling every app does not make the next boot a first boot: the default
+    /// apps are installed once in the node's life, not again.
+    #[actix_web::test]
+    async fn a_node_with_every_app_uninstalled_is_not_booted_as_new() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "");
+        let fake = Arc::new(FakeRuntime::new());
+        let first = start(
+            dir.path(),
+            &fake,
+            "default_apps: [a]\n",
+            CrashPolicy::default(),
+        );
+        wait_for(&first, "a", "running", settled_running).await;
+        run(&first, "a", OperationKind::Uninstall).await.unwrap();
+        wait_for(&first, "a", "uninstalled", |p| {
+            p.state == AppState::NotInstalled
+        })
+        .await;
+        let state = dir.path().join("data/state");
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+
+        // The next boot, on an engine of its own so the first supervisor cannot interfere.
+        let engine = Arc::new(FakeRuntime::new());
+        let second = start(
+            dir.path(),
+            &engine,
+            "default_apps: [a]\n",
+            CrashPolicy::default(),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let p = second
+            .send(GetPackage { id: "a".into() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.state, AppState::NotInstalled, "{p:?}");
+        assert_eq!(p.desired, Desired::NotInstalled);
+        assert!(engine.container("archipelago-a").is_none());
     }
 
     /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
