@@ -736,8 +736,13 @@ impl Handler<OpFinished> for AppActor {
                 }
             }
         }
+        // The container this operation started has exited already (an app that fails at
+        // once): its `die` came while the operation owned the app and was not counted.
+        // It counts below, through the same path as a `die`, so it counts once.
+        let exited = end.started && matches!(&end.observed, Some(Some(c)) if !c.state.is_running());
         if op.status == OperationStatus::Failed
             && matches!(op.kind, OperationKind::Start | OperationKind::Restart)
+            && !exited
         {
             // A start that fails counts toward the crash loop, so it is retried with
             // backoff and ends `failed` instead of looping.
@@ -754,11 +759,9 @@ impl Handler<OpFinished> for AppActor {
         match end.observed {
             Some(seen) => {
                 self.observed = seen;
-                if end.started && self.observed.is_some() && !self.running() {
-                    // The container this operation started has exited already (an app
-                    // that fails at once): its `die` came while the operation owned the
-                    // app and was not counted. It counts now, or the app would be
-                    // started again and again without ever ending `failed`.
+                if exited {
+                    // Counted now, or the app would be started again and again without
+                    // ever ending `failed`.
                     self.confirm_exit(ctx, None);
                 } else {
                     self.reconcile(ctx);

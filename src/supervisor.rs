@@ -1497,6 +1497,54 @@ mod tests {
         assert!(engine.container("archipelago-a").is_none());
     }
 
+    /// A container that exits while its start waits for health fails the start and
+    /// counts as one crash, not two (once as a failed start, once as an exit).
+    #[actix_web::test]
+    async fn an_exit_during_a_start_counts_as_one_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(
+            &dir.path().join("apps"),
+            "a",
+            "  restart: always\n  health:\n    exec: [\"check\"]\n    interval: 50ms\n    start_period: 30s\n",
+        );
+        let fake = Arc::new(FakeRuntime::new());
+        fake.set_exec_result(
+            "archipelago-a",
+            crate::engine::ExecOutput {
+                exit_code: 1,
+                output: String::new(),
+            },
+        );
+        let policy = CrashPolicy {
+            max_quick_crashes: 2,
+            ..three_crashes()
+        };
+        let sup = start(dir.path(), &fake, "default_apps: [a]\n", policy);
+        // Waiting for health: the container runs, the start has not ended.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !fake
+            .container("archipelago-a")
+            .is_some_and(|c| c.state.is_running())
+        {
+            assert!(Instant::now() < deadline, "never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(fake.crash("a", 1));
+
+        // One crash of two allowed: restarted, not given up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while starts(&fake) < 2 {
+            let p = sup
+                .send(GetPackage { id: "a".into() })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_ne!(p.state, AppState::Failed, "{p:?}");
+            assert!(Instant::now() < deadline, "never restarted: {p:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
     #[actix_web::test]
     async fn a_crash_loop_ends_failed_and_retry_clears_it() {
