@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use actix::prelude::*;
 use tokio::sync::{broadcast, Semaphore};
@@ -28,6 +29,16 @@ use crate::ops::{self, OpEnd, OpEnv, OpParams};
 use crate::planner::{self, Action, CrashPolicy, CrashTracker, Deps, Observed};
 use crate::store::{AppRecord, Installed, JournalEntry, Store};
 
+/// What the manifest asks for with the installed image, secrets rendered: the container
+/// spec, its hash, and the health check.
+#[derive(Clone)]
+struct Wanted {
+    installed: Installed,
+    spec: Arc<ContainerSpec>,
+    hash: String,
+    health: Option<Arc<crate::manifest::HealthCheck>>,
+}
+
 /// What every app actor shares.
 pub struct Shared {
     pub engine: Arc<dyn ContainerRuntime>,
@@ -46,10 +57,37 @@ pub struct PackageChanged(pub Package);
 /// How many finished operations an app keeps for `operation.get`.
 const KEPT_OPERATIONS: usize = 16;
 
-/// An operation id: `<app>-<supervisor pid>-<n>`. It names its app, so
-/// `operation.get` finds the app without a table of operations.
-fn operation_id(app: &str, n: &str) -> String {
-    format!("{app}-{}-{n}", std::process::id())
+/// An operation id: `<app>-<instance>-<n>`, where `instance` is drawn afresh for each
+/// app actor (see [`instance_token`]). It names its app, so `operation.get` finds the app
+/// without a table of operations; and it never repeats across supervisor restarts, since
+/// journal entries and snapshot folders are named by it.
+fn operation_id(app: &str, instance: &str, n: &str) -> String {
+    format!("{app}-{instance}-{n}")
+}
+
+/// 12 random hex digits, different for every app actor ever made: a pid repeats after a
+/// reboot, and a wall clock can go back (a board without a real-time clock), so neither
+/// will do. Should the OS random source fail, the wall clock's nanoseconds stand in.
+fn instance_token() -> String {
+    let mut bytes = [0u8; 6];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => hex::encode(bytes),
+        Err(_) => {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            format!("{:012x}", nanos as u64 & 0xffff_ffff_ffff)
+        }
+    }
+}
+
+/// SHA-256 (hex) of a manifest's content, whatever its file's layout.
+pub(crate) fn manifest_digest(m: &crate::manifest::AppManifest) -> String {
+    use sha2::{Digest, Sha256};
+    // Plain data with string keys (maps are sorted) serializes, and always alike.
+    let bytes = serde_json::to_vec(m).expect("a manifest serializes");
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// The app an [`operation_id`] belongs to.
@@ -75,20 +113,33 @@ pub struct AppActor {
     op: Option<Operation>,
     /// Recent operations, newest last.
     finished: VecDeque<Operation>,
-    /// Crash restarts and their backoff.
+    /// Crash restarts and their backoff; persisted in the record (`crashes`) whenever it
+    /// changes, and restored from it at start.
     crash: CrashTracker,
+    /// SHA-256 of the manifest, so a crash history is kept only for the manifest it
+    /// happened with.
+    manifest_digest: String,
     /// Whether dependencies allow a start, as the supervisor last said.
     deps: Deps,
+    /// The run (container id and start time) whose exit was last handled: an exit seen
+    /// both at an operation's end and by its late `die` event counts once.
+    exit_handled: Option<(String, Option<String>)>,
     /// A probe is in flight (never two at once).
     probing: bool,
+    /// The periodic health probe and its interval, while the manifest has a check; armed
+    /// again when a catalog change adds, removes or retimes the check.
+    probe_loop: Option<(std::time::Duration, SpawnHandle)>,
+    /// Makes this actor's operation ids unique across restarts ([`operation_id`]).
+    instance: String,
     op_counter: u64,
     /// When the last operation ended: a tick's list taken before then is stale for this
     /// app (it may still show the container as the operation found it).
     last_op_end: Option<std::time::Instant>,
-    /// The container spec the manifest asks for with the installed image, and its hash:
-    /// computing it reads the secrets files, so a tick reuses it until the manifest, the
-    /// installed image or a dependency's readiness changes.
-    wanted: Option<(Installed, Arc<ContainerSpec>, String)>,
+    /// The container spec the manifest asks for with the installed image, its hash and
+    /// the health check: computing them reads the secrets files, so ticks and probes
+    /// reuse them until the manifest, the installed image or a dependency's readiness
+    /// changes.
+    wanted: Option<Wanted>,
     /// The last Package sent, to send only changes.
     last_sent: Option<Package>,
     /// False once the app's folder left the catalog while it stayed installed: the actor
@@ -103,6 +154,17 @@ impl AppActor {
         shared: Arc<Shared>,
         supervisor: Recipient<PackageChanged>,
     ) -> Self {
+        let manifest_digest = manifest_digest(&app.manifest);
+        let crash = match &record.crashes {
+            Some(crashes) => CrashTracker::from_record(
+                crashes,
+                &manifest_digest,
+                Instant::now(),
+                SystemTime::now(),
+                &shared.crash_policy,
+            ),
+            None => CrashTracker::default(),
+        };
         AppActor {
             app,
             shared,
@@ -113,9 +175,13 @@ impl AppActor {
             running_since: None,
             op: None,
             finished: VecDeque::new(),
-            crash: CrashTracker::default(),
+            crash,
+            manifest_digest,
+            exit_handled: None,
             deps: Deps::Ready,
             probing: false,
+            probe_loop: None,
+            instance: instance_token(),
             op_counter: 0,
             last_op_end: None,
             wanted: None,
@@ -244,13 +310,30 @@ impl AppActor {
             })
     }
 
-    /// Starts an operation: the actor marks it in flight, the work runs as a future, and
-    /// [`OpFinished`] comes back when it ends.
-    /// The id of this app's `n`th operation since the supervisor started.
-    fn op_id(&self, n: u64) -> String {
-        operation_id(self.id(), &n.to_string())
+    /// Persists the crash history after it changed, so a restarted supervisor keeps a
+    /// `failed` app failed and waits out a backoff in progress. While an operation runs
+    /// it owns the record on disk: the history is then written when the operation ends.
+    /// `disk_differs` says the file holds another history than the record in memory.
+    fn remember_crashes(&mut self, disk_differs: bool) {
+        let crashes =
+            self.crash
+                .to_record(Instant::now(), SystemTime::now(), &self.manifest_digest);
+        if crashes.is_none() && self.record.crashes.is_none() && !disk_differs {
+            return;
+        }
+        self.record.crashes = crashes;
+        if self.op.is_none() && self.record.installed.is_some() {
+            self.save();
+        }
     }
 
+    /// The id of this actor's `n`th operation.
+    fn op_id(&self, n: u64) -> String {
+        operation_id(self.id(), &self.instance, &n.to_string())
+    }
+
+    /// Starts an operation: the actor marks it in flight, the work runs as a future, and
+    /// [`OpFinished`] comes back when it ends.
     fn begin(
         &mut self,
         ctx: &mut Context<Self>,
@@ -315,21 +398,28 @@ impl AppActor {
         }
     }
 
-    /// Reconcile: plan from the facts and carry the actions out.
-    /// The wanted spec and its hash for the installed image (see [`AppActor::wanted`]).
-    fn wanted_spec(&mut self, ctx: &mut Context<Self>) -> Option<(Arc<ContainerSpec>, String)> {
+    /// What the manifest asks for with the installed image (see [`AppActor::wanted`]).
+    fn wanted_spec(&mut self, ctx: &mut Context<Self>) -> Option<Wanted> {
         let installed = self.record.installed.clone()?;
-        if let Some((i, spec, hash)) = &self.wanted {
-            if *i == installed {
-                return Some((spec.clone(), hash.clone()));
+        if let Some(w) = &self.wanted {
+            if w.installed == installed {
+                return Some(w.clone());
             }
         }
-        match self.env(ctx, "plan").spec_for(&installed) {
-            Ok(spec) => {
-                let hash = spec.hash();
-                let spec = Arc::new(spec);
-                self.wanted = Some((installed, spec.clone(), hash.clone()));
-                Some((spec, hash))
+        let env = self.env(ctx, "plan");
+        match env
+            .spec_for(&installed)
+            .and_then(|spec| Ok((spec, env.health_check()?)))
+        {
+            Ok((spec, health)) => {
+                let wanted = Wanted {
+                    installed,
+                    hash: spec.hash(),
+                    spec: Arc::new(spec),
+                    health: health.map(Arc::new),
+                };
+                self.wanted = Some(wanted.clone());
+                Some(wanted)
             }
             Err(e) => {
                 self.record.last_error = Some(e);
@@ -339,18 +429,20 @@ impl AppActor {
         }
     }
 
+    /// Reconcile: plan from the facts and carry the actions out.
     fn reconcile(&mut self, ctx: &mut Context<Self>) -> usize {
         let wanted = self.wanted_spec(ctx);
-        let hash = wanted.as_ref().map(|(_, h)| h.clone()).unwrap_or_default();
         let observed = self.observed.as_ref().map(|o| Observed {
             state: o.state,
             spec_hash: o.spec_hash.clone(),
         });
         let now = Instant::now();
         let facts = planner::Facts {
-            installed: self.record.installed.is_some() && wanted.is_some(),
+            // An installed app stays installed when its spec cannot be computed: its
+            // container is never taken for an orphan.
+            installed: self.record.installed.is_some(),
             desired: self.record.desired,
-            wanted_hash: &hash,
+            wanted_hash: wanted.as_ref().map(|w| w.hash.as_str()),
             wanted_memory: self.app.manifest.container.memory_limit.bytes(),
             applied_memory: self.record.memory_limit,
             observed: observed.as_ref(),
@@ -451,6 +543,7 @@ impl AppActor {
             Some(wait) => {
                 tracing::warn!(app = self.id(), code, backoff = ?wait, "container crashed; restarting");
                 self.record.last_error = Some(format!("crashed with exit code {code}"));
+                self.remember_crashes(false);
                 self.reconcile(ctx);
             }
             None => {
@@ -459,19 +552,48 @@ impl AppActor {
                     "crashed {} times in a row (last exit code {code}); press Retry to start it again",
                     self.crash.quick_crashes()
                 ));
+                self.remember_crashes(false);
                 self.publish();
             }
         }
     }
 
-    fn probe_health(&mut self, ctx: &mut Context<Self>) {
-        let Some(check) = self.app.manifest.container.health.clone() else {
+    /// Runs the health probe every `interval` of the manifest's check, and not at all
+    /// without one; a loop of another interval is replaced.
+    fn arm_probe(&mut self, ctx: &mut Context<Self>) {
+        let want = self
+            .app
+            .manifest
+            .container
+            .health
+            .as_ref()
+            .map(|c| c.interval);
+        if self.probe_loop.as_ref().map(|(every, _)| *every) == want {
             return;
-        };
+        }
+        if let Some((_, handle)) = self.probe_loop.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(every) = want {
+            let handle = ctx.run_interval(every, |act, ctx| act.probe_health(ctx));
+            self.probe_loop = Some((every, handle));
+        }
+    }
+
+    fn probe_health(&mut self, ctx: &mut Context<Self>) {
+        if self.app.manifest.container.health.is_none() {
+            return;
+        }
         if self.probing || self.in_flight().is_some() || !self.running() {
             return;
         }
-        let Some((spec, _)) = self.wanted_spec(ctx) else {
+        // The check as the engine is to run it, secrets rendered.
+        let Some(Wanted {
+            spec,
+            health: Some(check),
+            ..
+        }) = self.wanted_spec(ctx)
+        else {
             return;
         };
         self.probing = true;
@@ -497,9 +619,7 @@ impl Actor for AppActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(check) = &self.app.manifest.container.health {
-            ctx.run_interval(check.interval, |act, ctx| act.probe_health(ctx));
-        }
+        self.arm_probe(ctx);
         if self.record.journal.is_some() {
             // Finish or undo what a previous supervisor left half-done, before anything
             // else touches the app.
@@ -511,7 +631,7 @@ impl Actor for AppActor {
                 .unwrap_or(OperationKind::Start);
             self.op_counter += 1;
             let op = Operation {
-                id: operation_id(self.id(), "recover"),
+                id: operation_id(self.id(), &self.instance, "recover"),
                 package: self.id().to_string(),
                 kind,
                 status: OperationStatus::Running,
@@ -581,7 +701,12 @@ impl Handler<OpFinished> for AppActor {
             return;
         };
         let end = *msg.end;
+        // The crash history is the actor's: the operation worked on a copy taken when
+        // it began, which may be older.
+        let crashes = self.record.crashes.take();
         self.record = end.record;
+        let crashes_stale = self.record.crashes != crashes;
+        self.record.crashes = crashes;
         // An install may have made new secrets: compute the wanted spec afresh.
         self.wanted = None;
         self.last_op_end = Some(std::time::Instant::now());
@@ -598,6 +723,7 @@ impl Handler<OpFinished> for AppActor {
                 tracing::warn!(app = self.id(), operation = %op.id, error = %e, "operation failed");
             }
         }
+        let crash_before = self.crash.clone();
         if end.started {
             self.crash.started(Instant::now());
             self.running_since = Some(Instant::now());
@@ -610,13 +736,21 @@ impl Handler<OpFinished> for AppActor {
                 }
             }
         }
+        // The container this operation started has exited already (an app that fails at
+        // once): its `die` came while the operation owned the app and was not counted.
+        // It counts below, through the same path as a `die`, so it counts once.
+        let exited = end.started && matches!(&end.observed, Some(Some(c)) if !c.state.is_running());
         if op.status == OperationStatus::Failed
             && matches!(op.kind, OperationKind::Start | OperationKind::Restart)
+            && !exited
         {
             // A start that fails counts toward the crash loop, so it is retried with
             // backoff and ends `failed` instead of looping.
             self.crash
                 .crashed(Instant::now(), &self.shared.crash_policy);
+        }
+        if crashes_stale || self.crash != crash_before {
+            self.remember_crashes(crashes_stale);
         }
         self.publish_operation(&op);
         self.remember(op);
@@ -625,7 +759,13 @@ impl Handler<OpFinished> for AppActor {
         match end.observed {
             Some(seen) => {
                 self.observed = seen;
-                self.reconcile(ctx);
+                if exited {
+                    // Counted now, or the app would be started again and again without
+                    // ever ending `failed`.
+                    self.confirm_exit(ctx, None);
+                } else {
+                    self.reconcile(ctx);
+                }
             }
             None => self.refresh(ctx),
         }
@@ -634,6 +774,42 @@ impl Handler<OpFinished> for AppActor {
 }
 
 impl AppActor {
+    /// The container seems to have exited (`code` if the event said): confirmed with the
+    /// engine before it counts as a crash, so a late event from a stop that has already
+    /// ended restarts nothing. Reconciles when the container is running after all.
+    fn confirm_exit(&mut self, ctx: &mut Context<Self>, code: Option<i64>) {
+        let engine = self.shared.engine.clone();
+        let name = container_name(self.id());
+        let fut = async move { engine.inspect(&name).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(d) if !d.state.is_running() => {
+                    if let Some(o) = act.observed.as_mut() {
+                        o.state = d.state;
+                    }
+                    let run = Some((d.id.clone(), d.started_at.clone()));
+                    if act.exit_handled == run {
+                        act.publish();
+                        return;
+                    }
+                    // An exit seen while an operation owns the app is left to that
+                    // operation's end, which looks again.
+                    if act.in_flight().is_none() {
+                        act.exit_handled = run;
+                    }
+                    act.on_exit(ctx, d.exit_code.or(code));
+                    if act.in_flight().is_none() && act.record.desired != Desired::Running {
+                        act.reconcile(ctx);
+                    }
+                }
+                _ => {
+                    act.reconcile(ctx);
+                }
+            }
+            act.publish();
+        }));
+    }
+
     /// Re-reads the app's container from the engine and reconciles.
     fn refresh(&mut self, ctx: &mut Context<Self>) {
         let engine = self.shared.engine.clone();
@@ -706,25 +882,7 @@ impl Handler<ContainerEvent> for AppActor {
     fn handle(&mut self, msg: ContainerEvent, ctx: &mut Context<Self>) {
         let ev = msg.0;
         match ev.action.as_str() {
-            "die" | "oom" => {
-                // Confirm with the engine before calling it a crash: a late event from a
-                // stop that has already ended must not restart anything.
-                let engine = self.shared.engine.clone();
-                let name = container_name(self.id());
-                let code = ev.exit_code;
-                let fut = async move { engine.inspect(&name).await };
-                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                    if let Ok(d) = res {
-                        if !d.state.is_running() {
-                            if let Some(o) = act.observed.as_mut() {
-                                o.state = d.state;
-                            }
-                            act.on_exit(ctx, d.exit_code.or(code));
-                        }
-                    }
-                    act.publish();
-                }));
-            }
+            "die" | "oom" => self.confirm_exit(ctx, ev.exit_code),
             "start" | "destroy" | "create" | "rename" if self.in_flight().is_none() => {
                 self.refresh(ctx);
             }
@@ -799,20 +957,21 @@ impl Handler<Command> for AppActor {
         }
         match kind {
             OperationKind::Start | OperationKind::Restart => {
-                self.crash.reset();
                 self.record.desired = Desired::Running;
                 self.record.last_error = None;
             }
             OperationKind::Stop => {
-                self.crash.reset();
                 self.record.desired = Desired::Stopped;
             }
             _ => {}
         }
+        // The owner acted: whatever the crash loop decided is forgotten, on disk too.
+        self.record.crashes = None;
         if let Err(e) = self.try_save() {
             self.record = before;
             return Err(AppError::Internal(format!("{}: {e}", self.id())));
         }
+        self.crash.reset();
         Ok(self.begin(ctx, kind, msg.params))
     }
 }
@@ -841,9 +1000,23 @@ pub struct CatalogUpdate(pub CatalogApp);
 impl Handler<CatalogUpdate> for AppActor {
     type Result = ();
     fn handle(&mut self, msg: CatalogUpdate, ctx: &mut Context<Self>) {
+        if msg.0.manifest != self.app.manifest {
+            self.manifest_digest = manifest_digest(&msg.0.manifest);
+            if self.crash != CrashTracker::default() {
+                // A new manifest (a new version, another command) may fix the crash: a
+                // `failed` app or one in backoff gets a fresh start.
+                tracing::info!(
+                    app = self.id(),
+                    "manifest changed; crash history starts over"
+                );
+                self.crash.reset();
+                self.remember_crashes(false);
+            }
+        }
         self.app = msg.0;
         self.in_catalog = true;
         self.wanted = None;
+        self.arm_probe(ctx);
         self.reconcile(ctx);
     }
 }
@@ -893,10 +1066,12 @@ mod tests {
     fn an_operation_id_names_its_app() {
         for app in ["lnd", "mempool-api", "a-b-c"] {
             for n in ["1", "42", "recover"] {
-                let id = operation_id(app, n);
+                let id = operation_id(app, &instance_token(), n);
                 assert_eq!(app_of_operation(&id), Some(app), "{id}");
             }
         }
+        // Ids written before the instance token (`<app>-<pid>-<n>`) still name their app.
+        assert_eq!(app_of_operation("lnd-4242-7"), Some("lnd"));
         assert_eq!(app_of_operation("nodashes"), None);
         assert_eq!(app_of_operation("one-dash"), None);
     }

@@ -70,7 +70,9 @@ pub struct GuardFacts {
 
 /// Decides whether `kind` may start from `state`. A transitional state belongs to its
 /// operation: anything asked meanwhile is a conflict, answered by the caller with the
-/// operation's id.
+/// operation's id. The caller asks only while no operation is in flight, so `restarting`
+/// here is a crash backoff with no operation: the owner may start (at once), stop (the
+/// restart is called off), restart or uninstall from it like from `failed`.
 pub fn check(
     app: &str,
     state: AppState,
@@ -84,7 +86,7 @@ pub fn check(
         action: action_name(kind),
         state: state.as_str(),
     };
-    if state.is_transitional() {
+    if state.is_transitional() && state != S::Restarting {
         // The caller turns this into a Conflict naming the running operation.
         return Err(illegal());
     }
@@ -116,21 +118,27 @@ pub trait Guards {
 
 impl Guards for AppState {
     fn can_start(self) -> bool {
-        matches!(self, AppState::Stopped | AppState::Failed)
+        matches!(
+            self,
+            AppState::Stopped | AppState::Failed | AppState::Restarting
+        )
     }
     fn can_stop(self) -> bool {
-        matches!(self, AppState::Running | AppState::Failed)
+        matches!(
+            self,
+            AppState::Running | AppState::Failed | AppState::Restarting
+        )
     }
     fn can_upgrade(self) -> bool {
         matches!(
             self,
-            AppState::Running | AppState::Stopped | AppState::Failed
+            AppState::Running | AppState::Stopped | AppState::Failed | AppState::Restarting
         )
     }
     fn can_uninstall(self) -> bool {
         matches!(
             self,
-            AppState::Running | AppState::Stopped | AppState::Failed
+            AppState::Running | AppState::Stopped | AppState::Failed | AppState::Restarting
         )
     }
 }
@@ -250,7 +258,7 @@ mod tests {
             (S::Starting, Err(()), Err(()), Err(())),
             (S::Running, sat, p, p),
             (S::Stopping, Err(()), Err(()), Err(())),
-            (S::Restarting, Err(()), Err(()), Err(())),
+            (S::Restarting, p, p, p),
             (S::Upgrading, Err(()), Err(()), Err(())),
             (S::RollingBack, Err(()), Err(()), Err(())),
             (S::Uninstalling, Err(()), Err(()), Err(())),

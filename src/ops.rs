@@ -19,7 +19,7 @@ use crate::engine::{
     EngineErrorKind, Progress, LABEL_SPEC_HASH, LABEL_VERSION,
 };
 use crate::health::{self, HealthTracker};
-use crate::manifest::{ResolvedSource, SnapshotPolicy};
+use crate::manifest::{HealthCheck, HealthProbe, ResolvedSource, SnapshotPolicy};
 use crate::owner;
 use crate::secrets;
 use crate::snapshot;
@@ -98,13 +98,32 @@ impl OpEnv {
     }
 
     /// The spec for the installed image (not the catalog's: moving to a new image is an
-    /// upgrade, never a side effect of a reconcile).
+    /// upgrade, never a side effect of a reconcile). A secret the manifest declares but
+    /// that does not exist yet (a catalog change added it) is generated first; existing
+    /// ones are kept.
     pub fn spec_for(&self, installed: &Installed) -> Result<ContainerSpec, String> {
+        secrets::generate(&self.store, self.id(), &self.app.manifest.secrets)
+            .map_err(|e| e.to_string())?;
         let mut spec = container_spec(&self.app, &self.store, &self.default_network)
             .map_err(|e| e.to_string())?;
         spec.image = installed.image.clone();
         spec.version = installed.version.clone();
         Ok(spec)
+    }
+
+    /// The manifest's health check with `${secret:…}` rendered in an `exec` probe, as it
+    /// is in env and command; `None` without a check.
+    pub fn health_check(&self) -> Result<Option<HealthCheck>, String> {
+        let Some(check) = &self.app.manifest.container.health else {
+            return Ok(None);
+        };
+        let mut check = check.clone();
+        if let HealthProbe::Exec(cmd) = &check.probe {
+            let cmd = secrets::render_all(&self.store, self.id(), cmd)
+                .map_err(|e| format!("health check: {e}"))?;
+            check.probe = HealthProbe::Exec(cmd);
+        }
+        Ok(Some(check))
     }
 }
 
@@ -416,7 +435,11 @@ async fn start(
                 i + 1,
                 hook.exec.join(" ")
             ));
-            let out = run_hook(env.engine.as_ref(), &name, &hook.exec, hook.timeout).await?;
+            // Rendered for the engine only: messages show the command as written, so no
+            // secret reaches the operation's progress, errors or logs.
+            let cmd = secrets::render_all(&env.store, env.id(), &hook.exec)
+                .map_err(|e| format!("post_create hook {}: {e}", i + 1))?;
+            let out = run_hook(env.engine.as_ref(), &name, &cmd, &hook.exec, hook.timeout).await?;
             if out != 0 {
                 return Err(format!(
                     "post_create hook {} ({}) exited {out}",
@@ -432,22 +455,24 @@ async fn start(
     Ok("running".into())
 }
 
+/// Runs a hook's rendered `cmd`; errors show it as `written` (secrets not rendered).
 async fn run_hook(
     engine: &dyn ContainerRuntime,
     container: &str,
     cmd: &[String],
+    written: &[String],
     timeout: Duration,
 ) -> Result<i64, String> {
     engine
         .exec(container, cmd, timeout)
         .await
         .map(|o| o.exit_code)
-        .map_err(|e| format!("post_create hook {}: {e}", cmd.join(" ")))
+        .map_err(|e| format!("post_create hook {}: {e}", written.join(" ")))
 }
 
 /// Probes until healthy, or fails once the check's start period and retries are spent.
 async fn wait_healthy(env: &OpEnv, spec: &ContainerSpec, since: Instant) -> Result<Health, String> {
-    let Some(check) = env.app.manifest.container.health.clone() else {
+    let Some(check) = env.health_check()? else {
         return Ok(Health::None);
     };
     env.say("waiting until healthy");

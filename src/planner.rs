@@ -5,12 +5,13 @@
 //! listed, the operation in flight, its dependencies' readiness, its crash history),
 //! calls [`plan`], and carries the actions out as operations.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::api::{Desired, OperationKind};
 use crate::engine::RunState;
+use crate::store::CrashRecord;
 
 /// What the engine reported about the app's container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +36,10 @@ pub enum Deps {
 pub struct Facts<'a> {
     pub installed: bool,
     pub desired: Desired,
-    /// Spec hash of the container the manifest asks for now.
-    pub wanted_hash: &'a str,
+    /// Spec hash of the container the manifest asks for now; `None` when it cannot be
+    /// computed (e.g. a dependency's secret is missing): the app is still installed, so
+    /// its container is left as it is rather than recreated or removed.
+    pub wanted_hash: Option<&'a str>,
     pub wanted_memory: u64,
     /// The limit last applied to the container (persisted).
     pub applied_memory: Option<u64>,
@@ -92,7 +95,14 @@ pub fn plan(f: &Facts<'_>) -> Vec<Action> {
             None => vec![],
         };
     }
-    let drifted = |o: &Observed| o.spec_hash.as_deref() != Some(f.wanted_hash);
+    let Some(wanted_hash) = f.wanted_hash else {
+        // Installed, but what it should run is unknown: only a stop is safe.
+        return match (f.desired, f.observed) {
+            (Desired::Stopped, Some(o)) if o.state.is_running() => vec![Action::Stop],
+            _ => vec![],
+        };
+    };
+    let drifted = |o: &Observed| o.spec_hash.as_deref() != Some(wanted_hash);
     match f.desired {
         Desired::NotInstalled => vec![],
         Desired::Stopped => match f.observed {
@@ -154,7 +164,9 @@ impl Default for CrashPolicy {
     }
 }
 
-/// An app's crash history since the supervisor started.
+/// An app's crash history. It lives in the app actor and is persisted with the app's
+/// record ([`CrashTracker::to_record`]), so a restarted supervisor keeps a `failed` app
+/// failed and waits out a backoff in progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CrashTracker {
     quick_crashes: u32,
@@ -222,6 +234,64 @@ impl CrashTracker {
     pub fn quick_crashes(&self) -> u32 {
         self.quick_crashes
     }
+
+    /// The history to persist, in wall-clock time (`now` and `wall` are the same
+    /// instant on both clocks); `None` when there is nothing to remember. `manifest`
+    /// identifies the manifest the crashes happened with.
+    pub fn to_record(&self, now: Instant, wall: SystemTime, manifest: &str) -> Option<CrashRecord> {
+        if self.quick_crashes == 0 && !self.given_up {
+            return None;
+        }
+        let to_wall = |at: Instant| match at.checked_duration_since(now) {
+            Some(ahead) => wall + ahead,
+            None => wall
+                .checked_sub(now.saturating_duration_since(at))
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        };
+        Some(CrashRecord {
+            quick_crashes: self.quick_crashes,
+            given_up: self.given_up,
+            started_at: self.started_at.map(to_wall),
+            restart_at: self.restart_at.map(to_wall),
+            manifest: Some(manifest.to_string()),
+        })
+    }
+
+    /// The tracker a persisted history stands for, `now` (and `wall` on the wall
+    /// clock) at a supervisor's start. A history of another manifest is forgotten. A
+    /// backoff resumes with the time it had left, never more than the policy's cap (a
+    /// wall clock that jumped, as on a board without a real-time clock, cannot hold an
+    /// app back for longer); one that ended while the supervisor was away restarts at
+    /// once.
+    pub fn from_record(
+        record: &CrashRecord,
+        manifest: &str,
+        now: Instant,
+        wall: SystemTime,
+        policy: &CrashPolicy,
+    ) -> CrashTracker {
+        if record.manifest.as_deref() != Some(manifest) {
+            return CrashTracker::default();
+        }
+        let restart_at = record.restart_at.map(|at| {
+            let left = at.duration_since(wall).unwrap_or(Duration::ZERO);
+            now + left.min(policy.max_backoff)
+        });
+        // A start further back than the monotonic clock reaches was surely longer ago
+        // than the stable period: a crash from here on starts the count over, as if
+        // the start were known.
+        let since = record
+            .started_at
+            .map(|at| wall.duration_since(at).unwrap_or(Duration::ZERO));
+        let started_at = since.and_then(|d| now.checked_sub(d));
+        let stale = since.is_some() && started_at.is_none();
+        CrashTracker {
+            quick_crashes: if stale { 0 } else { record.quick_crashes },
+            started_at,
+            restart_at,
+            given_up: record.given_up,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +318,7 @@ mod tests {
         Facts {
             installed: true,
             desired: Desired::Running,
-            wanted_hash: HASH,
+            wanted_hash: Some(HASH),
             wanted_memory: 64,
             applied_memory: Some(64),
             observed,
@@ -392,6 +462,31 @@ mod tests {
                 vec![Action::RemoveOrphan],
             ),
             (
+                "an installed app whose wanted spec is unknown keeps its container",
+                Facts {
+                    wanted_hash: None,
+                    ..facts(Some(&run_old), &ready)
+                },
+                vec![],
+            ),
+            (
+                "nor is it started without a spec",
+                Facts {
+                    wanted_hash: None,
+                    ..facts(Some(&ex_ok), &ready)
+                },
+                vec![],
+            ),
+            (
+                "but it is stopped when the owner wants it stopped",
+                Facts {
+                    wanted_hash: None,
+                    desired: Desired::Stopped,
+                    ..facts(Some(&run_ok), &ready)
+                },
+                vec![Action::Stop],
+            ),
+            (
                 "not installed and no container",
                 Facts {
                     installed: false,
@@ -491,5 +586,99 @@ mod tests {
         assert!(t.restart_pending());
         assert_eq!(t.backoff(now), Some(Duration::from_secs(1)));
         assert_eq!(t.backoff(now + Duration::from_secs(2)), None);
+    }
+
+    /// A history survives a supervisor restart: saved at one instant, restored at a
+    /// later one (both clocks moved alike), it keeps `failed`, the backoff left and the
+    /// count; another manifest, a wall clock gone far ahead, or a start too far back
+    /// are handled as the comments say.
+    #[test]
+    fn a_crash_history_survives_a_restart() {
+        let policy = CrashPolicy::default();
+        let now = Instant::now();
+        // Whole milliseconds, as the state file keeps them.
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut t = CrashTracker::default();
+        for _ in 0..3 {
+            t.started(now);
+            t.crashed(now, &policy);
+        }
+        assert_eq!(t.backoff(now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            CrashTracker::default().to_record(now, wall, "m"),
+            None,
+            "nothing to remember"
+        );
+        let saved = t.to_record(now, wall, "m").unwrap();
+        assert_eq!(saved.quick_crashes, 3);
+        assert_eq!(saved.restart_at, Some(wall + Duration::from_secs(2)));
+        // The record round-trips through its JSON form.
+        let json = serde_json::to_string(&saved).unwrap();
+        assert!(json.contains('Z'), "timestamps are RFC 3339: {json}");
+        let saved: CrashRecord = serde_json::from_str(&json).unwrap();
+
+        // Restarted 500 ms later: 1.5 s of backoff left, still counting.
+        let (now2, wall2) = (
+            now + Duration::from_millis(500),
+            wall + Duration::from_millis(500),
+        );
+        let back = CrashTracker::from_record(&saved, "m", now2, wall2, &policy);
+        assert_eq!(back.backoff(now2), Some(Duration::from_millis(1500)));
+        assert!(back.restart_pending());
+        assert_eq!(back.quick_crashes(), 3);
+        assert!(!back.given_up());
+
+        // Another manifest: forgotten.
+        assert_eq!(
+            CrashTracker::from_record(&saved, "other", now2, wall2, &policy),
+            CrashTracker::default()
+        );
+        // Restarted after the backoff ended: restarting, at once.
+        let late = wall + Duration::from_secs(10);
+        let back = CrashTracker::from_record(&saved, "m", now2, late, &policy);
+        assert!(back.restart_pending());
+        assert_eq!(back.backoff(now2), None);
+        // A wall clock that jumped back a year cannot hold the app for a year.
+        let back = CrashTracker::from_record(
+            &saved,
+            "m",
+            now2,
+            wall - Duration::from_secs(365 * 86400),
+            &policy,
+        );
+        assert_eq!(back.backoff(now2), Some(policy.max_backoff));
+
+        // Given up: stays given up, with its count.
+        let mut t = CrashTracker::default();
+        for _ in 0..policy.max_quick_crashes {
+            t.started(now);
+            t.crashed(now, &policy);
+        }
+        assert!(t.given_up());
+        let saved = t.to_record(now, wall, "m").unwrap();
+        let back = CrashTracker::from_record(&saved, "m", now2, wall2, &policy);
+        assert!(back.given_up());
+        assert!(!back.restart_pending());
+        assert_eq!(back.quick_crashes(), policy.max_quick_crashes);
+
+        // A start the monotonic clock cannot reach back to was long ago: the next crash
+        // counts as the first.
+        let mut old = saved.clone();
+        old.given_up = false;
+        old.started_at = Some(SystemTime::UNIX_EPOCH);
+        let mut back = CrashTracker::from_record(&old, "m", now2, wall2, &policy);
+        assert_eq!(back.crashed(now2, &policy), Some(Duration::ZERO));
+        assert_eq!(back.quick_crashes(), 1);
+    }
+
+    /// A state file written before crash histories were kept reads as none.
+    #[test]
+    fn an_old_record_without_crashes_reads_as_none() {
+        let json = r#"{"desired":"running","installed":{"version":"1","image":"i"}}"#;
+        let r: crate::store::AppRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(r.crashes, None);
+        let partial: CrashRecord = serde_json::from_str(r#"{"given_up":true}"#).unwrap();
+        assert!(partial.given_up);
+        assert_eq!(partial.restart_at, None);
     }
 }

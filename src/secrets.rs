@@ -201,6 +201,11 @@ pub fn render(store: &Store, app: &str, text: &str) -> Result<String, SecretErro
     Ok(out)
 }
 
+/// Renders every argument of a command (hook and health `exec`s) with [`render`].
+pub fn render_all(store: &Store, app: &str, args: &[String]) -> Result<Vec<String>, SecretError> {
+    args.iter().map(|a| render(store, app, a)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

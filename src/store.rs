@@ -9,6 +9,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,56 @@ pub struct AppRecord {
     pub journal: Option<JournalEntry>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The crash loop as the app actor last knew it: a supervisor restart must not
+    /// forget that an app was given up as `failed`, nor a backoff in progress. `None`
+    /// when there is nothing to remember (files written before it existed read so too).
+    #[serde(default)]
+    pub crashes: Option<CrashRecord>,
+}
+
+/// An app's crash history, persisted with its record in wall-clock time so that it
+/// means the same after a restart (the supervisor's own clock starts anew).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashRecord {
+    /// Quick crashes in a row so far.
+    #[serde(default)]
+    pub quick_crashes: u32,
+    /// The crash loop gave up: the app stays `failed` until the owner acts or its
+    /// manifest changes.
+    #[serde(default)]
+    pub given_up: bool,
+    /// When the supervisor last started the container, if the crash loop is still
+    /// counting: a crash later than the stable period after it starts the count over.
+    #[serde(default, with = "rfc3339")]
+    pub started_at: Option<SystemTime>,
+    /// When the backoff in progress ends.
+    #[serde(default, with = "rfc3339")]
+    pub restart_at: Option<SystemTime>,
+    /// SHA-256 (hex) of the manifest the crashes happened with: a different manifest
+    /// (a new version may fix the crash) starts over.
+    #[serde(default)]
+    pub manifest: Option<String>,
+}
+
+/// `Option<SystemTime>` as an RFC 3339 timestamp (UTC, milliseconds), readable in the
+/// state file.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 impl Default for AppRecord {
@@ -74,9 +125,14 @@ impl Default for AppRecord {
             hooks_done: false,
             journal: None,
             last_error: None,
+            crashes: None,
         }
     }
 }
+
+/// `<data_dir>/first-boot-done`: written once the first boot has accepted the default
+/// apps for install.
+const FIRST_BOOT_DONE: &str = "first-boot-done";
 
 /// A state file problem, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -130,11 +186,40 @@ impl Store {
         &self.data_dir
     }
 
-    /// True when no app has any state yet: the node's first boot.
+    /// True on the node's first boot: the first boot was never completed
+    /// ([`Store::mark_first_boot_done`]) and no app has any state. An empty `state/`
+    /// alone is not enough, since uninstalling every app empties it too; state files
+    /// without the marker are a node from before the marker existed, not a new one.
     pub fn is_first_boot(&self) -> Result<bool, StoreError> {
+        if self.first_boot_done()? {
+            return Ok(false);
+        }
         let dir = self.data_dir.join("state");
         let mut entries = fs::read_dir(&dir).map_err(io_err(&dir))?;
         Ok(entries.next().is_none())
+    }
+
+    /// Whether the first boot's marker is written.
+    pub fn first_boot_done(&self) -> Result<bool, StoreError> {
+        let marker = self.data_dir.join(FIRST_BOOT_DONE);
+        marker.try_exists().map_err(io_err(&marker))
+    }
+
+    /// Records durably that the node's first boot is over (its default apps accepted for
+    /// install), so no later boot installs them again.
+    pub fn mark_first_boot_done(&self) -> Result<(), StoreError> {
+        let marker = self.data_dir.join(FIRST_BOOT_DONE);
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&marker)?;
+            writeln!(
+                file,
+                "{}",
+                humantime::format_rfc3339_seconds(SystemTime::now())
+            )?;
+            file.sync_all()
+        };
+        write().map_err(io_err(&marker))?;
+        sync_dir(&self.data_dir)
     }
 
     /// `<data_dir>/apps/<id>`: the app's volumes live below it.
@@ -296,6 +381,29 @@ mod tests {
         let bak = fs::read(dir.path().join("state/lnd.json.bak")).unwrap();
         let bak: AppRecord = serde_json::from_slice(&bak).unwrap();
         assert_eq!(bak.desired, Desired::Running);
+    }
+
+    /// First boot is the marker's absence on a node without state: uninstalling every
+    /// app does not bring it back, and a node from before the marker is not new.
+    #[test]
+    fn first_boot_is_recorded_not_inferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.is_first_boot().unwrap(), "a new node");
+        store.mark_first_boot_done().unwrap();
+        assert!(!store.is_first_boot().unwrap(), "marked");
+        assert!(dir.path().join("first-boot-done").exists());
+
+        let old = tempfile::tempdir().unwrap();
+        let store = Store::open(old.path()).unwrap();
+        store.save("lnd", &record(Desired::Running)).unwrap();
+        assert!(
+            !store.is_first_boot().unwrap(),
+            "state, no marker: an older node"
+        );
+        store.mark_first_boot_done().unwrap();
+        store.remove("lnd").unwrap();
+        assert!(!store.is_first_boot().unwrap(), "every app uninstalled");
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use archipelago::api::{AppState, OperationKind, OperationStatus};
@@ -11,6 +10,7 @@ use archipelago::engine::docker::DockerRuntime;
 use archipelago::engine::{BuildRequest, ContainerRuntime};
 use archipelago::supervisor::{GetOperation, ReloadCatalog, RunOperation};
 use common::node::{inspect, package, wait_state, Node};
+use common::serve::{ctl, free_port, serve};
 use futures_util::StreamExt;
 
 /// Builds `<registry>/<repo>:<tag>` whose /version file says `tag`, pushes it to the
@@ -66,14 +66,6 @@ fn versioned_app(node: &Node, name: &str, image: &str, version: &str, port: u16)
     )
     .unwrap();
     id
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn run(
@@ -240,27 +232,6 @@ async fn uninstall_keeps_data_and_purge_removes_it() {
     assert!(!data.join("secrets").join(&id).exists(), "secrets purged");
 }
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(config: &std::path::Path) -> Serve {
-    Serve(
-        Command::new(env!("CARGO_BIN_EXE_archipelago"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 /// kill -9 of the supervisor and a restart: every container keeps its id and start time.
 #[actix_web::test]
 async fn hot_swap_after_kill_9_restarts_no_container() {
@@ -377,22 +348,6 @@ async fn a_dependant_reads_its_dependencys_secret_from_env() {
         archipelago::secrets::rpcauth_line("archipelago", salt, &password)
     );
     assert!(env_of(inspect(&a).await).contains(&format!("RPCAUTH={rpcauth}")));
-}
-
-/// One `archipelago ctl` call against a running `serve`; the JSON it printed, or `None`
-/// when the call failed (e.g. the server is not up yet).
-fn ctl(port: u16, password: &std::path::Path, args: &[&str]) -> Option<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_archipelago"))
-        .args(["ctl", "--url", &format!("http://127.0.0.1:{port}")])
-        .arg("--password-file")
-        .arg(password)
-        .args(args)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// Every container labelled as the app's, any state: (name, image, running). Listed

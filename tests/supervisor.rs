@@ -4,6 +4,7 @@
 mod common;
 
 use common::node::{cgroup_memory_limit, inspect, package, wait_state, Node};
+use common::serve::{serve, Served};
 
 use std::time::{Duration, Instant};
 
@@ -303,4 +304,78 @@ async fn starting_with_a_dependency_down_is_refused() {
         .unwrap_err();
     assert_eq!(err.rpc_code(), -32003);
     assert!(err.to_string().contains(&a), "{err}");
+}
+
+/// Issue 22: an app that exits 1 at once is given up as `failed`; `serve` is killed with
+/// SIGKILL and started again; for the next 10 s the app is still `failed` with its error
+/// and its container was not started again; `package.start` then starts it.
+#[actix_web::test]
+async fn a_failed_app_stays_failed_across_a_kill_9_of_serve() {
+    common::connect(&common::docker_host()).await;
+    let node = Node::new("gaveup");
+    let id = node.app("app", "exit 1", "  network: none\n", "");
+    let served = Served::new(&node, std::slice::from_ref(&id));
+    let get = |within: Duration| {
+        let deadline = Instant::now() + within;
+        let (served, id) = (&served, &id);
+        async move {
+            loop {
+                if let Some(p) = served.ctl(&["get", id]) {
+                    return p;
+                }
+                assert!(Instant::now() < deadline, "{id}: supervisor never answered");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let started_at = |c: bollard::models::ContainerInspectResponse| {
+        let st = c.state.unwrap();
+        (st.started_at, st.running)
+    };
+
+    let first = serve(&served.config);
+    // The default policy: restarted at once, then after 1, 2 and 4 s; the fifth quick
+    // crash gives up.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let failed = loop {
+        let p = get(Duration::from_secs(30)).await;
+        if p["state"] == "failed" {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "never failed: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let error = failed["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("crashed 5 times"), "{failed}");
+    let (before, running) = started_at(inspect(&id).await);
+    assert_ne!(running, Some(true));
+
+    first.kill_9();
+    let _second = serve(&served.config);
+    let p = get(Duration::from_secs(30)).await;
+    let watch = Instant::now();
+    let mut polls = 0;
+    let mut p = p;
+    while watch.elapsed() < Duration::from_secs(10) {
+        assert_eq!(p["state"], "failed", "after {:?}: {p}", watch.elapsed());
+        assert_eq!(p["last_error"].as_str(), Some(error.as_str()), "{p}");
+        let (now, running) = started_at(inspect(&id).await);
+        assert_eq!(now, before, "started again after {:?}", watch.elapsed());
+        assert_ne!(running, Some(true));
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        p = get(Duration::from_secs(5)).await;
+    }
+    println!("still failed for 10 s after the restart ({polls} polls)");
+
+    let op = served.ctl(&["start", &id]).expect("package.start");
+    assert_eq!(op["operation"]["kind"], "start", "{op}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while started_at(inspect(&id).await).0 == before {
+        assert!(Instant::now() < deadline, "package.start did not start it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 pub mod node;
+pub mod serve;
 
 /// The command that starts every engine the tests need.
 pub const SETUP_COMMAND: &str = "scripts/test-env.sh up";
