@@ -2,6 +2,7 @@
 //!
 //! See `docs/architecture.md` for the bird's-eye view and the code map.
 
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod catalog;

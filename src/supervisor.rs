@@ -73,6 +73,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
+use crate::admission::{self, Ledger};
 use crate::api::{AppState, EngineStatus, Health, MemoryStatus, ReconcileStatus};
 use crate::app::{
     self, AppActor, Command, DepsChanged, FindOperation, Observe, PackageChanged, Shared,
@@ -94,6 +95,9 @@ pub struct Supervisor {
     reconcile_interval: Duration,
     default_apps: Vec<AppId>,
     memory_budget: Option<u64>,
+    /// Memory reserved by operations admitted and not yet seen ended: written when an
+    /// operation is admitted, so the next request is decided with it.
+    ledger: Ledger,
     catalog: Catalog,
     shared: Arc<Shared>,
     /// One actor per catalog app.
@@ -158,6 +162,7 @@ impl Supervisor {
             reconcile_interval: config.reconcile_interval,
             default_apps: config.default_apps.clone(),
             memory_budget: config.memory_budget.map(|m| m.bytes()),
+            ledger: Ledger::default(),
             catalog,
             shared: Arc::new(Shared {
                 engine,
@@ -246,13 +251,47 @@ impl Supervisor {
         Deps::Ready
     }
 
-    /// Memory reserved by apps that are wanted running, other than `except`.
+    /// Memory held by every app but `except`: wanted running, or reserved by an operation
+    /// admitted and not yet ended.
     fn reserved_memory(&self, except: &str) -> u64 {
-        self.packages
-            .values()
-            .filter(|p| p.id != except && p.desired == crate::api::Desired::Running)
+        self.ledger.reserved(self.packages.values(), except)
+    }
+
+    /// A catalog change that raises the limit of an app wanted running is applied live
+    /// by its actor; when the raise would not fit the budget, the app keeps its current
+    /// limit (the manifest it gets says so) and the log gives the figures. The next reload
+    /// tries again.
+    fn hold_memory_raise(&self, app: &crate::catalog::CatalogApp) -> crate::catalog::CatalogApp {
+        let id = app.manifest.id.as_str();
+        let new = app.manifest.container.memory_limit.bytes();
+        let Some(current) = self
+            .packages
+            .get(id)
+            .filter(|p| p.desired == crate::api::Desired::Running)
             .map(|p| p.memory_limit_bytes)
-            .sum()
+        else {
+            return app.clone();
+        };
+        if new <= current {
+            return app.clone();
+        }
+        let reserved = self.reserved_memory(id);
+        let Err(over) = admission::check(self.memory_budget, reserved, new) else {
+            return app.clone();
+        };
+        tracing::warn!(
+            app = id,
+            wanted_bytes = over.needed,
+            current_bytes = current,
+            reserved_bytes = over.reserved,
+            budget_bytes = over.budget,
+            "memory raise from the catalog held back: it would exceed the memory budget"
+        );
+        let mut held = app.clone();
+        if let Ok(limit) = crate::memory::MemoryLimit::from_bytes(current) {
+            held.manifest.container.memory_limit = limit;
+        }
+        held
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -528,6 +567,7 @@ impl Handler<PackageChanged> for Supervisor {
             .shared
             .events
             .send(Event::Package(Box::new(pkg.clone())));
+        self.ledger.reported(&pkg);
         self.packages.insert(id.clone(), pkg);
         if readiness_changed {
             let dependents = AppId::try_from(id.clone())
@@ -560,11 +600,11 @@ impl Handler<GetPackage> for Supervisor {
 }
 
 impl Handler<RunOperation> for Supervisor {
-    type Result = ResponseFuture<Result<Operation, AppError>>;
+    type Result = ResponseActFuture<Self, Result<Operation, AppError>>;
     fn handle(&mut self, msg: RunOperation, _: &mut Context<Self>) -> Self::Result {
         let id = msg.id.clone();
         let Some(addr) = self.actors.get(&id).cloned() else {
-            return Box::pin(async move { Err(AppError::UnknownApp { id }) });
+            return Box::pin(fut::ready(Err(AppError::UnknownApp { id })));
         };
         let starts = matches!(
             msg.kind,
@@ -579,43 +619,64 @@ impl Handler<RunOperation> for Supervisor {
         let mut deps_ready = true;
         if starts && !already_running {
             if let Deps::Blocked { dependency, state } = self.deps_of(&id) {
-                return Box::pin(async move {
-                    Err(AppError::DependencyNotReady {
-                        app: id,
-                        dependency,
-                        state,
-                    })
-                });
-            }
-            if let (Some(budget), Some(p)) = (self.memory_budget, &pkg) {
-                let reserved = self.reserved_memory(&id);
-                if reserved + p.memory_limit_bytes > budget
-                    && p.desired != crate::api::Desired::Running
-                {
-                    let needed = p.memory_limit_bytes;
-                    return Box::pin(async move {
-                        Err(AppError::MemoryBudget {
-                            app: id,
-                            needed_bytes: needed,
-                            reserved_bytes: reserved,
-                            budget_bytes: budget,
-                        })
-                    });
-                }
+                return Box::pin(fut::ready(Err(AppError::DependencyNotReady {
+                    app: id,
+                    dependency,
+                    state,
+                })));
             }
         } else {
             deps_ready = !matches!(self.deps_of(&id), Deps::Blocked { .. });
         }
-        Box::pin(async move {
-            addr.send(Command {
-                kind: msg.kind,
-                params: OpParams {
-                    purge: msg.purge,
-                    deps_ready,
-                },
-            })
-            .await?
-        })
+        // The memory the app would hold: the catalog's limit (an upgrade moves to it).
+        let needed = AppId::try_from(id.clone())
+            .ok()
+            .and_then(|app| self.catalog.get(&app))
+            .map(|a| a.manifest.container.memory_limit.bytes())
+            .or(pkg.as_ref().map(|p| p.memory_limit_bytes))
+            .unwrap_or(0);
+        let wanted = pkg
+            .as_ref()
+            .is_some_and(|p| p.desired == crate::api::Desired::Running);
+        let current = pkg.as_ref().map_or(0, |p| p.memory_limit_bytes);
+        let checked = admission::needs_check(msg.kind, wanted, current, needed);
+        if checked {
+            let reserved = self.reserved_memory(&id);
+            if let Err(over) = admission::check(self.memory_budget, reserved, needed) {
+                return Box::pin(fut::ready(Err(AppError::MemoryBudget {
+                    app: id,
+                    needed_bytes: over.needed,
+                    reserved_bytes: over.reserved,
+                    budget_bytes: over.budget,
+                })));
+            }
+            // Held from now, before the actor has seen the command.
+            self.ledger.admit(&id, needed);
+        }
+        let command = addr.send(Command {
+            kind: msg.kind,
+            params: OpParams {
+                purge: msg.purge,
+                deps_ready,
+            },
+        });
+        Box::pin(async move { command.await? }.into_actor(self).map(
+            move |result: Result<Operation, AppError>, act, _| {
+                if checked {
+                    let began = result
+                        .as_ref()
+                        .ok()
+                        .filter(|op| op.status == crate::api::OperationStatus::Running)
+                        .map(|op| op.id.as_str());
+                    act.ledger.began(&id, began);
+                    // The operation may have ended before this answer was read.
+                    if let Some(p) = act.packages.get(&id) {
+                        act.ledger.reported(p);
+                    }
+                }
+                result
+            },
+        ))
     }
 }
 
@@ -679,7 +740,7 @@ impl Supervisor {
             match self.actors.get(id.as_str()) {
                 Some(addr) => {
                     if let Some(app) = self.catalog.get(&id) {
-                        addr.do_send(app::CatalogUpdate(app.clone()));
+                        addr.do_send(app::CatalogUpdate(self.hold_memory_raise(app)));
                     }
                 }
                 None => self.spawn_app(&id, ctx),
@@ -939,6 +1000,101 @@ mod tests {
         wait_for(&sup, "a", "stopped", |p| p.state == AppState::Stopped).await;
         run(&sup, "b", OperationKind::Install).await.unwrap();
         wait_for(&sup, "b", "running", settled_running).await;
+    }
+
+    /// Issue 13, defect 2: an install still in flight holds its memory, so two installs
+    /// asked for at once cannot both pass a budget that fits one. Failed before the
+    /// ledger (both were accepted).
+    #[actix_web::test]
+    async fn two_installs_at_once_cannot_both_pass_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(&dir.path().join("apps"), "a", "");
+        write_app(&dir.path().join("apps"), "b", "");
+        let fake = Arc::new(FakeRuntime::new());
+        fake.set_stop_delay(Duration::ZERO);
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: []
+memory_budget: 100MiB
+",
+            CrashPolicy::default(),
+        );
+        wait_for(&sup, "a", "listed", |_| true).await;
+        let (a, b) = futures_util::join!(
+            run(&sup, "a", OperationKind::Install),
+            run(&sup, "b", OperationKind::Install)
+        );
+        assert!(a.is_ok(), "{a:?}");
+        assert_eq!(b.unwrap_err().rpc_code(), -32004);
+        wait_for(&sup, "a", "running", settled_running).await;
+        let status = sup.send(GetStatus).await.unwrap();
+        assert_eq!(status.memory.reserved_bytes, 64 * MIB);
+    }
+
+    /// Issue 13, defect 2: an upgrade of a running app to a larger limit is held to the
+    /// budget, and so is a live raise from a catalog change (the app keeps its limit).
+    /// Failed before (the upgrade was never checked, the raise applied live).
+    #[actix_web::test]
+    async fn raising_a_running_apps_memory_is_held_to_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        write_app(&apps, "a", "");
+        write_app(&apps, "b", "");
+        let fake = Arc::new(FakeRuntime::new());
+        let sup = start(
+            dir.path(),
+            &fake,
+            "default_apps: [a, b]
+memory_budget: 150MiB
+",
+            CrashPolicy::default(),
+        );
+        wait_for(&sup, "a", "running", settled_running).await;
+        wait_for(&sup, "b", "running", settled_running).await;
+        // b's catalog entry asks 100 MiB: 64 + 100 > 150.
+        let text = std::fs::read_to_string(apps.join("b/manifest.yml")).unwrap();
+        std::fs::write(
+            apps.join("b/manifest.yml"),
+            text.replace("memory_limit: 64MiB", "memory_limit: 100MiB"),
+        )
+        .unwrap();
+        sup.send(ReloadCatalog).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            fake.container("archipelago-b").unwrap().memory_limit,
+            64 * MIB,
+            "raise held back"
+        );
+        let p = sup
+            .send(GetPackage { id: "b".into() })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.memory_limit_bytes,
+            64 * MIB,
+            "the package shows the limit in force"
+        );
+        let err = run(&sup, "b", OperationKind::Upgrade).await.unwrap_err();
+        assert_eq!(
+            err,
+            AppError::MemoryBudget {
+                app: "b".into(),
+                needed_bytes: 100 * MIB,
+                reserved_bytes: 64 * MIB,
+                budget_bytes: 150 * MIB,
+            }
+        );
+        // With a stopped, the raise fits and is applied at the next reload.
+        run(&sup, "a", OperationKind::Stop).await.unwrap();
+        wait_for(&sup, "a", "stopped", |p| p.state == AppState::Stopped).await;
+        sup.send(ReloadCatalog).await.unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fake.container("archipelago-b").unwrap().memory_limit != 100 * MIB {
+            assert!(Instant::now() < deadline, "the raise was never applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A request while an operation runs answers -32002 naming that operation.
