@@ -947,7 +947,7 @@ impl Handler<Command> for AppActor {
             self.record.journal = Some(JournalEntry {
                 operation: self.op_id(self.op_counter + 1),
                 kind,
-                step: "accepted".into(),
+                step: crate::store::JournalStep::Accepted,
                 started_at: api::now(),
                 from: None,
                 to: None,

@@ -24,7 +24,7 @@ use crate::owner;
 use crate::secrets;
 use crate::snapshot;
 use crate::spec::{container_spec, create_volume_dirs};
-use crate::store::{AppRecord, Installed, JournalEntry, Store};
+use crate::store::{AppRecord, Installed, JournalEntry, JournalStep, Store};
 
 /// Suffix of the old container kept during an upgrade.
 pub const PREVIOUS_SUFFIX: &str = "-previous";
@@ -242,15 +242,15 @@ async fn journal(
     record: &mut AppRecord,
     op_id: &str,
     kind: OperationKind,
-    step: &str,
+    step: JournalStep,
 ) -> Result<(), String> {
     match &mut record.journal {
-        Some(j) if j.operation == op_id => j.step = step.to_string(),
+        Some(j) if j.operation == op_id => j.step = step,
         _ => {
             record.journal = Some(JournalEntry {
                 operation: op_id.to_string(),
                 kind,
-                step: step.to_string(),
+                step,
                 started_at: crate::api::now(),
                 from: None,
                 to: None,
@@ -548,7 +548,14 @@ async fn install(
     health: &mut Option<Health>,
 ) -> Result<String, String> {
     let target = env.catalog_install();
-    journal(env, record, op_id, OperationKind::Install, "prepare").await?;
+    journal(
+        env,
+        record,
+        op_id,
+        OperationKind::Install,
+        JournalStep::Prepare,
+    )
+    .await?;
     let prepared = async {
         env.say("generating secrets");
         secrets::generate(&env.store, env.id(), &env.app.manifest.secrets)
@@ -563,7 +570,14 @@ async fn install(
     record.installed = Some(target.clone());
     record.desired = Desired::Running;
     record.hooks_done = false;
-    journal(env, record, op_id, OperationKind::Install, "start").await?;
+    journal(
+        env,
+        record,
+        op_id,
+        OperationKind::Install,
+        JournalStep::Start,
+    )
+    .await?;
     if !params.deps_ready {
         return Ok("installed; it starts once its dependencies are running and healthy".into());
     }
@@ -585,7 +599,14 @@ async fn uninstall(
     op_id: &str,
     purge: bool,
 ) -> Result<String, String> {
-    journal(env, record, op_id, OperationKind::Uninstall, "remove").await?;
+    journal(
+        env,
+        record,
+        op_id,
+        OperationKind::Uninstall,
+        JournalStep::Remove,
+    )
+    .await?;
     if purge {
         // Recorded so an uninstall cut off midway finishes with the same purge.
         if let Some(j) = &mut record.journal {
@@ -757,7 +778,7 @@ async fn swap(
     } = plan;
     let name = container_name(env.id());
     let aside = format!("{name}{PREVIOUS_SUFFIX}");
-    journal(env, record, op_id, kind, "fetch").await?;
+    journal(env, record, op_id, kind, JournalStep::Fetch).await?;
     if let Some(j) = &mut record.journal {
         j.from = Some(from.clone());
         j.to = Some(to.clone());
@@ -793,7 +814,7 @@ async fn swap(
     // the snapshot behind, or a later rollback would put back this data instead of the
     // data from before the last upgrade that succeeded.
     let attempt = async {
-        journal(env, record, op_id, kind, "swap").await?;
+        journal(env, record, op_id, kind, JournalStep::Swap).await?;
         remove_quietly(env.engine.as_ref(), &aside).await?;
         match env.engine.rename(&name, &aside).await {
             Ok(()) => {}
@@ -815,7 +836,7 @@ async fn swap(
         next.previous = (kind == OperationKind::Upgrade).then(|| from.clone());
         next.installed = Some(to.clone());
         next.memory_limit = Some(new_spec.memory_limit);
-        journal(env, &mut next, op_id, kind, "commit").await?;
+        journal(env, &mut next, op_id, kind, JournalStep::Commit).await?;
         *record = next;
         Ok(h)
     }
@@ -1018,8 +1039,8 @@ async fn recover_swap(env: &OpEnv, record: &AppRecord, j: &JournalEntry) -> Resu
     let to = j.to.as_ref().map(|t| t.version.as_str()).unwrap_or("?");
     let from = j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?");
     let wanted_running = record.desired == Desired::Running;
-    match j.step.as_str() {
-        "commit" => {
+    match j.step {
+        JournalStep::Commit => {
             let snapshot = j.snapshot.clone().unwrap_or_default();
             complete_swap(env, &snapshot).await?;
             if wanted_running {
@@ -1027,7 +1048,7 @@ async fn recover_swap(env: &OpEnv, record: &AppRecord, j: &JournalEntry) -> Resu
             }
             Ok(format!("interrupted {verb} to {to} finished; running {to}"))
         }
-        "swap" => {
+        JournalStep::Swap => {
             let snapshot = j.snapshot.clone().unwrap_or_default();
             undo_swap(env, &snapshot, wanted_running).await?;
             remove_tree_off_thread(snapshot).await?;
@@ -1232,18 +1253,18 @@ mod tests {
             ..AppRecord::default()
         };
         let step = match cut {
-            Cut::Fetch => "fetch",
-            Cut::Commit | Cut::CommitCleaned => "commit",
-            _ => "swap",
+            Cut::Fetch => JournalStep::Fetch,
+            Cut::Commit | Cut::CommitCleaned => JournalStep::Commit,
+            _ => JournalStep::Swap,
         };
         record.journal = Some(JournalEntry {
             operation: OP.into(),
             kind: OperationKind::Upgrade,
-            step: step.into(),
+            step,
             started_at: crate::api::now(),
             from: Some(v(1)),
             to: Some(v(2)),
-            snapshot: (step != "fetch").then(|| snapshot.clone()),
+            snapshot: (step != JournalStep::Fetch).then(|| snapshot.clone()),
             purge: false,
         });
         fake.stop(&name, Duration::from_secs(1)).await.unwrap();
@@ -1356,7 +1377,7 @@ mod tests {
                 journal: Some(JournalEntry {
                     operation: OP.into(),
                     kind: OperationKind::Uninstall,
-                    step: "remove".into(),
+                    step: JournalStep::Remove,
                     started_at: crate::api::now(),
                     from: None,
                     to: None,

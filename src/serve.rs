@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::engine::reconnect::ReconnectingRuntime;
 use crate::engine::ContainerRuntime;
 use crate::store::Store;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Heartbeat, Supervisor};
 use crate::web::{self, Backend, WebConfig};
 
 /// Why the supervisor could not start.
@@ -62,11 +62,18 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     tracing::info!(%addr, "dashboard at http://{addr}/");
     notify_systemd("READY=1");
     if let Some(every) = watchdog_interval() {
+        // Pinged only when the supervisor answered a heartbeat within the interval.
+        let heart = supervisor.clone();
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                notify_systemd("WATCHDOG=1");
+                match tokio::time::timeout(every, heart.send(Heartbeat)).await {
+                    Ok(Ok(())) => notify_systemd("WATCHDOG=1"),
+                    _ => tracing::error!(
+                        "the supervisor did not answer its heartbeat: no watchdog ping"
+                    ),
+                }
             }
         });
     }

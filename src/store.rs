@@ -22,13 +22,39 @@ pub struct Installed {
     pub image: String,
 }
 
+/// A step of a journaled operation, as the state file writes it (`"swap"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalStep {
+    /// Install or uninstall accepted, nothing done yet.
+    Accepted,
+    /// Install: secrets, volume folders, image.
+    Prepare,
+    /// Install: the app is installed and starting.
+    Start,
+    /// Uninstall: the container is being removed (and the data, with purge).
+    Remove,
+    /// Upgrade or rollback: fetching the new image; the old container at most stopped.
+    Fetch,
+    /// Upgrade or rollback: snapshot taken, containers being swapped.
+    Swap,
+    /// Upgrade or rollback: the new version passed its gate and is recorded as installed.
+    Commit,
+}
+
+impl std::fmt::Display for JournalStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 /// The step an interrupted operation had reached, written before the step acts, so the
 /// next boot knows whether to finish or undo it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     pub operation: String,
     pub kind: OperationKind,
-    pub step: String,
+    pub step: JournalStep,
     pub started_at: String,
     /// For upgrade and rollback: what the app ran before the operation.
     #[serde(default)]

@@ -115,6 +115,8 @@ pub struct Supervisor {
     /// What `apps_dir` looked like when the catalog was last read; a tick that sees it
     /// differ reloads the catalog.
     catalog_seen: CatalogFingerprint,
+    /// A look at `apps_dir` is running on the blocking pool (never two at once).
+    catalog_checking: bool,
 }
 
 /// A cheap summary of `apps_dir`: each entry's name with the SHA-256 of its
@@ -180,6 +182,7 @@ impl Supervisor {
             ticking: false,
             first_boot,
             catalog_seen: CatalogFingerprint::of(&config.apps_dir),
+            catalog_checking: false,
         })
     }
 
@@ -299,10 +302,23 @@ impl Supervisor {
             return;
         }
         // `catalog.reload` is also done when `apps_dir` changes on disk: seen at the next
-        // tick, so within one `reconcile_interval`.
-        if CatalogFingerprint::of(&self.apps_dir) != self.catalog_seen {
-            tracing::info!(apps_dir = %self.apps_dir.display(), "catalog changed on disk; reloading");
-            self.reload(ctx);
+        // tick, so within one `reconcile_interval`. The folder is read and hashed on the
+        // blocking pool, and the catalog loaded there when it changed; the actor only
+        // compares and applies.
+        if !self.catalog_checking {
+            self.catalog_checking = true;
+            let (apps_dir, seen) = (self.apps_dir.clone(), self.catalog_seen.clone());
+            let check = tokio::task::spawn_blocking(move || {
+                let now = CatalogFingerprint::of(&apps_dir);
+                (now != seen).then(|| (now, Catalog::load(&apps_dir)))
+            });
+            ctx.spawn(check.into_actor(self).map(|changed, act, ctx| {
+                act.catalog_checking = false;
+                if let Ok(Some((seen, (catalog, problems)))) = changed {
+                    tracing::info!(apps_dir = %act.apps_dir.display(), "catalog changed on disk; reloading");
+                    act.apply_catalog(seen, catalog, problems, ctx);
+                }
+            }));
         }
         self.ticking = true;
         let engine = self.shared.engine.clone();
@@ -718,20 +734,45 @@ impl Handler<GetLogs> for Supervisor {
     }
 }
 
+/// Proves the supervisor answers messages: the systemd watchdog is pinged only after it
+/// did, so a supervisor wedged on its thread is restarted, while one that is merely busy
+/// (a copy runs on the blocking pool) is not.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat;
+
+impl Handler<Heartbeat> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _: Heartbeat, _: &mut Context<Self>) {}
+}
+
 impl Handler<ReloadCatalog> for Supervisor {
-    type Result = Result<usize, AppError>;
-    fn handle(&mut self, _: ReloadCatalog, ctx: &mut Context<Self>) -> Self::Result {
-        Ok(self.reload(ctx))
+    type Result = ResponseActFuture<Self, Result<usize, AppError>>;
+    fn handle(&mut self, _: ReloadCatalog, _: &mut Context<Self>) -> Self::Result {
+        let apps_dir = self.apps_dir.clone();
+        let load = tokio::task::spawn_blocking(move || {
+            (CatalogFingerprint::of(&apps_dir), Catalog::load(&apps_dir))
+        });
+        Box::pin(load.into_actor(self).map(|loaded, act, ctx| {
+            let (seen, (catalog, problems)) =
+                loaded.map_err(|e| AppError::Internal(format!("catalog load: {e}")))?;
+            Ok(act.apply_catalog(seen, catalog, problems, ctx))
+        }))
     }
 }
 
 impl Supervisor {
-    /// Re-reads `apps_dir`: changed apps get their new manifest, new apps an actor, and
+    /// Applies a catalog read off the actors' thread: changed apps get their new manifest, new apps an actor, and
     /// apps that left it are retired (see [`app::LeaveCatalog`]). Answers the number of
     /// catalog apps.
-    fn reload(&mut self, ctx: &mut Context<Self>) -> usize {
-        self.catalog_seen = CatalogFingerprint::of(&self.apps_dir);
-        let (catalog, problems) = Catalog::load(&self.apps_dir);
+    fn apply_catalog(
+        &mut self,
+        seen: CatalogFingerprint,
+        catalog: Catalog,
+        problems: Vec<crate::manifest::Problem>,
+        ctx: &mut Context<Self>,
+    ) -> usize {
+        self.catalog_seen = seen;
         for p in &problems {
             tracing::warn!("{p}");
         }
