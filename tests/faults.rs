@@ -492,6 +492,82 @@ async fn a_full_data_dir_fails_the_write_cleanly_and_recovers() {
     drop(serve);
 }
 
+/// An upgrade whose volume snapshot would not fit on the disk is refused with the
+/// figures before anything is touched: the app keeps running, never stopped, on its
+/// version, and its data is as it was.
+#[actix_web::test]
+async fn an_upgrade_whose_snapshot_would_not_fit_is_refused_and_the_app_runs_on() {
+    let docker = common::connect(&common::docker_host()).await;
+    let node = Node::new("nospace");
+    let id = node.app(
+        "app",
+        "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
+        "  network: none\n  volumes: [\"data:/data\"]\n",
+        "",
+    );
+    let data = node.dir.path().join("data");
+    let _tmpfs = Tmpfs::mount(&data, "96m");
+    let (config, port) = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
+    let serve = Serve::start(&config, port);
+    let mut c = serve.client().await;
+    let p = settle(&mut c, &id, Duration::from_secs(40)).await;
+    assert_eq!(p.state, AppState::Running);
+    // 60 MiB of data on a 96 MiB disk: a copy cannot fit.
+    let blob = data.join("apps").join(&id).join("data").join("blob");
+    std::fs::write(&blob, vec![7u8; 60 << 20]).unwrap();
+    let started = |docker: bollard::Docker, id: String| async move {
+        docker
+            .inspect_container(
+                &format!("archipelago-{id}"),
+                None::<InspectContainerOptions>,
+            )
+            .await
+            .unwrap()
+            .state
+            .unwrap()
+            .started_at
+    };
+    let before = started(docker.clone(), id.clone()).await;
+    // Version 2 is the loopback registry's copy of the same busybox.
+    let manifest = node.apps_dir().join(&id).join("manifest.yml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        &format!(
+            "version: \"1\"\ncontainer:\n  image: {}",
+            common::BUSYBOX_IMAGE
+        ),
+        &format!(
+            "version: \"2\"\ncontainer:\n  image: {}/archipelago-test/busybox:1",
+            common::registry()
+        ),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    c.call("catalog.reload", Value::Null).await.unwrap();
+    let op = operate(&mut c, "package.upgrade", json!({ "id": id })).await;
+    assert_eq!(op["status"], "failed", "{op}");
+    let error = op["error"].as_str().unwrap_or_default();
+    println!("upgrade refused: {error}");
+    assert!(
+        error.contains("not enough free space for the snapshot of data: it needs 60.0 MiB and")
+            && error.contains(" is free on "),
+        "{op}"
+    );
+    let p = package(&mut c, &id).await;
+    assert_eq!(p.state, AppState::Running);
+    assert_eq!(p.installed_version.as_deref(), Some("1"));
+    assert_eq!(
+        started(docker, id.clone()).await,
+        before,
+        "the app was stopped or restarted"
+    );
+    assert_eq!(std::fs::metadata(&blob).unwrap().len(), 60 << 20);
+    let snapshots = data.join("snapshots").join(&id);
+    let left = std::fs::read_dir(&snapshots)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "no partial snapshot");
+    drop(serve);
+}
+
 /// A private dockerd under a temp dir, stopped (SIGTERM) when dropped.
 struct PrivateDocker {
     dir: tempfile::TempDir,

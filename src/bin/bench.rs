@@ -99,6 +99,22 @@ struct Args {
     /// Where results.json goes (default: target/bench in the source tree).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Apps held in a slow stop while `package.list` is sampled (0 skips it).
+    #[arg(long, default_value_t = 30)]
+    stop_apps: usize,
+    /// How long each of those stops takes.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    stop_time: Duration,
+    /// GiB in the volume of the app upgraded while `package.list` is sampled (0 skips
+    /// the upgrade runs).
+    #[arg(long, default_value_t = 4)]
+    upgrade_gib: u64,
+    /// The loopback registry the upgraded app's images are pushed to.
+    #[arg(long, default_value = "localhost:5000")]
+    registry: String,
+    /// Only the responsiveness runs (slow stops, upgrades); not boot, hot swap and the rest.
+    #[arg(long)]
+    responsiveness_only: bool,
 }
 
 /// Why the bench stopped.
@@ -334,6 +350,17 @@ struct Serve {
 
 impl Serve {
     fn spawn(bin: &Path, node: &Node, host: &str, interval: Duration) -> Result<Serve> {
+        Serve::spawn_with(bin, node, host, interval, &[])
+    }
+
+    /// Like [`Serve::spawn`], with extra environment (e.g. a systemd notify socket).
+    fn spawn_with(
+        bin: &Path,
+        node: &Node,
+        host: &str,
+        interval: Duration,
+        env: &[(&str, String)],
+    ) -> Result<Serve> {
         let port = free_port()?;
         let config = node.config(host, port, interval)?;
         let log = std::fs::OpenOptions::new()
@@ -346,6 +373,7 @@ impl Serve {
             .arg("serve")
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -1521,10 +1549,17 @@ async fn run(args: Args) -> Result<()> {
         notes: Vec::new(),
         clk_tck: clock_ticks_per_second(),
     };
-    let mut outcome = bench
-        .scenario(args.apps, args.boot_runs, args.swap_runs, args.ticks, true)
-        .await;
-    if outcome.is_ok() && args.scale_apps > 0 {
+    let mut outcome = if args.responsiveness_only {
+        Ok(())
+    } else {
+        bench
+            .scenario(args.apps, args.boot_runs, args.swap_runs, args.ticks, true)
+            .await
+    };
+    if outcome.is_ok() {
+        outcome = bench.responsiveness().await;
+    }
+    if outcome.is_ok() && args.scale_apps > 0 && !args.responsiveness_only {
         outcome = bench
             .scenario(
                 args.scale_apps,
@@ -1698,5 +1733,371 @@ mod tests {
         for (samples, want) in cases {
             assert_eq!(median(samples), want);
         }
+    }
+}
+
+/// Latency of `package.list` over HTTP, sampled every [`POLL`] until `done` is set.
+async fn sample_list(port: u16, done: Arc<std::sync::atomic::AtomicBool>) -> Result<Vec<f64>> {
+    let mut client = RpcClient::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(10));
+    client
+        .login("bench-password")
+        .await
+        .map_err(|e| BenchError::Failed(format!("login for sampling: {e}")))?;
+    let mut samples = vec![];
+    let mut next = Instant::now();
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        client
+            .call("package.list", Value::Null)
+            .await
+            .map_err(|e| BenchError::Failed(format!("package.list while sampling: {e}")))?;
+        samples.push(ms(t.elapsed()));
+        next += POLL;
+        tokio::time::sleep_until(next.max(Instant::now()).into()).await;
+    }
+    Ok(samples)
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Receives the `WATCHDOG=1` lines `archipelago serve` sends to its systemd notify
+/// socket, with the time each arrived.
+struct Watchdog {
+    path: PathBuf,
+    pings: Arc<Mutex<Vec<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watchdog {
+    fn listen(path: PathBuf) -> Result<Watchdog> {
+        let _ = std::fs::remove_file(&path);
+        let socket =
+            tokio::net::UnixDatagram::bind(&path).map_err(io_err("bind the notify socket"))?;
+        let pings = Arc::new(Mutex::new(Vec::new()));
+        let seen = pings.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Instant::now());
+                }
+            }
+        });
+        Ok(Watchdog { path, pings, task })
+    }
+
+    /// The longest time between two pings (or from `from` to the first, and from the last
+    /// to `to`) within [`from`, `to`].
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let pings = self.pings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = from;
+        let mut gap = Duration::ZERO;
+        for &p in pings.iter().filter(|p| **p >= from && **p <= to) {
+            gap = gap.max(p - last);
+            last = p;
+        }
+        gap.max(to.saturating_duration_since(last))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The watchdog interval `serve` is run with in the responsiveness runs; it pings at half.
+const WATCHDOG_USEC: u64 = 2_000_000;
+
+impl Bench {
+    /// Slow stops and upgrades of a large volume while `package.list` is sampled.
+    async fn responsiveness(&mut self) -> Result<()> {
+        if self.args.stop_apps > 0 {
+            eprintln!(
+                "bench: === {} apps in {:?} stops ===",
+                self.args.stop_apps, self.args.stop_time
+            );
+            self.slow_stops().await?;
+        }
+        if self.args.upgrade_gib > 0 {
+            let gib = self.args.upgrade_gib;
+            for (policy, size) in [("copy", gib), ("none", gib), ("none", 0)] {
+                eprintln!("bench: === upgrade, {size} GiB volume, snapshot: {policy} ===");
+                self.upgrade_run(policy, size).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn slow_stops(&mut self) -> Result<()> {
+        let n = self.args.stop_apps;
+        let prefix = format!("{}-stops", self.tag);
+        let secs = self.args.stop_time.as_secs().max(1);
+        let node = Node::write(&self.root, &prefix, n, &self.args.image, true)?;
+        for id in &node.ids {
+            let manifest = format!(
+                "id: {id}\nname: {id}\nversion: \"1\"\ncontainer:\n  image: {image}\n  command: [\"sh\", \"-c\", \"trap 'sleep {secs}; exit 0' TERM; while true; do sleep 1 & wait $!; done\"]\n  network: none\n  memory_limit: {APP_MEMORY}\n  stop_timeout: {}s\n",
+                secs * 3,
+                image = self.args.image,
+            );
+            std::fs::write(
+                node.dir.join("apps").join(id).join("manifest.yml"),
+                manifest,
+            )
+            .map_err(io_err("write manifest"))?;
+        }
+        let outcome = async {
+            let mut serve =
+                Serve::spawn(&self.bin, &node, &self.args.host, Duration::from_secs(5))?;
+            let mut client = serve.client().await?;
+            wait_all_running(&mut client, &node.ids, Duration::from_secs(120)).await?;
+            for id in &node.ids {
+                client
+                    .call("package.stop", json!({ "id": id }))
+                    .await
+                    .map_err(|e| BenchError::Failed(format!("stop {id}: {e}")))?;
+            }
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sampler = tokio::spawn(sample_list(serve.port, done.clone()));
+            let began = Instant::now();
+            loop {
+                let list = client
+                    .call("package.list", Value::Null)
+                    .await
+                    .map_err(|e| BenchError::Failed(format!("package.list: {e}")))?;
+                let stopped = list
+                    .as_array()
+                    .map_or(0, |l| l.iter().filter(|p| p["state"] == "stopped").count());
+                if stopped == n {
+                    break;
+                }
+                if began.elapsed() > self.args.stop_time * 4 {
+                    return Err(BenchError::Failed(format!(
+                        "only {stopped} of {n} apps stopped"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let took = began.elapsed();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let samples = sampler
+                .await
+                .map_err(|e| BenchError::Failed(format!("sampler: {e}")))??;
+            self.record_latency(
+                "Responsiveness",
+                &format!("package.list during {n} stops of {secs} s"),
+                n,
+                &samples,
+            );
+            self.record(
+                "Responsiveness",
+                &format!("all {n} stops done"),
+                n,
+                "s",
+                vec![took.as_secs_f64()],
+                None,
+            );
+            let _ = serve.stop("TERM").await;
+            Ok(())
+        }
+        .await;
+        self.remove_prefix(&prefix).await?;
+        let _ = std::fs::remove_dir_all(&node.dir);
+        outcome
+    }
+
+    /// p50, p99 and max of `samples` (ms) as figures.
+    fn record_latency(&mut self, section: &'static str, name: &str, apps: usize, samples: &[f64]) {
+        let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
+        let max = samples.iter().copied().fold(0.0, f64::max);
+        self.record(
+            section,
+            &format!("{name}: p50"),
+            apps,
+            "ms",
+            vec![p50],
+            None,
+        );
+        self.record(
+            section,
+            &format!("{name}: p99"),
+            apps,
+            "ms",
+            vec![p99],
+            Some("< 5 ms"),
+        );
+        self.record(
+            section,
+            &format!("{name}: max"),
+            apps,
+            "ms",
+            vec![max],
+            Some("< 50 ms"),
+        );
+        self.note(format!("{name}: {} samples every {POLL:?}", samples.len()));
+    }
+
+    /// Pushes the busybox image as `<registry>/archipelago-bench/app:1` and `:2`.
+    async fn push_versions(&self) -> Result<String> {
+        let repo = format!("{}/archipelago-bench/app", self.args.registry);
+        for tag in ["1", "2"] {
+            let opts = bollard::query_parameters::TagImageOptionsBuilder::new()
+                .repo(&repo)
+                .tag(tag)
+                .build();
+            self.docker
+                .tag_image(&self.args.image, Some(opts))
+                .await
+                .map_err(engine_err(format!("tag {repo}:{tag}")))?;
+            let opts = bollard::query_parameters::PushImageOptionsBuilder::new()
+                .tag(tag)
+                .build();
+            let mut push = self.docker.push_image(&repo, Some(opts), None);
+            while let Some(item) = push.next().await {
+                let info = item.map_err(engine_err(format!("push {repo}:{tag}")))?;
+                if let Some(e) = info.error_detail {
+                    return Err(BenchError::Failed(format!("push {repo}:{tag}: {e:?}")));
+                }
+            }
+        }
+        Ok(repo)
+    }
+
+    /// Upgrades an app whose volume holds `gib` GiB (`snapshot: policy`) while
+    /// `package.list` is sampled and the watchdog pings are timed.
+    async fn upgrade_run(&mut self, policy: &str, gib: u64) -> Result<()> {
+        let repo = self.push_versions().await?;
+        let prefix = format!("{}-up{policy}{gib}", self.tag);
+        let node = Node::write(&self.root, &prefix, 1, &self.args.image, true)?;
+        let id = node.ids[0].clone();
+        let manifest = |version: &str| {
+            format!(
+                "id: {id}\nname: {id}\nversion: \"{version}\"\ncontainer:\n  image: {repo}:{version}\n  command: [\"sleep\", \"86400\"]\n  network: none\n  memory_limit: {APP_MEMORY}\n  stop_timeout: 1s\n  volumes: [{{name: data, path: /data, snapshot: {policy}}}]\n"
+            )
+        };
+        let manifest_path = node.dir.join("apps").join(&id).join("manifest.yml");
+        std::fs::write(&manifest_path, manifest("1")).map_err(io_err("write manifest"))?;
+        // The volume's data, written before the install (which keeps what is there).
+        let volume = node.dir.join("data/apps").join(&id).join("data");
+        std::fs::create_dir_all(&volume).map_err(io_err("mkdir volume"))?;
+        let blob = volume.join("blob");
+        let wrote = Instant::now();
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&blob).map_err(io_err("create blob"))?;
+            let chunk = vec![0x5a_u8; 8 << 20];
+            for _ in 0..(gib << 30) / chunk.len() as u64 {
+                f.write_all(&chunk).map_err(io_err("write blob"))?;
+            }
+            f.sync_all().map_err(io_err("sync blob"))?;
+        }
+        eprintln!(
+            "bench:   wrote {gib} GiB in {:.1} s",
+            wrote.elapsed().as_secs_f64()
+        );
+        let watchdog = Watchdog::listen(node.dir.join("notify.sock"))?;
+        let env = [
+            ("NOTIFY_SOCKET", watchdog.path.display().to_string()),
+            ("WATCHDOG_USEC", WATCHDOG_USEC.to_string()),
+        ];
+        let outcome = async {
+            let mut serve = Serve::spawn_with(
+                &self.bin,
+                &node,
+                &self.args.host,
+                Duration::from_secs(5),
+                &env,
+            )?;
+            let mut client = serve.client().await?;
+            wait_all_running(&mut client, &node.ids, Duration::from_secs(120)).await?;
+            std::fs::write(&manifest_path, manifest("2")).map_err(io_err("write manifest"))?;
+            client
+                .call("catalog.reload", Value::Null)
+                .await
+                .map_err(|e| BenchError::Failed(format!("catalog.reload: {e}")))?;
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sampler = tokio::spawn(sample_list(serve.port, done.clone()));
+            let began = Instant::now();
+            let op = client
+                .call("package.upgrade", json!({ "id": &id }))
+                .await
+                .map_err(|e| BenchError::Failed(format!("package.upgrade: {e}")))?;
+            let op_id = op["operation"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut last_progress = Value::Null;
+            let status = loop {
+                let op = client
+                    .call("operation.get", json!({ "id": &op_id }))
+                    .await
+                    .map_err(|e| BenchError::Failed(format!("operation.get: {e}")))?;
+                if op["progress"]["total"].is_number() {
+                    last_progress = op["progress"].clone();
+                }
+                if op["status"] != "running" {
+                    break op;
+                }
+                if began.elapsed() > Duration::from_secs(900) {
+                    return Err(BenchError::Failed(
+                        "the upgrade took over 15 minutes".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let took = began.elapsed();
+            let ended = Instant::now();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let samples = sampler
+                .await
+                .map_err(|e| BenchError::Failed(format!("sampler: {e}")))??;
+            if status["status"] != "succeeded" {
+                return Err(BenchError::Failed(format!("the upgrade failed: {status}")));
+            }
+            let name = format!("upgrade, {gib} GiB volume, snapshot: {policy}");
+            self.record(
+                "Responsiveness",
+                &format!("{name}: time"),
+                1,
+                "s",
+                vec![took.as_secs_f64()],
+                None,
+            );
+            self.record_latency(
+                "Responsiveness",
+                &format!("package.list during {name}"),
+                1,
+                &samples,
+            );
+            let gap = watchdog.longest_gap(began, ended);
+            self.record(
+                "Responsiveness",
+                &format!("{name}: longest gap between watchdog pings"),
+                1,
+                "ms",
+                vec![ms(gap)],
+                Some("< 2000 ms (WATCHDOG_USEC)"),
+            );
+            if !last_progress.is_null() {
+                self.note(format!("{name}: last progress seen {last_progress}"));
+            }
+            let _ = serve.stop("TERM").await;
+            Ok(())
+        }
+        .await;
+        drop(watchdog);
+        self.remove_prefix(&prefix).await?;
+        let _ = std::fs::remove_dir_all(&node.dir);
+        outcome
     }
 }
