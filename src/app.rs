@@ -126,6 +126,9 @@ pub struct AppActor {
     exit_handled: Option<(String, Option<String>)>,
     /// A probe is in flight (never two at once).
     probing: bool,
+    /// A live memory update is on its way to the engine (never two at once; the actor
+    /// keeps answering meanwhile).
+    updating_memory: bool,
     /// The periodic health probe and its interval, while the manifest has a check; armed
     /// again when a catalog change adds, removes or retimes the check.
     probe_loop: Option<(std::time::Duration, SpawnHandle)>,
@@ -180,6 +183,7 @@ impl AppActor {
             exit_handled: None,
             deps: Deps::Ready,
             probing: false,
+            updating_memory: false,
             probe_loop: None,
             instance: instance_token(),
             op_counter: 0,
@@ -494,19 +498,26 @@ impl AppActor {
     }
 
     fn update_memory(&mut self, ctx: &mut Context<Self>, bytes: u64) {
+        // A second tick while the first update is on its way sends nothing.
+        if self.updating_memory {
+            return;
+        }
+        self.updating_memory = true;
         let engine = self.shared.engine.clone();
         let name = container_name(self.id());
         let fut = async move { engine.update_memory(&name, bytes).await };
-        // Wait for it in the actor's context so a second tick cannot send it twice.
-        ctx.wait(fut.into_actor(self).map(move |res, act, _| match res {
-            Ok(()) => {
-                tracing::info!(app = act.id(), bytes, "memory limit applied live");
-                act.record.memory_limit = Some(bytes);
-                act.save();
-            }
-            Err(e) => {
-                tracing::warn!(app = act.id(), error = %e, "memory limit update failed");
-                act.record.last_error = Some(format!("memory limit update: {e}"));
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+            act.updating_memory = false;
+            match res {
+                Ok(()) => {
+                    tracing::info!(app = act.id(), bytes, "memory limit applied live");
+                    act.record.memory_limit = Some(bytes);
+                    act.save();
+                }
+                Err(e) => {
+                    tracing::warn!(app = act.id(), error = %e, "memory limit update failed");
+                    act.record.last_error = Some(format!("memory limit update: {e}"));
+                }
             }
         }));
     }
