@@ -158,6 +158,7 @@ mod tests {
                 error: None,
                 progress: Default::default(),
             }),
+            onion_address: None,
         }
     }
 

@@ -161,6 +161,10 @@ pub struct Package {
     pub dependencies: Vec<String>,
     pub last_error: Option<String>,
     pub operation: Option<Operation>,
+    /// The app's v3 onion address as its tor service wrote it; null when the app declares
+    /// no onion ports, is not installed, or tor has not written it yet.
+    #[serde(default)]
+    pub onion_address: Option<String>,
 }
 
 /// `server.status` engine part.

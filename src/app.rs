@@ -260,6 +260,8 @@ impl AppActor {
             dependencies: m.dependencies.iter().map(|d| d.to_string()).collect(),
             last_error: self.record.last_error.clone(),
             operation: self.op.clone().or_else(|| self.finished.back().cloned()),
+            // Filled in by the supervisor, which follows the tor app's hostname files.
+            onion_address: None,
         }
     }
 
@@ -1000,6 +1002,29 @@ impl Handler<FindOperation> for AppActor {
             .chain(self.finished.iter())
             .find(|o| o.id == msg.0)
             .cloned()
+    }
+}
+
+/// Sends a signal to the app's running container (the tor app reloads its onion services
+/// on SIGHUP). Nothing is sent while an operation runs or when nothing runs.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Signal(pub &'static str);
+
+impl Handler<Signal> for AppActor {
+    type Result = ();
+    fn handle(&mut self, msg: Signal, _: &mut Context<Self>) {
+        if self.in_flight().is_some() || !self.running() {
+            return;
+        }
+        let engine = self.shared.engine.clone();
+        let name = container_name(self.id());
+        let app = self.id().to_string();
+        actix::spawn(async move {
+            if let Err(e) = engine.kill(&name, msg.0).await {
+                tracing::warn!(%app, signal = msg.0, error = %e, "signal not delivered");
+            }
+        });
     }
 }
 

@@ -39,6 +39,14 @@ pub struct Config {
     pub memory_budget: Option<MemoryLimit>,
     /// Dashboard and RPC login.
     pub auth: AuthConfig,
+    /// The app that runs Tor and serves every app's onion services (default `tor`).
+    #[serde(default = "default_tor_app")]
+    pub tor_app: AppId,
+}
+
+fn default_tor_app() -> AppId {
+    // A literal that passes the id rules.
+    "tor".parse().expect("`tor` is a valid app id")
 }
 
 /// Where the engine is and how containers are networked by default.

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod memory;
 pub mod netns;
+pub mod onion;
 pub mod ops;
 pub mod owner;
 pub mod planner;

@@ -151,6 +151,48 @@ pub struct AppManifest {
     /// Where the dashboard links to.
     #[serde(default)]
     pub ui: Option<UiSpec>,
+    /// Onion services of this app, served by the tor app.
+    #[serde(default)]
+    pub onion: Option<OnionSpec>,
+}
+
+/// `onion: {ports: ["ONION:TARGET", ...]}`: each onion port is forwarded to the app's
+/// TARGET port on the app network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnionSpec {
+    pub ports: Vec<OnionPort>,
+}
+
+/// One port of an onion service: `ONION:TARGET` (the port onion clients connect to, and
+/// the port the app listens on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OnionPort {
+    pub onion: u16,
+    pub target: u16,
+}
+
+impl FromStr for OnionPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid onion port {s:?}: expected ONION:TARGET, e.g. 80:3000");
+        let (onion, target) = s.split_once(':').ok_or_else(bad)?;
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(bad()),
+        };
+        Ok(OnionPort {
+            onion: port(onion)?,
+            target: port(target)?,
+        })
+    }
+}
+
+impl fmt::Display for OnionPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.onion, self.target)
+    }
 }
 
 /// The container an app runs.
@@ -714,6 +756,7 @@ macro_rules! string_form {
     };
 }
 
+string_form!(OnionPort, "an onion port such as \"80:3000\"");
 string_form!(
     PortMapping,
     "a port mapping such as \"9735:9735\" or \"53:53/udp\""
@@ -1082,19 +1125,7 @@ impl AppManifest {
     /// env values, command, entrypoint, the health exec probe and post_create commands.
     pub fn secret_ref_sites(&self) -> Vec<(String, &str)> {
         let c = &self.container;
-        let mut sites: Vec<(String, &str)> = Vec::new();
-        for (key, value) in &c.env {
-            sites.push((format!("container.env.{key}"), value));
-        }
-        let lists = [
-            ("container.command", &c.command),
-            ("container.entrypoint", &c.entrypoint),
-        ];
-        for (field, list) in lists {
-            for (i, arg) in list.iter().flatten().enumerate() {
-                sites.push((format!("{field}[{i}]"), arg));
-            }
-        }
+        let mut sites = self.onion_ref_sites();
         if let Some(HealthCheck {
             probe: HealthProbe::Exec(command),
             ..
@@ -1107,6 +1138,25 @@ impl AppManifest {
         for (step, hook) in self.hooks.post_create.iter().enumerate() {
             for (i, arg) in hook.exec.iter().enumerate() {
                 sites.push((format!("hooks.post_create[{step}].exec[{i}]"), arg));
+            }
+        }
+        sites
+    }
+
+    /// The places where `${onion}` references are substituted: env values, command and
+    /// entrypoint.
+    pub fn onion_ref_sites(&self) -> Vec<(String, &str)> {
+        let c = &self.container;
+        let mut sites: Vec<(String, &str)> = Vec::new();
+        for (key, value) in &c.env {
+            sites.push((format!("container.env.{key}"), value));
+        }
+        for (field, list) in [
+            ("container.command", &c.command),
+            ("container.entrypoint", &c.entrypoint),
+        ] {
+            for (i, arg) in list.iter().flatten().enumerate() {
+                sites.push((format!("{field}[{i}]"), arg));
             }
         }
         sites
@@ -1426,6 +1476,47 @@ impl AppManifest {
                                 ),
                             ),
                             Some(_) => {} // existence is a cross-app rule, see catalog
+                        }
+                    }
+                }
+            }
+        }
+
+        // onion
+        if let Some(onion) = &self.onion {
+            if onion.ports.is_empty() {
+                problem(
+                    "onion.ports",
+                    "is empty: list at least one ONION:TARGET".to_string(),
+                );
+            }
+            let mut seen = BTreeSet::new();
+            for (i, p) in onion.ports.iter().enumerate() {
+                if !seen.insert(p.onion) {
+                    problem(
+                        &format!("onion.ports[{i}]"),
+                        format!("onion port {} is listed twice", p.onion),
+                    );
+                }
+            }
+        }
+        for (field, value) in self.onion_ref_sites() {
+            match crate::onion::references(self.id.as_str(), value) {
+                Err(e) => problem(&field, e.to_string()),
+                Ok(targets) => {
+                    for target in targets {
+                        if target == self.id.as_str() {
+                            if self.onion.is_none() {
+                                problem(
+                                    &field,
+                                    "${onion} needs this app's own `onion` ports".to_string(),
+                                );
+                            }
+                        } else if !self.dependencies.iter().any(|d| d.as_str() == target) {
+                            problem(
+                                &field,
+                                format!("${{onion:{target}}} refers to `{target}`, which is not a dependency of this app"),
+                            );
                         }
                     }
                 }

@@ -7,7 +7,17 @@ use std::path::Path;
 use crate::catalog::CatalogApp;
 use crate::engine::{Bind, ContainerSpec, PortBinding};
 use crate::manifest::{capability_name, AppId, Protocol, DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT};
+use crate::onion::{self, OnionError};
 use crate::secrets::{self, SecretError};
+
+/// Why an app's container spec cannot be made now.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Onion(#[from] OnionError),
+}
 use crate::store::Store;
 
 /// The spec for an app's container, as the manifest says now.
@@ -15,12 +25,14 @@ pub fn container_spec(
     app: &CatalogApp,
     store: &Store,
     default_network: &str,
-) -> Result<ContainerSpec, SecretError> {
+) -> Result<ContainerSpec, SpecError> {
     let m = &app.manifest;
     let c = &m.container;
     let id = m.id.as_str();
-    let render = |s: &String| secrets::render(store, id, s);
-    let render_all = |v: &Option<Vec<String>>| -> Result<Option<Vec<String>>, SecretError> {
+    let render = |s: &String| -> Result<String, SpecError> {
+        Ok(onion::render(store, id, &secrets::render(store, id, s)?)?)
+    };
+    let render_all = |v: &Option<Vec<String>>| -> Result<Option<Vec<String>>, SpecError> {
         v.as_ref()
             .map(|v| v.iter().map(render).collect())
             .transpose()
@@ -29,7 +41,7 @@ pub fn container_spec(
         .env
         .iter()
         .map(|(k, v)| Ok((k.clone(), render(v)?)))
-        .collect::<Result<_, SecretError>>()?;
+        .collect::<Result<_, SpecError>>()?;
     let caps = |names: &[String]| -> Vec<String> {
         // validate refused anything else, so a name that fails here cannot occur.
         names

@@ -191,6 +191,8 @@ pub struct Loaded {
 #[derive(Debug, Clone)]
 pub struct Store {
     data_dir: PathBuf,
+    /// The tor app, whose `data` volume holds every onion service's keys.
+    tor_app: Option<String>,
 }
 
 impl Store {
@@ -205,7 +207,24 @@ impl Store {
         set_mode(&secrets, 0o700)?;
         Ok(Store {
             data_dir: data_dir.to_path_buf(),
+            tor_app: None,
         })
+    }
+
+    /// Names the tor app (config `tor_app`): onion services live in its `data` volume.
+    pub fn with_tor_app(mut self, tor_app: &str) -> Store {
+        self.tor_app = Some(tor_app.to_string());
+        self
+    }
+
+    /// The tor app's `data` volume (`<data_dir>/apps/<tor>/data`), when a tor app is named.
+    pub fn tor_data(&self) -> Option<PathBuf> {
+        self.tor_app.as_ref().map(|t| self.app_dir(t).join("data"))
+    }
+
+    /// The tor app's id, when one is named.
+    pub fn tor_app(&self) -> Option<&str> {
+        self.tor_app.as_deref()
     }
 
     pub fn data_dir(&self) -> &Path {

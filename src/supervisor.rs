@@ -82,6 +82,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::engine::{ContainerRuntime, ContainerSummary, EngineError, EngineErrorKind};
 use crate::manifest::AppId;
+use crate::onion;
 use crate::ops::OpParams;
 use crate::planner::{CrashPolicy, Deps};
 use crate::store::Store;
@@ -117,6 +118,23 @@ pub struct Supervisor {
     catalog_seen: CatalogFingerprint,
     /// A look at `apps_dir` is running on the blocking pool (never two at once).
     catalog_checking: bool,
+    /// Onion services: the tor app, what was last written to its services file, and the
+    /// addresses tor wrote.
+    onion: OnionState,
+}
+
+/// The supervisor's side of the onion services (see [`crate::onion`]).
+#[derive(Debug, Default)]
+struct OnionState {
+    tor_app: String,
+    /// The services file as last written (or found unchanged); `None` before the first.
+    written: Option<String>,
+    /// App id → address, as read from tor's hostname files.
+    addresses: BTreeMap<String, String>,
+    /// A write or read is running on the blocking pool.
+    busy: bool,
+    /// Apps being uninstalled with purge: their service keys go once the uninstall ended.
+    purging: std::collections::BTreeSet<String>,
 }
 
 /// A cheap summary of `apps_dir`: each entry's name with the SHA-256 of its
@@ -157,6 +175,8 @@ impl Supervisor {
         engine: Arc<dyn ContainerRuntime>,
         store: Store,
     ) -> Result<Self, crate::store::StoreError> {
+        // Onion services live in the tor app's volume: every user of the store knows where.
+        let store = store.with_tor_app(config.tor_app.as_str());
         let first_boot = store.is_first_boot()?;
         let (events, _) = broadcast::channel(1024);
         Ok(Supervisor {
@@ -183,6 +203,10 @@ impl Supervisor {
             first_boot,
             catalog_seen: CatalogFingerprint::of(&config.apps_dir),
             catalog_checking: false,
+            onion: OnionState {
+                tor_app: config.tor_app.to_string(),
+                ..OnionState::default()
+            },
         })
     }
 
@@ -260,6 +284,148 @@ impl Supervisor {
         self.ledger.reserved(self.packages.values(), except)
     }
 
+    /// The onion services the tor app should serve now: every app that declares onion
+    /// ports and is installed or being installed, pointed at its name on the app network
+    /// while it runs; with the tor app's `data` volume (host folder, path in its
+    /// container). `None` when the catalog has no such tor app.
+    fn onion_services(&self) -> Option<(PathBuf, String, Vec<onion::Service>)> {
+        let tor = AppId::try_from(self.onion.tor_app.clone()).ok()?;
+        let tor_app = self.catalog.get(&tor)?;
+        let data = tor_app
+            .manifest
+            .container
+            .volumes
+            .iter()
+            .find(|v| v.is_own() && v.name == "data")?;
+        let services = self
+            .catalog
+            .apps
+            .iter()
+            .filter(|(id, _)| **id != tor)
+            .filter_map(|(id, app)| {
+                let spec = app.manifest.onion.as_ref()?;
+                let p = self.packages.get(id.as_str())?;
+                let installing = p.operation.as_ref().is_some_and(|o| {
+                    o.kind == OperationKind::Install
+                        && o.status == crate::api::OperationStatus::Running
+                });
+                (p.installed_version.is_some() || installing).then(|| onion::Service {
+                    app: id.to_string(),
+                    ports: spec.ports.clone(),
+                    target: if p.state == AppState::Running {
+                        id.to_string()
+                    } else {
+                        "127.0.0.1".to_string()
+                    },
+                })
+            })
+            .collect();
+        Some((
+            self.shared.store.app_dir(tor.as_str()).join("data"),
+            data.path.clone(),
+            services,
+        ))
+    }
+
+    /// Keeps the tor app's services file in step with the installed apps, has tor reload
+    /// it when it changed, removes the keys of purged apps, and reads the addresses tor
+    /// wrote. File work runs on the blocking pool, one round at a time; a round is started
+    /// only when there is something to do.
+    fn sync_onion(&mut self, ctx: &mut Context<Self>) {
+        if self.onion.busy {
+            return;
+        }
+        let Some((tor_data, mount, services)) = self.onion_services() else {
+            return;
+        };
+        let text = onion::services_file(&services, &mount);
+        let purged: Vec<String> = self
+            .onion
+            .purging
+            .iter()
+            .filter(|id| {
+                self.packages.get(*id).is_some_and(|p| {
+                    p.installed_version.is_none()
+                        && p.operation
+                            .as_ref()
+                            .is_none_or(|o| o.status != crate::api::OperationStatus::Running)
+                })
+            })
+            .cloned()
+            .collect();
+        let missing = services
+            .iter()
+            .any(|s| !self.onion.addresses.contains_key(&s.app));
+        let stale = self
+            .onion
+            .addresses
+            .keys()
+            .any(|a| !services.iter().any(|s| s.app == *a));
+        if self.onion.written.as_deref() == Some(text.as_str())
+            && purged.is_empty()
+            && !missing
+            && !stale
+        {
+            return;
+        }
+        self.onion.busy = true;
+        let store = self.shared.store.clone();
+        let apps: Vec<String> = services.iter().map(|s| s.app.clone()).collect();
+        let write = text.clone();
+        let purge = purged.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            let changed = if tor_data.is_dir() {
+                onion::write_services_file(&tor_data, &write)
+                    .map_err(|e| format!("{}: {e}", tor_data.join(onion::SERVICES_FILE).display()))
+            } else {
+                Err(format!("{} does not exist yet", tor_data.display()))
+            };
+            for app in &purge {
+                if let Some(dir) = onion::service_dir(&store, app) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            let addresses: BTreeMap<String, String> = apps
+                .iter()
+                .filter_map(|a| onion::address(&store, a).ok().map(|addr| (a.clone(), addr)))
+                .collect();
+            (changed, addresses)
+        });
+        ctx.spawn(work.into_actor(self).map(move |done, act, ctx| {
+            act.onion.busy = false;
+            let Ok((changed, addresses)) = done else { return };
+            for app in &purged {
+                act.onion.purging.remove(app);
+            }
+            match changed {
+                Ok(changed) => {
+                    act.onion.written = Some(text);
+                    if changed {
+                        tracing::info!(tor = %act.onion.tor_app, "onion services changed; tor reloads them");
+                        if let Some(tor) = act.actors.get(&act.onion.tor_app) {
+                            tor.do_send(app::Signal("HUP"));
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "onion services file not written"),
+            }
+            if addresses != act.onion.addresses {
+                act.onion.addresses = addresses;
+                let ids: Vec<String> = act.packages.keys().cloned().collect();
+                for id in ids {
+                    let address = act.onion.addresses.get(&id).cloned();
+                    if let Some(p) = act.packages.get_mut(&id) {
+                        if p.onion_address != address {
+                            p.onion_address = address;
+                            let _ = act.shared.events.send(Event::Package(Box::new(p.clone())));
+                        }
+                    }
+                }
+            }
+            let _ = ctx;
+        }));
+    }
+
     /// A catalog change that raises the limit of an app wanted running is applied live
     /// by its actor; when the raise would not fit the budget, the app keeps its current
     /// limit (the manifest it gets says so) and the log gives the figures. The next reload
@@ -320,6 +486,7 @@ impl Supervisor {
                 }
             }));
         }
+        self.sync_onion(ctx);
         self.ticking = true;
         let engine = self.shared.engine.clone();
         let started = Instant::now();
@@ -572,8 +739,9 @@ impl Handler<RouteEvent> for Supervisor {
 
 impl Handler<PackageChanged> for Supervisor {
     type Result = ();
-    fn handle(&mut self, msg: PackageChanged, _: &mut Context<Self>) {
-        let pkg = msg.0;
+    fn handle(&mut self, msg: PackageChanged, ctx: &mut Context<Self>) {
+        let mut pkg = msg.0;
+        pkg.onion_address = self.onion.addresses.get(&pkg.id).cloned();
         let id = pkg.id.clone();
         let readiness_changed = self
             .packages
@@ -585,6 +753,7 @@ impl Handler<PackageChanged> for Supervisor {
             .send(Event::Package(Box::new(pkg.clone())));
         self.ledger.reported(&pkg);
         self.packages.insert(id.clone(), pkg);
+        self.sync_onion(ctx);
         if readiness_changed {
             let dependents = AppId::try_from(id.clone())
                 .map(|id| self.catalog.dependents(&id))
@@ -668,6 +837,9 @@ impl Handler<RunOperation> for Supervisor {
             }
             // Held from now, before the actor has seen the command.
             self.ledger.admit(&id, needed);
+        }
+        if msg.kind == OperationKind::Uninstall && msg.purge {
+            self.onion.purging.insert(id.clone());
         }
         let command = addr.send(Command {
             kind: msg.kind,

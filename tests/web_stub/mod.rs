@@ -63,6 +63,7 @@ fn package(id: &str, name: &str, state: AppState, memory: u64) -> Package {
         dependencies: Vec::new(),
         last_error: None,
         operation: None,
+        onion_address: None,
     }
 }
 

@@ -91,16 +91,28 @@ impl ServeNode {
 
     /// Like [`ServeNode::serve`], with apps on `network` by default.
     pub fn serve_on(&self, engine_host: &str, network: &str, default_apps: &[String]) -> Server {
+        Server::start(&self.config(engine_host, network, default_apps, ""))
+    }
+
+    /// Writes this node's config (apps on `network` by default; `extra` YAML appended)
+    /// and answers its path, for [`Server::start`].
+    pub fn config(
+        &self,
+        engine_host: &str,
+        network: &str,
+        default_apps: &[String],
+        extra: &str,
+    ) -> PathBuf {
         let config = self.dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:0\napps_dir: apps\ndata_dir: data\nengine:\n  host: {engine_host}\n  default_network: {network}\nreconcile_interval: 200ms\ndefault_apps: [{}]\nauth:\n  password_file: password\n",
+                "listen: 127.0.0.1:0\napps_dir: apps\ndata_dir: data\nengine:\n  host: {engine_host}\n  default_network: {network}\nreconcile_interval: 200ms\ndefault_apps: [{}]\nauth:\n  password_file: password\n{extra}",
                 default_apps.join(", ")
             ),
         )
         .unwrap();
-        Server::start(&config)
+        config
     }
 
     /// Writes an app's manifest as given (`{id}` stands for the app's id).
@@ -156,7 +168,8 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(config: &std::path::Path) -> Server {
+    /// Starts `archipelago serve` on `config` and waits until it serves.
+    pub fn start(config: &std::path::Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_archipelago"))
             .args(["serve", "--config"])
             .arg(config)
