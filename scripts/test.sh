@@ -63,7 +63,7 @@ run_tests() {
 : >"$tests_log"
 # Supervisor-level tests run a second time against Podman's Docker-compatible API (the
 # engine layer's own tests already cover both engines in one run).
-PODMAN_SUITES=(supervisor operations real_servers)
+PODMAN_SUITES=(supervisor operations real_servers tor)
 if cargo nextest --version >/dev/null 2>&1; then
     run tests run_tests cargo nextest run --no-fail-fast
     filter=$(printf 'binary(%s) | ' "${PODMAN_SUITES[@]}")

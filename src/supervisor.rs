@@ -297,6 +297,14 @@ impl Supervisor {
             .volumes
             .iter()
             .find(|v| v.is_own() && v.name == "data")?;
+        let network_of = |app: &crate::catalog::CatalogApp| {
+            app.manifest
+                .container
+                .network
+                .clone()
+                .unwrap_or_else(|| self.shared.default_network.clone())
+        };
+        let tor_network = network_of(tor_app);
         let services = self
             .catalog
             .apps
@@ -312,7 +320,12 @@ impl Supervisor {
                 (p.installed_version.is_some() || installing).then(|| onion::Service {
                     app: id.to_string(),
                     ports: spec.ports.clone(),
-                    target: if p.state == AppState::Running {
+                    // By name only on tor's own named network: a name tor cannot
+                    // resolve would make it refuse the whole file.
+                    target: if p.state == AppState::Running
+                        && network_of(app) == tor_network
+                        && !crate::engine::is_builtin_network(&tor_network)
+                    {
                         id.to_string()
                     } else {
                         "127.0.0.1".to_string()

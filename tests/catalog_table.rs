@@ -124,7 +124,12 @@ fn parse_manifest(path: &Path, text: &str) -> (String, App) {
     let mut secret_refs = Vec::new();
     collect_secret_refs(&doc, &mut secret_refs);
     let app = App {
-        image: cfield("image"),
+        // A built image is shown as where it is built from.
+        image: if container.get("build").is_some() {
+            format!("built from apps/{id}/Dockerfile")
+        } else {
+            cfield("image")
+        },
         memory: cfield("memory_limit"),
         dependencies: str_list(doc.get("dependencies"), path, "dependencies"),
         ports: str_list(container.get("ports"), path, "container.ports"),

@@ -18,6 +18,9 @@ use crate::secrets;
 use crate::spec::create_volume_dirs;
 use crate::store::AppRecord;
 
+/// How long a start waits for tor to write the onion addresses its env refers to.
+const ONION_WAIT: Duration = Duration::from_secs(120);
+
 /// Creates the container for `spec` if it is missing or has another spec hash.
 async fn ensure_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), String> {
     let name = container_name(&spec.app);
@@ -117,6 +120,10 @@ pub(super) async fn start(
         .clone()
         .ok_or_else(|| format!("{} is not installed", env.id()))?;
     let _slot = env.start_slots.acquire().await.map_err(|e| e.to_string())?;
+    // Returns at once for an app whose env and command name no onion address.
+    crate::onion::wait_for_addresses(&env.store, &env.app.manifest, ONION_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
     let spec = env.spec_for(&installed)?;
     fetch_image(env, &installed, false).await?;
     ensure_container(env, &spec).await?;
