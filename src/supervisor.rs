@@ -70,7 +70,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::admission::{self, Ledger};
@@ -80,7 +79,7 @@ use crate::app::{
 };
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::engine::{ContainerRuntime, ContainerSummary, EngineError, EngineErrorKind};
+use crate::engine::{ContainerRuntime, ContainerSummary, EngineErrorKind};
 use crate::manifest::AppId;
 use crate::onion;
 use crate::ops::OpParams;
@@ -512,7 +511,7 @@ impl Supervisor {
                 false => None,
             };
             let list = match &version {
-                Some(Err(e)) => Err(clone_err(e)),
+                Some(Err(e)) => Err(e.clone()),
                 _ => engine.list().await,
             };
             (version, list)
@@ -582,53 +581,90 @@ impl Supervisor {
         }));
     }
 
-    /// Follows the engine's event stream, resubscribing with backoff when it ends.
+    /// Follows the engine's event stream as a stream of this actor (see
+    /// [`engine_events`]); it ends with the actor.
     fn follow_events(&self, ctx: &mut Context<Self>) {
-        let engine = self.shared.engine.clone();
-        let addr = ctx.address();
-        let task = async move {
-            let mut backoff = Duration::from_millis(250);
-            loop {
-                let mut stream = engine.events();
-                let mut got_any = false;
-                // A new subscription may have missed events: relist at once.
-                addr.do_send(Tick);
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(ev) => {
-                            got_any = true;
-                            backoff = Duration::from_millis(250);
-                            addr.do_send(RouteEvent(ev));
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "engine event stream error");
-                            break;
-                        }
-                    }
-                }
-                if !got_any {
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                if !addr.connected() {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-            }
-        };
-        ctx.spawn(fut::wrap_future(task));
+        ctx.add_stream(engine_events(self.shared.engine.clone()));
     }
+}
+
+/// What the supervisor hears from the engine's event stream.
+#[derive(Debug)]
+enum Heard {
+    /// A (new) subscription began: it may have missed events, so relist at once.
+    Subscribed,
+    Event(crate::engine::EngineEvent),
+}
+
+/// The engine's events, resubscribed whenever the stream ends or fails: after a pause
+/// that grows from 250 ms to 10 s while subscriptions bring nothing, and goes back to
+/// 250 ms after an event.
+fn engine_events(
+    engine: Arc<dyn ContainerRuntime>,
+) -> futures_util::stream::BoxStream<'static, Heard> {
+    use futures_util::stream::{self, BoxStream, StreamExt};
+    type Events =
+        BoxStream<'static, Result<crate::engine::EngineEvent, crate::engine::EngineError>>;
+    struct Follow {
+        engine: Arc<dyn ContainerRuntime>,
+        current: Option<Events>,
+        backoff: Duration,
+        got_any: bool,
+    }
+    let start = Follow {
+        engine,
+        current: None,
+        backoff: Duration::from_millis(250),
+        got_any: false,
+    };
+    stream::unfold(start, |mut f| async move {
+        loop {
+            let Some(current) = f.current.as_mut() else {
+                f.current = Some(f.engine.events());
+                f.got_any = false;
+                return Some((Heard::Subscribed, f));
+            };
+            match current.next().await {
+                Some(Ok(ev)) => {
+                    f.got_any = true;
+                    f.backoff = Duration::from_millis(250);
+                    return Some((Heard::Event(ev), f));
+                }
+                ended => {
+                    if let Some(Err(e)) = ended {
+                        tracing::debug!(error = %e, "engine event stream error");
+                    }
+                    f.current = None;
+                    if !f.got_any {
+                        f.backoff = (f.backoff * 2).min(Duration::from_secs(10));
+                    }
+                    tokio::time::sleep(f.backoff).await;
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+impl StreamHandler<Heard> for Supervisor {
+    fn handle(&mut self, heard: Heard, ctx: &mut Context<Self>) {
+        match heard {
+            Heard::Subscribed => self.tick(ctx),
+            Heard::Event(ev) => {
+                if let Some(addr) = self.actors.get(&ev.app) {
+                    addr.do_send(app::ContainerEvent(ev));
+                }
+            }
+        }
+    }
+
+    /// The stream never ends by itself; when the actor stops, it is dropped.
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 fn mark_first_boot_done(store: &Store) {
     if let Err(e) = store.mark_first_boot_done() {
         tracing::error!(error = %e, "could not record that the first boot is done");
-    }
-}
-
-fn clone_err(e: &EngineError) -> EngineError {
-    EngineError::Unreachable {
-        host: String::new(),
-        reason: e.to_string(),
     }
 }
 
@@ -733,20 +769,6 @@ impl Handler<Tick> for Supervisor {
     type Result = ();
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
         self.tick(ctx);
-    }
-}
-
-/// An engine event, to be routed to its app's actor.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct RouteEvent(crate::engine::EngineEvent);
-
-impl Handler<RouteEvent> for Supervisor {
-    type Result = ();
-    fn handle(&mut self, msg: RouteEvent, _: &mut Context<Self>) {
-        if let Some(addr) = self.actors.get(&msg.0.app) {
-            addr.do_send(app::ContainerEvent(msg.0));
-        }
     }
 }
 

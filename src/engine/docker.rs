@@ -776,11 +776,14 @@ impl PullProgress {
 /// `?` and `**`; no character classes.
 #[derive(Debug, Default, Clone)]
 pub struct IgnoreMatcher {
-    patterns: Vec<(bool, Vec<String>)>,
+    /// (negated, pattern), in file order: the last pattern that matches decides.
+    patterns: Vec<(bool, globset::GlobMatcher)>,
 }
 
 impl IgnoreMatcher {
-    /// Parses the text of a `.dockerignore` file.
+    /// Parses the text of a `.dockerignore` file. Patterns are Go's `filepath.Match`
+    /// with `**` across folders, as Docker reads them: `*` and `?` never cross a `/`.
+    /// A pattern that does not parse is left out, as Docker would fail the build on it.
     pub fn parse(text: &str) -> Self {
         let patterns = text
             .lines()
@@ -791,54 +794,35 @@ impl IgnoreMatcher {
                     Some(rest) => (true, rest.trim()),
                     None => (false, l),
                 };
-                let segs: Vec<String> = p
+                let clean: Vec<&str> = p
                     .split('/')
                     .filter(|s| !s.is_empty() && *s != ".")
-                    .map(str::to_string)
                     .collect();
-                (!segs.is_empty()).then_some((negate, segs))
+                if clean.is_empty() {
+                    return None;
+                }
+                let glob = globset::GlobBuilder::new(&clean.join("/"))
+                    .literal_separator(true)
+                    .build()
+                    .ok()?;
+                Some((negate, glob.compile_matcher()))
             })
             .collect();
         IgnoreMatcher { patterns }
     }
 
-    /// True when `path` (relative, `/`-separated) is left out of the context.
+    /// True when `path` (relative, `/`-separated) is left out of the context: a pattern
+    /// that matches the path or one of its parent folders.
     pub fn is_ignored(&self, path: &str) -> bool {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let prefixes: Vec<String> = (1..=segs.len()).map(|n| segs[..n].join("/")).collect();
         let mut ignored = false;
         for (negate, pattern) in &self.patterns {
-            let hit = (1..=segs.len()).any(|n| match_segments(pattern, &segs[..n]));
-            if hit {
+            if prefixes.iter().any(|p| pattern.is_match(p)) {
                 ignored = !negate;
             }
         }
         ignored
-    }
-}
-
-fn match_segments(pattern: &[String], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
-        }
-        Some((first, rest)) => match path.split_first() {
-            Some((seg, path_rest)) => {
-                glob(first.as_bytes(), seg.as_bytes()) && match_segments(rest, path_rest)
-            }
-            None => false,
-        },
-    }
-}
-
-/// `*` and `?` within one path segment.
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match (p.first(), s.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
-        (Some(b'?'), Some(_)) => glob(&p[1..], &s[1..]),
-        (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
-        _ => false,
     }
 }
 
@@ -1603,7 +1587,7 @@ mod tests {
     #[test]
     fn dockerignore_patterns() {
         let m = IgnoreMatcher::parse(
-            "# comment\nsecret.txt\n*.log\nbuild/\n!build/keep.txt\ndocs/**/*.md\n/abs\n",
+            "# comment\nsecret.txt\n*.log\nbuild/\n!build/keep.txt\ndocs/**/*.md\n/abs\n[ab].key\n",
         );
         let cases = [
             ("secret.txt", true),
@@ -1619,6 +1603,8 @@ mod tests {
             ("abs", true),
             ("Dockerfile", false),
             ("copied.txt", false),
+            ("a.key", true),
+            ("c.key", false),
         ];
         for (path, want) in cases {
             assert_eq!(m.is_ignored(path), want, "{path}");

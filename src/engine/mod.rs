@@ -217,8 +217,9 @@ pub enum EngineErrorKind {
     Other,
 }
 
-/// Every engine failure, with the thing at fault named.
-#[derive(Debug, thiserror::Error)]
+/// Every engine failure, with the thing at fault named. Clonable, so one failure can be
+/// reported to every caller that waited on it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("engine unreachable at {host}: {reason}")]
     Unreachable { host: String, reason: String },
