@@ -12,11 +12,15 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 
 pub mod docker;
+/// The recording fake is for unit tests of the layers above the engine; it is not part of
+/// the shipped binary.
+#[cfg(test)]
 pub mod fake;
 mod hash;
 pub mod reconnect;
 
 pub use docker::DockerRuntime;
+#[cfg(test)]
 pub use fake::{Call, CallKind, FakeRuntime};
 
 /// Label every container we own carries; its value is the app id.

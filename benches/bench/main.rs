@@ -9,7 +9,7 @@
 //! lines. Every container it creates carries a name prefix unique to this run
 //! (`bench<pid>…`) and is removed again; nothing else on the engine is touched.
 //!
-//! Usage: `scripts/test-env.sh up`, then `cargo run --release --bin bench [-- --help]`.
+//! Usage: `scripts/test-env.sh up`, then `cargo bench --bench bench [-- --help]`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -32,6 +32,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 use archipelago::ctl::RpcClient;
 
+mod support;
+use support::*;
+
 /// The test engine that `scripts/test-env.sh up` starts.
 const DEFAULT_HOST: &str = "unix:///tmp/archipelago-test/docker.sock";
 /// The tiny local image the test environment builds from /bin/busybox.
@@ -41,9 +44,7 @@ const APP_MEMORY: &str = "16MiB";
 const APP_MEMORY_BYTES: i64 = 16 * 1024 * 1024;
 /// Parallel requests the engine floor sends, as the issue asks.
 const FLOOR_PARALLEL: usize = 8;
-/// Levels of the dependency graph: level 0 has no dependencies, each app of a later level
-/// depends on two apps of the level before.
-const LEVELS: usize = 3;
+
 /// How often the bench polls `package.list` while it waits for convergence.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -192,20 +193,6 @@ impl Figure {
     }
 }
 
-fn median(samples: &[f64]) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let mid = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[mid]
-    } else {
-        (s[mid - 1] + s[mid]) / 2.0
-    }
-}
-
 /// A value with its unit, the way the table shows it.
 fn show(value: f64, unit: &str) -> String {
     if value.is_nan() {
@@ -311,34 +298,6 @@ impl Node {
         std::fs::write(&path, text).map_err(io_err("write compose file"))?;
         Ok(path)
     }
-}
-
-/// App ids `<prefix>-a000…` and their dependencies: `LEVELS` levels of about n/LEVELS apps,
-/// each app past level 0 depending on two neighbours of the level before.
-fn dag(prefix: &str, n: usize) -> (Vec<String>, Vec<Vec<usize>>) {
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-a{i:03}")).collect();
-    let per = n / LEVELS;
-    let first = n - per * (LEVELS - 1);
-    let mut starts = vec![0];
-    for l in 0..LEVELS {
-        let size = if l == 0 { first } else { per };
-        starts.push(starts[l] + size);
-    }
-    let mut deps = vec![Vec::new(); n];
-    for l in 1..LEVELS {
-        let (prev_start, prev_len) = (starts[l - 1], starts[l] - starts[l - 1]);
-        if prev_len == 0 {
-            continue;
-        }
-        for (j, i) in (starts[l]..starts[l + 1]).enumerate() {
-            let mut d = vec![prev_start + j % prev_len];
-            if prev_len > 1 {
-                d.push(prev_start + (j + 1) % prev_len);
-            }
-            deps[i] = d;
-        }
-    }
-    (ids, deps)
 }
 
 /// A running `archipelago serve` child process. Killed when dropped.
@@ -549,84 +508,6 @@ fn clock_ticks_per_second() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-/// Engine API requests seen by the proxy, by method and path pattern.
-#[derive(Debug, Default)]
-struct Counts(Mutex<BTreeMap<String, u64>>);
-
-impl Counts {
-    fn add(&self, key: String) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(key).or_default() += 1;
-    }
-
-    fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Finds HTTP request lines in a client's byte stream. It keeps the tail of the current
-/// line only, so a request line that follows a body without a line break is still found.
-#[derive(Debug, Default)]
-struct Scanner {
-    line: Vec<u8>,
-}
-
-/// Bytes of a line kept while scanning; request lines are far shorter.
-const MAX_LINE: usize = 8192;
-const METHODS: [&str; 5] = ["GET", "POST", "DELETE", "PUT", "HEAD"];
-
-impl Scanner {
-    fn feed(&mut self, bytes: &[u8], counts: &Counts) {
-        for &b in bytes {
-            if b == b'\n' {
-                if let Some(key) = request_key(&String::from_utf8_lossy(&self.line)) {
-                    counts.add(key);
-                }
-                self.line.clear();
-            } else {
-                self.line.push(b);
-                if self.line.len() > 2 * MAX_LINE {
-                    self.line.drain(..MAX_LINE);
-                }
-            }
-        }
-    }
-}
-
-/// `GET /containers/{id}/json` for a request line (version prefix, query and names cut).
-fn request_key(line: &str) -> Option<String> {
-    let line = line.trim_end_matches('\r');
-    let head = line
-        .strip_suffix(" HTTP/1.1")
-        .or_else(|| line.strip_suffix(" HTTP/1.0"))?;
-    let (pos, method) = METHODS
-        .iter()
-        .filter_map(|m| head.rfind(&format!("{m} /")).map(|p| (p, *m)))
-        .max_by_key(|(p, _)| *p)?;
-    let target = &head[pos + method.len() + 1..];
-    let path = target.split('?').next().unwrap_or(target);
-    let path = match path.strip_prefix("/v") {
-        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
-            rest.find('/').map(|i| &rest[i..]).unwrap_or("/")
-        }
-        _ => path,
-    };
-    let mut segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    if segs.first() == Some(&"containers")
-        && segs.len() >= 2
-        && !matches!(segs[1], "json" | "create" | "prune")
-    {
-        segs[1] = "{id}";
-    }
-    let path = if segs.first() == Some(&"images") && segs.last() == Some(&"json") && segs.len() > 2
-    {
-        "images/{name}/json".to_string()
-    } else {
-        segs.join("/")
-    };
-    Some(format!("{method} /{path}"))
 }
 
 /// Forwards connections on `listener` to `upstream`, counting request lines.
@@ -1379,7 +1260,14 @@ fn find_archipelago(explicit: Option<PathBuf>) -> Result<PathBuf> {
         }
     }
     let exe = std::env::current_exe().map_err(io_err("find this binary"))?;
-    let path = exe.with_file_name("archipelago");
+    // cargo puts a bench in `target/<profile>/deps/`, the binary one folder up.
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    let path = dir.join("archipelago");
     if path.is_file() {
         Ok(path)
     } else {
@@ -1537,7 +1425,7 @@ async fn run(args: Args) -> Result<()> {
     let machine = machine(&docker, &bin).await;
     eprintln!("bench: machine {machine}");
     if cfg!(debug_assertions) {
-        eprintln!("bench: warning: a debug build; figures of record come from `cargo run --release --bin bench`");
+        eprintln!("bench: warning: a debug build; figures of record come from `cargo bench --bench bench`");
     }
     let mut bench = Bench {
         args: args.clone(),
@@ -1609,7 +1497,7 @@ async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&out_dir).map_err(io_err(format!("mkdir {}", out_dir.display())))?;
     let command: Vec<String> = std::env::args().skip(1).collect();
     let results = json!({
-        "command": format!("cargo run --release --bin bench{}{}", if command.is_empty() { "" } else { " -- " }, command.join(" ")),
+        "command": format!("cargo bench --bench bench{}{}", if command.is_empty() { "" } else { " -- " }, command.join(" ")),
         "machine": machine,
         "settings": {
             "apps": args.apps, "scale_apps": args.scale_apps, "boot_runs": args.boot_runs,
@@ -2009,95 +1897,5 @@ impl Bench {
         self.remove_prefix(&prefix).await?;
         let _ = std::fs::remove_dir_all(&node.dir);
         outcome
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_lines_are_keyed_by_method_and_path_pattern() {
-        let cases = [
-            (
-                "GET /v1.41/containers/json?all=true&filters=%7B%7D HTTP/1.1\r",
-                Some("GET /containers/json"),
-            ),
-            ("GET /v1.41/version HTTP/1.1", Some("GET /version")),
-            ("GET /_ping HTTP/1.1\r", Some("GET /_ping")),
-            (
-                "GET /v1.41/containers/archipelago-x/json HTTP/1.1\r",
-                Some("GET /containers/{id}/json"),
-            ),
-            (
-                "POST /v1.41/containers/create?name=x HTTP/1.1\r",
-                Some("POST /containers/create"),
-            ),
-            (
-                "POST /v1.41/containers/abc/start HTTP/1.1\r",
-                Some("POST /containers/{id}/start"),
-            ),
-            (
-                "GET /v1.41/images/archipelago-test/busybox:latest/json HTTP/1.1\r",
-                Some("GET /images/{name}/json"),
-            ),
-            (
-                "{\"Image\":\"x\"}GET /v1.41/events?filters=x HTTP/1.1\r",
-                Some("GET /events"),
-            ),
-            ("Host: localhost\r", None),
-            ("{\"Cmd\":[\"sleep\"]}", None),
-        ];
-        for (line, want) in cases {
-            assert_eq!(request_key(line).as_deref(), want, "{line}");
-        }
-    }
-
-    #[test]
-    fn the_scanner_counts_requests_split_across_reads() {
-        let counts = Counts::default();
-        let mut scanner = Scanner::default();
-        let stream = b"GET /v1.41/version HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1.41/containers/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /v1.41/containers/json HTTP/1.1\r\n\r\n";
-        for chunk in stream.chunks(7) {
-            scanner.feed(chunk, &counts);
-        }
-        let got = counts.snapshot();
-        let want: BTreeMap<String, u64> = [
-            ("GET /version".to_string(), 1),
-            ("POST /containers/create".to_string(), 1),
-            ("GET /containers/json".to_string(), 1),
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn the_graph_has_three_levels_of_two_dependencies() {
-        let cases = [(30, [10, 10, 10]), (200, [68, 66, 66]), (4, [2, 1, 1])];
-        for (n, sizes) in cases {
-            let (ids, deps) = dag("p", n);
-            assert_eq!(ids.len(), n);
-            let roots = deps.iter().filter(|d| d.is_empty()).count();
-            assert_eq!(roots, sizes[0], "n = {n}");
-            for (i, d) in deps.iter().enumerate() {
-                assert!(
-                    d.iter().all(|&x| x < i),
-                    "app {i} depends on a later app: {d:?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn medians_of_odd_and_even_counts() {
-        let cases: [(&[f64], f64); 3] = [
-            (&[3.0, 1.0, 2.0], 2.0),
-            (&[4.0, 1.0, 2.0, 3.0], 2.5),
-            (&[7.0], 7.0),
-        ];
-        for (samples, want) in cases {
-            assert_eq!(median(samples), want);
-        }
     }
 }
