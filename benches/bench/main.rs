@@ -116,6 +116,9 @@ struct Args {
     /// Only the responsiveness runs (slow stops, upgrades); not boot, hot swap and the rest.
     #[arg(long)]
     responsiveness_only: bool,
+    /// Passed by `cargo bench` to every bench program; means nothing here.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 /// Why the bench stopped.
