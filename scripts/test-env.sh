@@ -29,6 +29,7 @@ DOCKER_POOL="10.213.0.0/16"
 PODMAN_SOCK="$BASE/podman.sock"
 PODMAN_PID="$BASE/podman.pid"
 PODMAN_LOG="$BASE/podman.log"
+SYSTEM_DOCKER_SOCK=/var/run/docker.sock
 REGISTRY_ADDR="127.0.0.1:5000"
 REGISTRY_NAME="localhost:5000"
 REGISTRY_PID="$BASE/registry.pid"
@@ -294,6 +295,23 @@ load_images() {
     docker_cli tag "$IMAGE" "$REGISTRY_IMAGE"
     log "pushing $REGISTRY_IMAGE"
     docker_cli push -q "$REGISTRY_IMAGE" >/dev/null
+    load_into_system_docker
+}
+
+# The machine's own dockerd (the engine node owners run), when it answers: the engine
+# tests run against it too, with the busybox image. Only the image is added; nothing else
+# of that engine is touched, started or stopped.
+load_into_system_docker() {
+    if ! ping_socket "$SYSTEM_DOCKER_SOCK"; then
+        log "no system dockerd at $SYSTEM_DOCKER_SOCK"
+        return 0
+    fi
+    if docker -H "unix://$SYSTEM_DOCKER_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
+        log "system docker has $IMAGE"
+        return 0
+    fi
+    log "loading $IMAGE into the system docker"
+    docker_cli save "$IMAGE" | docker -H "unix://$SYSTEM_DOCKER_SOCK" load -q >/dev/null
 }
 
 # The cached root file system tar of the servers image; its name changes with the settings.
@@ -581,6 +599,7 @@ cmd_env() {
     echo "export DOCKER_HOST=unix://$DOCKER_SOCK"
     echo "export ARCHIPELAGO_TEST_DOCKER_HOST=unix://$DOCKER_SOCK"
     echo "export ARCHIPELAGO_TEST_PODMAN_HOST=unix://$PODMAN_SOCK"
+    echo "export ARCHIPELAGO_TEST_SYSTEM_DOCKER_HOST=unix://$SYSTEM_DOCKER_SOCK"
     echo "export ARCHIPELAGO_TEST_REGISTRY=$REGISTRY_NAME"
     echo "export ARCHIPELAGO_TEST_SERVERS_IMAGE=$SERVERS_IMAGE"
 }

@@ -84,3 +84,8 @@ async fn docker_runs_a_memory_limited_container() {
 async fn podman_runs_a_memory_limited_container() {
     run_memory_limited_container("podman").await;
 }
+
+#[tokio::test]
+async fn the_system_docker_runs_a_memory_limited_container() {
+    run_memory_limited_container("system-docker").await;
+}

@@ -32,9 +32,20 @@ pub fn podman_host() -> String {
         .unwrap_or_else(|_| "unix:///tmp/archipelago-test/podman.sock".to_string())
 }
 
-/// Both engines, named, for tests that run against each.
+/// The machine's own dockerd at the default socket: the engine node owners run.
+pub fn system_docker_host() -> String {
+    std::env::var("ARCHIPELAGO_TEST_SYSTEM_DOCKER_HOST")
+        .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string())
+}
+
+/// Every engine, named, for the engine-layer tests that run against each: the private
+/// dockerd, Podman, and the machine's own dockerd.
 pub fn engines() -> Vec<(&'static str, String)> {
-    vec![("docker", docker_host()), ("podman", podman_host())]
+    vec![
+        ("docker", docker_host()),
+        ("podman", podman_host()),
+        ("system-docker", system_docker_host()),
+    ]
 }
 
 /// Connects to the engine at `host` and pings it, or panics with a message naming the
