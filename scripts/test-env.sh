@@ -295,23 +295,26 @@ load_images() {
     docker_cli tag "$IMAGE" "$REGISTRY_IMAGE"
     log "pushing $REGISTRY_IMAGE"
     docker_cli push -q "$REGISTRY_IMAGE" >/dev/null
-    load_into_system_docker
 }
 
 # The machine's own dockerd (the engine node owners run), when it answers: the engine
-# tests run against it too, with the busybox image. Only the image is added; nothing else
-# of that engine is touched, started or stopped.
+# tests and the real-server tests run against it too, with the busybox and servers images.
+# Only images are added; nothing else of that engine is touched, started or stopped.
 load_into_system_docker() {
+    local image
     if ! ping_socket "$SYSTEM_DOCKER_SOCK"; then
         log "no system dockerd at $SYSTEM_DOCKER_SOCK"
         return 0
     fi
-    if docker -H "unix://$SYSTEM_DOCKER_SOCK" image inspect "$IMAGE" >/dev/null 2>&1; then
-        log "system docker has $IMAGE"
-        return 0
-    fi
-    log "loading $IMAGE into the system docker"
-    docker_cli save "$IMAGE" | docker -H "unix://$SYSTEM_DOCKER_SOCK" load -q >/dev/null
+    for image in "$IMAGE" "$SERVERS_IMAGE"; do
+        if [ "$(docker -H "unix://$SYSTEM_DOCKER_SOCK" image inspect -f '{{.Id}}' "$image" 2>/dev/null)" = \
+            "$(docker_cli image inspect -f '{{.Id}}' "$image")" ]; then
+            log "system docker has $image"
+            continue
+        fi
+        log "loading $image into the system docker"
+        docker_cli save "$image" | docker -H "unix://$SYSTEM_DOCKER_SOCK" load -q >/dev/null
+    done
 }
 
 # The cached root file system tar of the servers image; its name changes with the settings.
@@ -485,6 +488,7 @@ cmd_up() {
     start_podman
     load_images
     load_servers_image
+    load_into_system_docker
     log "ready: docker unix://$DOCKER_SOCK, podman unix://$PODMAN_SOCK, registry $REGISTRY_NAME"
 }
 

@@ -69,8 +69,18 @@ if cargo nextest --version >/dev/null 2>&1; then
     filter=$(printf 'binary(%s) | ' "${PODMAN_SUITES[@]}")
     run tests-podman run_tests env ARCHIPELAGO_TEST_DOCKER_HOST="$ARCHIPELAGO_TEST_PODMAN_HOST" \
         cargo nextest run --no-fail-fast -E "${filter% | }"
+    # The real servers and Tor once more on the machine's own dockerd, the engine node
+    # owners run (its iptables-managed bridges, its storage driver).
+    run tests-system-docker run_tests env ARCHIPELAGO_TEST_DOCKER_HOST="$ARCHIPELAGO_TEST_SYSTEM_DOCKER_HOST" \
+        cargo nextest run --no-fail-fast -E 'binary(real_servers) | binary(tor)'
+
 else
     run tests run_tests cargo test --no-fail-fast
+    for suite in real_servers tor; do
+        run "tests-system-docker-$suite" run_tests env \
+            ARCHIPELAGO_TEST_DOCKER_HOST="$ARCHIPELAGO_TEST_SYSTEM_DOCKER_HOST" \
+            cargo test --no-fail-fast --test "$suite"
+    done
     for suite in "${PODMAN_SUITES[@]}"; do
         run "tests-podman-$suite" run_tests env \
             ARCHIPELAGO_TEST_DOCKER_HOST="$ARCHIPELAGO_TEST_PODMAN_HOST" \
