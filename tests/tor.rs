@@ -130,6 +130,10 @@ async fn apps_get_tor_made_onion_addresses_that_last_until_purge() {
         .join("data/apps")
         .join(&tor)
         .join("data/onion");
+    let services_file = || {
+        let path = node.dir.path().join("data/apps").join(&tor);
+        std::fs::read_to_string(path.join("data/onion-services.torrc")).unwrap()
+    };
     let hostname = |app: &str| {
         std::fs::read_to_string(keys.join(app).join("hostname"))
             .unwrap()
@@ -141,14 +145,7 @@ async fn apps_get_tor_made_onion_addresses_that_last_until_purge() {
     assert_eq!(env_of(&engine, &web, "ONION").await, web_addr);
     assert_eq!(env_of(&engine, &api, "OWN").await, api_addr);
     assert_eq!(env_of(&engine, &api, "WEB").await, web_addr);
-    let services = std::fs::read_to_string(
-        node.dir
-            .path()
-            .join("data/apps")
-            .join(&tor)
-            .join("data/onion-services.torrc"),
-    )
-    .unwrap();
+    let services = services_file();
     assert!(
         services.contains(&format!("HiddenServicePort 443 {api}:8443")),
         "{services}"
@@ -189,14 +186,7 @@ async fn apps_get_tor_made_onion_addresses_that_last_until_purge() {
         assert!(Instant::now() < deadline, "api's service not removed: {p}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let services = std::fs::read_to_string(
-        node.dir
-            .path()
-            .join("data/apps")
-            .join(&tor)
-            .join("data/onion-services.torrc"),
-    )
-    .unwrap();
+    let services = services_file();
     assert!(!services.contains(&api), "{services}");
     assert_eq!(hostname(&web), web_addr);
     assert_eq!(get(&mut c, &web).await["onion_address"], web_addr.as_str());
