@@ -26,7 +26,8 @@
 //!    variable names another host: then it is something else's address), or a
 //!    `# listens:` line.
 //! 3. `container.user`: an app with volumes of its own runs as a known user: `user:` or a
-//!    `# image user:` line.
+//!    `# image user:` line; and `container.volumes[N]`: a `user:` other than root has no
+//!    volume of its own under `/root` (root's 0700 home, which it cannot enter).
 //! 4. References to files and addresses something else must make: an absolute path in
 //!    `env`, `command`, `entrypoint`, `hooks` or an `exec` probe that lies in a dependency's
 //!    volume must be provided by that dependency (`# provides:`); a path that looks like a
@@ -154,6 +155,25 @@ fn lint_app(
              image runs as in an `# image user: NAME` comment"
                 .to_string(),
         );
+    }
+
+    // 3b. a user other than root cannot reach a volume inside root's 0700 home.
+    if let Some(user) = &c.user {
+        let name = user.split(':').next().unwrap_or(user);
+        if name != "root" && name != "0" {
+            for (i, v) in c.volumes.iter().enumerate() {
+                if v.app.is_none() && (v.path == "/root" || v.path.starts_with("/root/")) {
+                    problem(
+                        &format!("container.volumes[{i}]"),
+                        format!(
+                            "{:?} is inside /root, root's 0700 home, which user {user:?} cannot \
+                             enter: mount the volume elsewhere (e.g. /data)",
+                            v.path
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     // 4. files and addresses that something else must make.

@@ -211,14 +211,17 @@ fn strict_refuses_a_probe_on_a_port_the_app_is_not_known_to_listen_on() {
 }
 
 #[test]
-fn strict_refuses_a_volume_whose_owner_is_unknown() {
+fn strict_refuses_a_volume_whose_owner_is_unknown_or_cannot_reach_it() {
     let dir = "tests/fixtures/strict/volume-user";
-    check(&["validate", dir], 0, &[], &["1 app, 0 problems"]);
+    check(&["validate", dir], 0, &[], &["2 apps, 0 problems"]);
     check(
         &["validate", "--strict", dir],
         1,
-        &["tests/fixtures/strict/volume-user/store/manifest.yml: container.user: the app has volumes but not who owns them: set `user:` or say which user the image runs as in an `# image user: NAME` comment"],
-        &["0 apps, 1 problem"],
+        &[
+            "tests/fixtures/strict/volume-user/homeless/manifest.yml: container.volumes[0]: \"/root/.homeless\" is inside /root, root's 0700 home, which user \"1000:1000\" cannot enter: mount the volume elsewhere (e.g. /data)",
+            "tests/fixtures/strict/volume-user/store/manifest.yml: container.user: the app has volumes but not who owns them: set `user:` or say which user the image runs as in an `# image user: NAME` comment",
+        ],
+        &["0 apps, 2 problems"],
     );
 }
 
