@@ -18,7 +18,8 @@
 //!
 //! 1. `container.image`: the reference has a tag other than `latest`, and either a digest
 //!    (`NAME:TAG@sha256:<64 hex>`) with a `# digest:` line naming its source, or a
-//!    `# digest: none, because …` line. Built images (`build`) are exempt.
+//!    `# digest: none, because …` line. `container.build`: a built image has a `# digest:`
+//!    line about its Dockerfile's base image.
 //! 2. `container.health.http.port` / `container.health.tcp.port`: the probe's port is one
 //!    the app is known to listen on: the container side of `ports`, an `onion` target, a
 //!    listen address (`0.0.0.0:P`, `[::]:P`, `127.0.0.1:P`, `localhost:P`) in `env`,
@@ -124,6 +125,13 @@ fn lint_app(
         if let Some(reason) = image_problem(image, own.digest.as_deref()) {
             problem("container.image", reason);
         }
+    } else if own.digest.as_deref().is_none_or(str::is_empty) {
+        problem(
+            "container.build",
+            "a built image needs a `# digest:` comment about its Dockerfile's base image \
+             (where its digest was read, or `none, because …`)"
+                .to_string(),
+        );
     }
 
     // 2. probes reach a port the server listens on.
