@@ -182,16 +182,17 @@ fn the_shipped_catalog_passes_strict_validation() {
 #[test]
 fn strict_refuses_an_image_without_a_sourced_digest_or_a_reason() {
     let dir = "tests/fixtures/strict/digest";
-    check(&["validate", dir], 0, &[], &["3 apps, 0 problems"]);
+    check(&["validate", dir], 0, &[], &["4 apps, 0 problems"]);
     check(
         &["validate", "--strict", dir],
         1,
         &[
+            "tests/fixtures/strict/digest/built/manifest.yml: container.build: a built image needs a `# digest:` comment about its Dockerfile's base image (where its digest was read, or `none, because …`)",
             "tests/fixtures/strict/digest/latest/manifest.yml: container.image: \"nginx:latest\" uses `latest`: pin a release tag instead",
             "tests/fixtures/strict/digest/unpinned/manifest.yml: container.image: \"nginx:1.27.0\" is not pinned by digest (`NAME:TAG@sha256:…`) and no `# digest: none, because …` comment says why",
             "tests/fixtures/strict/digest/unsourced/manifest.yml: container.image: \"nginx:1.27.0@sha256:0000000000000000000000000000000000000000000000000000000000000000\" is pinned by digest but no `# digest: SOURCE` comment says where the digest was read",
         ],
-        &["0 apps, 3 problems"],
+        &["0 apps, 4 problems"],
     );
 }
 
