@@ -6,6 +6,7 @@ pub mod admission;
 pub mod api;
 pub mod app;
 pub mod catalog;
+pub mod catalog_lint;
 pub mod config;
 pub mod ctl;
 pub mod engine;

@@ -43,6 +43,11 @@ enum Command {
         /// The apps folder, as a positional argument.
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Also apply the catalog lint (digests and their sources, probes that reach a
+        /// listening port, known volume owners, dependency files that something makes);
+        /// see docs/manifest.md, "Strict validation".
+        #[arg(long)]
+        strict: bool,
     },
     /// A thin client of the supervisor's RPC, for people at a terminal.
     Ctl(CtlArgs),
@@ -62,7 +67,8 @@ fn main() -> ExitCode {
             config,
             apps_dir,
             dir,
-        } => validate(config.as_deref(), apps_dir.or(dir)),
+            strict,
+        } => validate(config.as_deref(), apps_dir.or(dir), strict),
         Command::Ctl(args) => archipelago::ctl::run(args),
     }
 }
@@ -98,7 +104,7 @@ fn serve(config_path: &Path) -> ExitCode {
     }
 }
 
-fn validate(config_path: Option<&Path>, apps_dir: Option<PathBuf>) -> ExitCode {
+fn validate(config_path: Option<&Path>, apps_dir: Option<PathBuf>, strict: bool) -> ExitCode {
     let config = match config_path.map(load_config).transpose() {
         Ok(config) => config,
         Err(code) => return code,
@@ -106,9 +112,18 @@ fn validate(config_path: Option<&Path>, apps_dir: Option<PathBuf>) -> ExitCode {
     let apps_dir = apps_dir
         .or_else(|| config.as_ref().map(|c| c.apps_dir.clone()))
         .unwrap_or_else(|| PathBuf::from("apps"));
-    let (catalog, mut problems) = Catalog::load(&apps_dir);
+    let (mut catalog, mut problems) = Catalog::load(&apps_dir);
     if let (Some(config), Some(path)) = (&config, config_path) {
         problems.extend(catalog.check_listed(path, "default_apps", &config.default_apps));
+    }
+    if strict {
+        let lint = archipelago::catalog_lint::lint(&catalog);
+        // An app with a lint problem does not count as passed in the summary.
+        for problem in &lint {
+            catalog.apps.retain(|_, app| app.path != problem.path);
+        }
+        problems.extend(lint);
+        problems.sort_by(|a, b| a.path.cmp(&b.path));
     }
     for problem in &problems {
         println!("{problem}");

@@ -1,4 +1,5 @@
-//! Checks the app catalog (`apps/*/manifest.yml`) against the table in `docs/apps.md`,
+//! Checks the app catalog (`apps/*/manifest.yml`) against the table in `docs/apps.md`
+//! (image, digest, memory, dependencies, ports),
 //! and the catalog-wide rules: at least 30 apps, no host port published twice, a
 //! dependency graph of known ids without cycles, secret references that resolve, and a
 //! default core whose memory limits fit in 8 GiB.
@@ -27,7 +28,7 @@ const DEFAULT_CORE: [&str; 7] = [
 const CORE_BUDGET_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 
 /// The table header `docs/apps.md` must contain, exactly.
-const TABLE_HEADER: &str = "| app | image | memory | depends on | ports |";
+const TABLE_HEADER: &str = "| app | image | digest | memory | depends on | ports |";
 
 /// What the table and the rules need from one manifest.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +46,7 @@ struct App {
 #[derive(Debug, Clone, PartialEq)]
 struct Row {
     image: String,
+    digest: String,
     memory: String,
     depends_on: String,
     ports: String,
@@ -189,11 +191,12 @@ fn parse_table(markdown: &str) -> Result<BTreeMap<String, Row>, String> {
             .split('|')
             .map(str::trim)
             .collect();
-        let [app, image, memory, depends_on, ports] = cells[..] else {
-            return Err(format!("docs/apps.md: row needs 5 cells: {line}"));
+        let [app, image, digest, memory, depends_on, ports] = cells[..] else {
+            return Err(format!("docs/apps.md: row needs 6 cells: {line}"));
         };
         let row = Row {
             image: image.to_string(),
+            digest: digest.to_string(),
             memory: memory.to_string(),
             depends_on: depends_on.to_string(),
             ports: ports.to_string(),
@@ -213,6 +216,22 @@ fn joined_or_dash(items: &[String]) -> String {
     }
 }
 
+/// The table shows an image as `NAME:TAG` and its digest apart, shortened to
+/// `sha256:` and 12 hex digits and `…`; `none` for an image pinned by tag only, `–` for a
+/// built one.
+fn image_and_digest(image: &str) -> (String, String) {
+    if image.starts_with("built from ") {
+        return (image.to_string(), "–".to_string());
+    }
+    match image.split_once('@') {
+        Some((name, digest)) => {
+            let short: String = digest.chars().take("sha256:".len() + 12).collect();
+            (name.to_string(), format!("{short}…"))
+        }
+        None => (image.to_string(), "none".to_string()),
+    }
+}
+
 /// Every disagreement between manifests and table, as `app X: column: …` lines.
 fn table_problems(apps: &BTreeMap<String, App>, rows: &BTreeMap<String, Row>) -> Vec<String> {
     let mut problems = Vec::new();
@@ -221,8 +240,10 @@ fn table_problems(apps: &BTreeMap<String, App>, rows: &BTreeMap<String, Row>) ->
             problems.push(format!("app {id}: app: missing row in docs/apps.md"));
             continue;
         };
+        let (image, digest) = image_and_digest(&app.image);
         let expected = [
-            ("image", app.image.clone(), &row.image),
+            ("image", image, &row.image),
+            ("digest", digest, &row.digest),
             ("memory", app.memory.clone(), &row.memory),
             (
                 "depends on",
@@ -449,28 +470,31 @@ fn sample_app(image: &str, deps: &[&str], ports: &[&str]) -> App {
 }
 
 const SAMPLE_TABLE: &str =
-    "intro\n\n| app | image | memory | depends on | ports |\n|---|---|---|---|---|\n\
-| a | img/a:1 | 1GiB | – | 1:1/tcp |\n| b | img/b:2 | 1GiB | a | – |\n\nnotes\n";
+    "intro\n\n| app | image | digest | memory | depends on | ports |\n|---|---|---|---|---|---|\n\
+| a | img/a:1 | none | 1GiB | – | 1:1/tcp |\n| b | img/b:2 | sha256:abcdef012345… | 1GiB | a | – |\n\nnotes\n";
 
 #[test]
 fn table_check_names_app_and_column_of_each_disagreement() {
     let mut apps = BTreeMap::new();
     apps.insert("a".to_string(), sample_app("img/a:1", &[], &["1:1/tcp"]));
-    apps.insert("b".to_string(), sample_app("img/b:2", &["a"], &[]));
+    let pinned = format!("img/b:2@sha256:abcdef012345{}", "6".repeat(52));
+    apps.insert("b".to_string(), sample_app(&pinned, &["a"], &[]));
     let rows = parse_table(SAMPLE_TABLE).expect("sample table parses");
     assert_eq!(table_problems(&apps, &rows), Vec::<String>::new());
 
     let cases = [
         ("| a | img/a:1 |", "| a | img/a:9 |", "app a: image:"),
         (
-            "| b | img/b:2 | 1GiB |",
-            "| b | img/b:2 | 2GiB |",
-            "app b: memory:",
+            "| a | img/a:1 | none |",
+            "| a | img/a:1 | sha256:0… |",
+            "app a: digest:",
         ),
+        ("| sha256:abcdef012345… |", "| none |", "app b: digest:"),
+        ("| 1GiB | a |", "| 2GiB | a |", "app b: memory:"),
         ("| 1GiB | a |", "| 1GiB | – |", "app b: depends on:"),
         ("| 1:1/tcp |", "| 1:1/udp |", "app a: ports:"),
         (
-            "| b | img/b:2 | 1GiB | a | – |\n",
+            "| b | img/b:2 | sha256:abcdef012345… | 1GiB | a | – |\n",
             "",
             "app b: app: missing row",
         ),
@@ -485,7 +509,11 @@ fn table_check_names_app_and_column_of_each_disagreement() {
         );
     }
 
-    let extra = SAMPLE_TABLE.replacen("\n\nnotes", "\n| c | img/c:3 | 1GiB | – | – |\n\nnotes", 1);
+    let extra = SAMPLE_TABLE.replacen(
+        "\n\nnotes",
+        "\n| c | img/c:3 | none | 1GiB | – | – |\n\nnotes",
+        1,
+    );
     let problems = table_problems(&apps, &parse_table(&extra).expect("parses"));
     assert_eq!(
         problems,

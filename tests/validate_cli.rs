@@ -166,3 +166,78 @@ fn both_positional_and_flag_is_a_usage_error() {
         lines(&out.stderr)
     );
 }
+
+/// `--strict`: the catalog lint (docs/manifest.md, "Strict validation"). Each fixture under
+/// `tests/fixtures/strict/` breaks one rule: plain `validate` accepts it, `--strict` names
+/// every breach; the shipped catalog passes both.
+#[test]
+fn the_shipped_catalog_passes_strict_validation() {
+    let out = run(&["validate", "--strict", "apps"]);
+    assert_eq!(lines(&out.stdout), Vec::<String>::new());
+    assert_eq!(out.status.code(), Some(0), "{:?}", lines(&out.stderr));
+    let out = run(&["validate", "--strict", "--apps-dir", "apps"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", lines(&out.stdout));
+}
+
+#[test]
+fn strict_refuses_an_image_without_a_sourced_digest_or_a_reason() {
+    let dir = "tests/fixtures/strict/digest";
+    check(&["validate", dir], 0, &[], &["4 apps, 0 problems"]);
+    check(
+        &["validate", "--strict", dir],
+        1,
+        &[
+            "tests/fixtures/strict/digest/built/manifest.yml: container.build: a built image needs a `# digest:` comment about its Dockerfile's base image (where its digest was read, or `none, because …`)",
+            "tests/fixtures/strict/digest/latest/manifest.yml: container.image: \"nginx:latest\" uses `latest`: pin a release tag instead",
+            "tests/fixtures/strict/digest/unpinned/manifest.yml: container.image: \"nginx:1.27.0\" is not pinned by digest (`NAME:TAG@sha256:…`) and no `# digest: none, because …` comment says why",
+            "tests/fixtures/strict/digest/unsourced/manifest.yml: container.image: \"nginx:1.27.0@sha256:0000000000000000000000000000000000000000000000000000000000000000\" is pinned by digest but no `# digest: SOURCE` comment says where the digest was read",
+        ],
+        &["0 apps, 4 problems"],
+    );
+}
+
+#[test]
+fn strict_refuses_a_probe_on_a_port_the_app_is_not_known_to_listen_on() {
+    let dir = "tests/fixtures/strict/probe";
+    check(&["validate", dir], 0, &[], &["2 apps, 0 problems"]);
+    check(
+        &["validate", "--strict", dir],
+        1,
+        &[
+            "tests/fixtures/strict/probe/cache/manifest.yml: container.health.tcp.port: nothing shows that the app listens on 6379: publish it in `ports`, write its listen address in env or command, or name the image's default in a `# listens: 6379` comment",
+            "tests/fixtures/strict/probe/web/manifest.yml: container.health.http.port: nothing shows that the app listens on 8080: publish it in `ports`, write its listen address in env or command, or name the image's default in a `# listens: 8080` comment",
+        ],
+        &["0 apps, 2 problems"],
+    );
+}
+
+#[test]
+fn strict_refuses_a_volume_whose_owner_is_unknown_or_cannot_reach_it() {
+    let dir = "tests/fixtures/strict/volume-user";
+    check(&["validate", dir], 0, &[], &["2 apps, 0 problems"]);
+    check(
+        &["validate", "--strict", dir],
+        1,
+        &[
+            "tests/fixtures/strict/volume-user/homeless/manifest.yml: container.volumes[0]: \"/root/.homeless\" is inside /root, root's 0700 home, which user \"1000:1000\" cannot enter: mount the volume elsewhere (e.g. /data)",
+            "tests/fixtures/strict/volume-user/store/manifest.yml: container.user: the app has volumes but not who owns them: set `user:` or say which user the image runs as in an `# image user: NAME` comment",
+        ],
+        &["0 apps, 2 problems"],
+    );
+}
+
+#[test]
+fn strict_refuses_dependency_files_and_addresses_nothing_makes() {
+    let dir = "tests/fixtures/strict/dependency-file";
+    check(&["validate", dir], 0, &[], &["3 apps, 0 problems"]);
+    check(
+        &["validate", "--strict", dir],
+        1,
+        &[
+            "tests/fixtures/strict/dependency-file/shop/manifest.yml: container.env.EXPLORER_COOKIE: \"/explorer/Main/.cookie\" looks like a credential file, but no volume is mounted there, so nothing makes it: mount the volume of the app that writes it",
+            "tests/fixtures/strict/dependency-file/wallet-ui/manifest.yml: container.env.MACAROON: \"/node/data/admin.macaroon\" lies in `node`'s volume `data`, but `node` does not say it makes `data/admin.macaroon` there (no `# provides: data/data/admin.macaroon` comment in its manifest)",
+            "tests/fixtures/strict/dependency-file/wallet-ui/manifest.yml: container.env.NODE_ONION: ${onion:node}: `node` declares no `onion` ports, so tor never makes its address",
+        ],
+        &["1 app, 3 problems"],
+    );
+}
