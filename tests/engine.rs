@@ -785,3 +785,52 @@ async fn create_makes_a_named_network() {
         assert!(!again.unwrap(), "{engine}: second ensure created it again");
     }
 }
+
+/// The digest the loopback registry holds for `repo:tag` (its `Docker-Content-Digest`).
+fn registry_digest(repo: &str, tag: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = common::registry().replace("localhost", "127.0.0.1");
+    let mut s = std::net::TcpStream::connect(&addr).expect("registry answers");
+    write!(
+        s,
+        "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).unwrap();
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no digest for {repo}:{tag}: {head}"))
+}
+
+/// Catalog images are pinned as `name:tag@sha256:…`: such a reference is pulled, found
+/// and run on every engine.
+#[tokio::test]
+async fn an_image_pinned_by_tag_and_digest_is_pulled_and_run() {
+    for (engine, host) in common::engines() {
+        let rt = runtime(engine, &host).await;
+        let mut guard = Cleanup::new(&host);
+        let tagged = format!("{}/archipelago-test/busybox:1", common::registry());
+        let digest = registry_digest("archipelago-test/busybox", "1");
+        let pinned = format!("{tagged}@{digest}");
+        for image in [&pinned, &tagged] {
+            let _ = rt.image_remove(image).await;
+        }
+        rt.pull(&pinned, &|_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{engine}: pull {pinned}: {e}"));
+        assert!(
+            rt.image_inspect(&pinned).await.expect("inspect").is_some(),
+            "{engine}: {pinned} absent after its pull"
+        );
+        let mut s = spec(&common::unique("pinned"), "sleep 30");
+        s.image = pinned.clone();
+        run(&rt, &mut guard, engine, &s).await;
+        let d = rt.inspect(&container_name(&s.app)).await.unwrap();
+        assert!(d.state.is_running(), "{engine}: {d:?}");
+    }
+}
