@@ -152,9 +152,25 @@ async fn apps_get_tor_made_onion_addresses_that_last_until_purge() {
     );
 
     // A supervisor restart and a tor restart keep both addresses.
+    let started_at = |id: String| {
+        let engine = &engine;
+        async move {
+            engine
+                .inspect(&format!("archipelago-{id}"))
+                .await
+                .unwrap()
+                .started_at
+        }
+    };
+    let before = (started_at(web.clone()).await, started_at(api.clone()).await);
     server.kill9();
     let server = serve::Server::start(&config);
     let mut c = server.client().await;
+    for id in [&tor, &web, &api] {
+        healthy(&mut c, id, Duration::from_secs(60)).await;
+    }
+    let after = (started_at(web.clone()).await, started_at(api.clone()).await);
+    assert_eq!(after, before, "a supervisor restart restarted an app");
     assert_eq!(
         address(&mut c, &web, Duration::from_secs(30)).await,
         web_addr
@@ -167,7 +183,9 @@ async fn apps_get_tor_made_onion_addresses_that_last_until_purge() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    healthy(&mut c, &tor, Duration::from_secs(60)).await;
+    for id in [&tor, &web, &api] {
+        healthy(&mut c, id, Duration::from_secs(60)).await;
+    }
     assert_eq!(hostname(&web), web_addr);
     assert_eq!(hostname(&api), api_addr);
     assert_eq!(get(&mut c, &web).await["onion_address"], web_addr.as_str());
