@@ -92,8 +92,16 @@ pub(super) async fn create_container(env: &OpEnv, spec: &ContainerSpec) -> Resul
         } else {
             (None, None)
         };
-        let on_host = owner::resolve(&user, passwd.as_deref(), group.as_deref())
-            .and_then(|o| o.on_host(&engine.id_map()))
+        let in_container = owner::resolve(&user, passwd.as_deref(), group.as_deref())
+            .map_err(|e| format!("volume owner: {e}"))?;
+        // A container that starts as root manages its own files (many images start as
+        // root and drop to a user of their own, fixing their data's owners as they go):
+        // its folders are left as they are, never taken back to root.
+        if in_container.uid == 0 {
+            return Ok(());
+        }
+        let on_host = in_container
+            .on_host(&engine.id_map())
             .map_err(|e| format!("volume owner: {e}"))?;
         blocking(move || {
             owner::own_volumes(&own, on_host).map_err(|e| format!("volume owner: {e}"))
