@@ -376,6 +376,8 @@ pub struct Harness {
     pub addr: SocketAddr,
     pub stub: Addr<Stub>,
     pub handle: ServerHandle,
+    /// The dashboard password file (clear until something rewrites it).
+    pub password_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -385,7 +387,10 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let password_file: PathBuf = dir.path().join("password");
         std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("write password");
-        let mut cfg = WebConfig::new("127.0.0.1:0".parse().expect("literal"), password_file);
+        let mut cfg = WebConfig::new(
+            "127.0.0.1:0".parse().expect("literal"),
+            password_file.clone(),
+        );
         cfg.workers = 1;
         tweak(&mut cfg);
         let stub = Stub::new(op_delay).start();
@@ -397,6 +402,7 @@ impl Harness {
             addr,
             stub,
             handle,
+            password_file,
             _dir: dir,
         }
     }
