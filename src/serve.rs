@@ -107,12 +107,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let handle = server.handle();
     let task = actix_web::rt::spawn(server);
     let addr = bound.http;
-    tracing::info!(%addr, "dashboard at http://{addr}/");
+    // HTTPS first: the plain line is the one scripts wait for, and by then both are known.
     if let (Some(https), Some((sha256, spki))) = (bound.https, fingerprints) {
         tracing::info!(
             "dashboard at https://{https}/ certificate SHA-256 fingerprint {sha256} (public key SHA-256 {spki})"
         );
     }
+    tracing::info!(%addr, "dashboard at http://{addr}/");
     notify_systemd("READY=1");
     if let Some(every) = watchdog_interval() {
         // Pinged only when the supervisor answered a heartbeat within the interval.
