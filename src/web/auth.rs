@@ -517,7 +517,7 @@ pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
         return true;
     }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    allowed.iter().any(|a| *a == name)
+    allowed.contains(&name)
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the last
