@@ -1334,3 +1334,170 @@ async fn archipelago_passwd_hashes_the_password_and_ends_every_session() {
         }
     }
 }
+
+/// A TLS client that trusts exactly the certificate whose SHA-256 is `sha256`.
+#[derive(Debug)]
+struct Pinned {
+    sha256: Vec<u8>,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        if sha2::Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "certificate fingerprint mismatch".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One HTTP/1.1 exchange over TLS, trusting only the certificate with fingerprint `pin`
+/// (`AB:CD:…`).
+async fn https_exchange(
+    to: SocketAddr,
+    pin: &str,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let sha256 = hex::decode(pin.replace(':', "")).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(Pinned { sha256, provider }))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(to).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio::time::timeout(T, connector.connect(name, tcp)).await??;
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(body).await?;
+    let mut raw = Vec::new();
+    // A server closing without close_notify still leaves a whole response.
+    let _ = tokio::time::timeout(T, tls.read_to_end(&mut raw)).await?;
+    parse_response(&raw)
+}
+
+#[actix_web::test]
+async fn https_serves_the_same_api_with_secure_cookies_and_a_pinnable_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let identity = archipelago::web::tls::TlsIdentity::load_or_create(
+        None,
+        None,
+        certs.path(),
+        &["localhost".to_string()],
+    )
+    .unwrap();
+    let pin = identity.fingerprint_sha256.clone();
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.tls = Some(archipelago::web::TlsListen {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity,
+        });
+    });
+    let https = h.https.expect("an HTTPS listener");
+    let rpc = |body: String, bearer: Option<String>, host: String| {
+        let pin = pin.clone();
+        async move {
+            let authz = bearer
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            let head = format!(
+                "POST /rpc/v1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\n{authz}Content-Length: {}\r\n\r\n",
+                body.len()
+            );
+            https_exchange(https, &pin, &head, body.as_bytes())
+                .await
+                .expect("HTTPS exchange")
+        }
+    };
+    let here = format!("localhost:{}", https.port());
+    let login = json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": PASSWORD}}).to_string();
+    let res = rpc(login.clone(), None, here.clone()).await;
+    assert_eq!(res.status, 200);
+    let token = json_of(&res)["result"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(res.header("set-cookie").is_none());
+    let status = json!({"jsonrpc": "2.0", "id": 2, "method": "server.status"}).to_string();
+    let res = rpc(status, Some(token.clone()), here.clone()).await;
+    let v = json_of(&res);
+    assert_eq!(v["result"]["tls"]["fingerprint_sha256"], json!(pin), "{v}");
+    assert_eq!(
+        v["result"]["tls"]["listen"],
+        json!(https.to_string()),
+        "{v}"
+    );
+    // Over HTTPS the cookie logout clears carries Secure.
+    let logout = json!({"jsonrpc": "2.0", "id": 3, "method": "auth.logout"}).to_string();
+    let res = rpc(logout, Some(token), here.clone()).await;
+    let cookie = res.header("set-cookie").unwrap().to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(
+            cookie.split("; ").any(|f| f == flag),
+            "{flag} missing: {cookie}"
+        );
+    }
+    // The Host allow-list holds on HTTPS as well.
+    let res = rpc(login, None, "evil.example".to_string()).await;
+    assert_eq!(res.status, 403);
+    // A client pinning another fingerprint does not get through the handshake.
+    let wrong = pin.replace(&pin[..2], if &pin[..2] == "00" { "01" } else { "00" });
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: {here}\r\nConnection: close\r\n\r\n");
+    let err = https_exchange(https, &wrong, &head, b"")
+        .await
+        .expect_err("a wrong pin fails");
+    assert!(err.to_string().contains("fingerprint mismatch"), "{err}");
+    // The plain listener is still there.
+    let res = http_request("GET", &format!("{}/healthz", h.base), &[], b"", T)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+}

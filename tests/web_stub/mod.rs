@@ -374,6 +374,8 @@ impl Handler<SetEngineReachable> for Stub {
 pub struct Harness {
     pub base: String,
     pub addr: SocketAddr,
+    /// The HTTPS listener, when the config asked for one.
+    pub https: Option<SocketAddr>,
     pub stub: Addr<Stub>,
     pub handle: ServerHandle,
     /// The dashboard password file (clear until something rewrites it).
@@ -394,12 +396,14 @@ impl Harness {
         cfg.workers = 1;
         tweak(&mut cfg);
         let stub = Stub::new(op_delay).start();
-        let (srv, addr) = web::server(cfg, Backend::from_addr(&stub)).expect("server binds");
+        let (srv, bound) = web::server_bound(cfg, Backend::from_addr(&stub)).expect("server binds");
+        let addr = bound.http;
         let handle = srv.handle();
         actix_web::rt::spawn(srv);
         Harness {
             base: format!("http://{addr}"),
             addr,
+            https: bound.https,
             stub,
             handle,
             password_file,
