@@ -19,6 +19,9 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use sha2::{Digest, Sha256};
 
+/// Password checks (argon2) run at once; further logins wait for a slot.
+const PASSWORD_CHECKS: usize = 2;
+
 /// Name of the session cookie older versions set; logout still clears it.
 pub const SESSION_COOKIE: &str = "archipelago_session";
 
@@ -121,6 +124,9 @@ pub struct Auth {
     global_failures: Mutex<VecDeque<Instant>>,
     /// Open event streams per session.
     streams: StreamCounts,
+    /// Password checks allowed at once: each argon2 check takes 19 MiB and a core for a
+    /// moment, so a burst of logins queues here instead of filling the blocking pool.
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// One open event stream of a session; the count goes down when it drops.
@@ -161,7 +167,18 @@ impl Auth {
             failures: Mutex::new(HashMap::new()),
             global_failures: Mutex::new(VecDeque::new()),
             streams: Arc::new(Mutex::new(HashMap::new())),
+            checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
         }
+    }
+
+    /// Waits for one of the few password-check slots.
+    pub async fn check_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        // The semaphore is never closed, so acquiring can only wait, not fail.
+        self.checks
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the password-check semaphore is never closed")
     }
 
     /// Checks that the password file can be read and holds a non-empty first line.

@@ -413,8 +413,11 @@ async fn call(
                 .auth
                 .begin_login(ctx.ip, Instant::now())
                 .map_err(refused)?;
-            // argon2 is slow on purpose: checked on a blocking thread, not a server worker.
+            // argon2 is slow on purpose: checked on a blocking thread, not a server worker,
+            // and only a few at a time.
+            let slot = ctx.auth.check_slot().await;
             let ok = actix_web::web::block(move || {
+                let _slot = slot;
                 crate::web::auth::verify_password(&pending.stored, &p.password)
             })
             .await
