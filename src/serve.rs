@@ -53,6 +53,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => return Err(bad(e.to_string())),
         Err(e) => return Err(bad(e.to_string())),
     }
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "plain HTTP off loopback: the password and session tokens cross the network in clear; \
+             keep `listen` on 127.0.0.1 and serve the LAN with `tls`"
+        );
+    }
     let allowed_hosts = web::auth::default_allowed_hosts(&config.allowed_hosts);
     let tls = match &config.tls {
         Some(t) => {
