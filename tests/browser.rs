@@ -511,4 +511,13 @@ async fn engine_banner_shows_when_the_engine_is_unreachable() {
     wait_primary(&b, &app, "Install", true, Duration::from_secs(10)).await;
     b.screenshot(&target_dir().join("browser-screenshot-engine-down.png"))
         .await;
+    // Logging out forgets the token and shows the form again.
+    let logout = b.find("#logout").await;
+    b.click(&logout).await;
+    b.wait_for(
+        "the login form after logout",
+        "!document.getElementById('login').hidden && sessionStorage.getItem('archipelago.token') === null",
+        Duration::from_secs(10),
+    )
+    .await;
 }
