@@ -1501,3 +1501,82 @@ async fn https_serves_the_same_api_with_secure_cookies_and_a_pinnable_certificat
         .unwrap();
     assert_eq!(res.status, 200);
 }
+
+/// A connection from `source` that sends `GET /healthz`; the status, or `None` when the
+/// server closed it without an answer.
+async fn healthz_from(source: IpAddr, to: SocketAddr) -> Option<u16> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(to).await.ok()?;
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
+    // The server may have shut the connection already: a failed write is a refusal too.
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(T, stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer or a close in time");
+    parse_response(&raw).ok().map(|r| r.status)
+}
+
+#[actix_web::test]
+async fn connections_are_capped_per_client_address() {
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.per_client = archipelago::web::limits::ConnPolicy {
+            max_open: 3,
+            max_new: 8,
+            window: Duration::from_secs(60),
+        };
+    });
+    let greedy: IpAddr = "127.0.0.2".parse().unwrap();
+    // Three idle connections held open: the fourth is closed without an answer.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(greedy, 0)).unwrap();
+        held.push(socket.connect(h.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        healthz_from(greedy, h.addr).await,
+        None,
+        "a fourth open connection"
+    );
+    // Other addresses, and loopback's own (ctl), are served meanwhile.
+    assert_eq!(
+        healthz_from("127.0.0.3".parse().unwrap(), h.addr).await,
+        Some(200)
+    );
+    assert_eq!(
+        healthz_from("127.0.0.1".parse().unwrap(), h.addr).await,
+        Some(200)
+    );
+    // Closing one frees its place.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while healthz_from(greedy, h.addr).await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    // The rate: eight new connections per minute from one address, then none.
+    let eager: IpAddr = "127.0.0.4".parse().unwrap();
+    for i in 0..8 {
+        assert_eq!(
+            healthz_from(eager, h.addr).await,
+            Some(200),
+            "connection {i}"
+        );
+    }
+    assert_eq!(
+        healthz_from(eager, h.addr).await,
+        None,
+        "the ninth within a minute"
+    );
+    assert_eq!(
+        healthz_from("127.0.0.1".parse().unwrap(), h.addr).await,
+        Some(200)
+    );
+}

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod dashboard;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod rpc;
 pub mod tls;
@@ -72,6 +73,8 @@ pub struct WebConfig {
     pub max_connections: usize,
     /// TLS handshakes in progress per worker (the connection-rate bound of HTTPS).
     pub max_connection_rate: usize,
+    /// Open and new connections per client address.
+    pub per_client: limits::ConnPolicy,
 }
 
 /// The HTTPS listener: where, and with which certificate.
@@ -112,6 +115,7 @@ impl WebConfig {
             body_timeout: Duration::from_secs(10),
             max_connections: 256,
             max_connection_rate: 64,
+            per_client: limits::ConnPolicy::default(),
         }
     }
 }
@@ -228,6 +232,8 @@ pub fn server_bound(cfg: WebConfig, backend: Backend) -> io::Result<(Server, Bou
         metrics_token: cfg.metrics_token.clone().filter(|t| !t.is_empty()),
         tls: tls_info,
     });
+    let exempt: Vec<IpAddr> = cfg.trusted_proxy.into_iter().collect();
+    let conn_limits = std::sync::Arc::new(limits::ConnLimits::new(cfg.per_client.clone(), &exempt));
     let mut http = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -238,6 +244,7 @@ pub fn server_bound(cfg: WebConfig, backend: Backend) -> io::Result<(Server, Bou
     .disable_signals()
     .shutdown_timeout(5)
     .client_request_timeout(cfg.head_timeout)
+    .on_connect(move |conn, ext| limit_connection(&conn_limits, conn, ext))
     .max_connections(cfg.max_connections.max(1))
     .max_connection_rate(cfg.max_connection_rate.max(1))
     .bind(cfg.listen)
@@ -255,6 +262,35 @@ pub fn server_bound(cfg: WebConfig, backend: Backend) -> io::Result<(Server, Bou
             https,
         },
     ))
+}
+
+/// Admits a new connection or shuts it down at once when its address is over a limit.
+fn limit_connection(
+    limits: &limits::ConnLimits,
+    conn: &dyn std::any::Any,
+    ext: &mut actix_web::dev::Extensions,
+) {
+    use actix_web::rt::net::TcpStream;
+    let tcp = conn.downcast_ref::<TcpStream>().or_else(|| {
+        conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
+            .map(|tls| tls.get_ref().0)
+    });
+    let Some(tcp) = tcp else {
+        return;
+    };
+    let Ok(peer) = tcp.peer_addr() else {
+        return;
+    };
+    match limits.admit(peer.ip(), Instant::now()) {
+        Ok(limits::Admission::Counted(guard)) => {
+            ext.insert(guard);
+        }
+        Ok(limits::Admission::Exempt) => {}
+        Err(e) => {
+            tracing::debug!(client = %peer.ip(), "connection closed: {e}");
+            let _ = rustix::net::shutdown(tcp, rustix::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Refuses, on every route, a request whose `Host` is not this node (DNS rebinding).
