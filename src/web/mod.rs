@@ -177,9 +177,14 @@ struct State {
     rpc_timeout: Duration,
     max_body_bytes: usize,
     events_keepalive: Duration,
+    /// A body not received within this is cut off (408): a trickling client cannot hold a
+    /// connection and a worker's attention indefinitely.
     body_timeout: Duration,
+    /// Names accepted in `Host`, besides IP literals (DNS rebinding).
     allowed_hosts: Vec<String>,
+    /// The proxy whose `X-Forwarded-For` names the client.
     trusted_proxy: Option<IpAddr>,
+    /// Lets a scraper off loopback read `/metrics`.
     metrics_token: Option<String>,
     /// What `server.status` says about HTTPS.
     tls: Option<Value>,
