@@ -520,4 +520,36 @@ async fn engine_banner_shows_when_the_engine_is_unreachable() {
         Duration::from_secs(10),
     )
     .await;
+
+    // `archipelago passwd` on the running node: the file holds the new hash, the old
+    // session is over at once, the old password no longer logs in, the new one does.
+    let mut old = server.client().await;
+    old.call("package.list", Value::Null).await.unwrap();
+    let mut passwd = Command::new(env!("CARGO_BIN_EXE_archipelago"))
+        .args(["passwd", "--config"])
+        .arg(node.dir.path().join("config.yml"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = passwd.stdin.take().unwrap();
+        stdin.write_all(b"another password\n").unwrap();
+    }
+    assert!(passwd.wait().unwrap().success());
+    let stored = std::fs::read_to_string(node.dir.path().join("password")).unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    let err = old.call("package.list", Value::Null).await.unwrap_err();
+    assert!(
+        matches!(err, archipelago::ctl::CtlError::Rpc { code: -32001, .. }),
+        "{err}"
+    );
+    let mut again = archipelago::ctl::RpcClient::new(&server.base, T);
+    let err = again.login(PASSWORD).await.unwrap_err();
+    assert!(
+        matches!(err, archipelago::ctl::CtlError::Rpc { code: -32001, .. }),
+        "{err}"
+    );
+    again.login("another password").await.unwrap();
+    again.call("package.list", Value::Null).await.unwrap();
 }
