@@ -22,8 +22,11 @@ if [ ! -s "$PASSWORD_FILE" ]; then
     pw=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')
     printf '%s\n' "$pw" >"$tmp"
     chmod 0600 "$tmp"
+    # archipelago serve replaces the clear password by its argon2 hash on first start; this
+    # root-only copy is how the owner learns it. Delete it after `archipelago passwd`.
+    cp -p "$tmp" "$CONF_DIR/initial-password"
     mv -f "$tmp" "$PASSWORD_FILE"
-    echo "archipelago: dashboard password written to $PASSWORD_FILE"
+    echo "archipelago: dashboard password written to $CONF_DIR/initial-password"
 fi
 
 touch "$DATA_DIR/.firstboot-done"

@@ -3,7 +3,7 @@
 #
 # Usage:  image-recipe/smoke-test.sh [IMAGE]      (default image-recipe/out/archipelago.qcow2)
 # Environment:
-#   PORT          host port forwarded to the VM's 8080 (default: first free from 18080)
+#   PORT          host port forwarded to the VM's HTTPS port 8443 (default: first free from 18080)
 #   BOOT_TIMEOUT  seconds to wait for /healthz (default 600)
 #   ACCEL         tcg (software emulation, the default: works everywhere) or kvm
 #   SERIAL_LOG    serial console log (default image-recipe/out/serial.log)
@@ -12,7 +12,7 @@
 # every run is a first boot. After shutdown, when run as root, the journal of the run is
 # read from the overlay (loop mount, read-only) and the archipelago/docker lines are
 # printed and saved to image-recipe/out/journal.txt. User-mode networking is `restrict=on`: the guest reaches nothing outside
-# QEMU; only the forwarded port 127.0.0.1:PORT -> guest:8080 is open.
+# QEMU; only the forwarded port 127.0.0.1:PORT -> guest:8443 (HTTPS) is open.
 # Exit status: 0 when /healthz answered, 1 otherwise (the serial log tells how far the
 # boot went; the script prints the lines about archipelago.service).
 set -euo pipefail
@@ -88,7 +88,7 @@ qemu-system-x86_64 \
     -accel "$accel" -m 2048 -smp 2 \
     -nographic -serial "file:$serial_log" -monitor "pipe:$run/mon" \
     -drive "file=$overlay,if=virtio,format=qcow2" \
-    -netdev "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:8080" \
+    -netdev "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:8443" \
     -device virtio-net-pci,netdev=net0 \
     </dev/null >"$run/qemu.out" 2>&1 &
 qemu_pid=$!
@@ -117,7 +117,7 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
         seen_login=1
         log "t+${now}s login prompt (boot finished)"
     fi
-    if body=$(curl -fsS --max-time 3 "http://127.0.0.1:$PORT/healthz" 2>/dev/null); then
+    if body=$(curl -kfsS --max-time 3 "https://127.0.0.1:$PORT/healthz" 2>/dev/null); then
         healthy=1
         log "t+${now}s /healthz answered: $body"
         break

@@ -41,13 +41,25 @@ cargo build --release
 mkdir -p "$DEMO_DIR"
 chmod 700 "$DEMO_DIR"
 PASSWORD_FILE="$DEMO_DIR/password"
+# serve keeps only an argon2 hash in the password file (it hashes a clear one on start), so
+# the demo keeps the clear password beside it, owner-only, to print it on every run.
+CLEAR_FILE="$DEMO_DIR/password.txt"
+if [ ! -s "$CLEAR_FILE" ]; then
+    if [ -s "$PASSWORD_FILE" ] && ! head -n1 "$PASSWORD_FILE" | grep -q '^\$argon2'; then
+        # A demo folder from before passwords were hashed.
+        (umask 077 && head -n1 "$PASSWORD_FILE" >"$CLEAR_FILE")
+    else
+        # head ends first, so no pipe stage dies of SIGPIPE; 48 random bytes leave well over
+        # 24 alphanumeric characters after base64.
+        password=$(head -c 48 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9' | cut -c1-24)
+        (umask 077 && printf '%s\n' "$password" >"$CLEAR_FILE")
+        rm -f "$PASSWORD_FILE"
+    fi
+fi
+password=$(head -n1 "$CLEAR_FILE")
 if [ ! -s "$PASSWORD_FILE" ]; then
-    # head ends first, so no pipe stage dies of SIGPIPE; 48 random bytes leave well over
-    # 24 alphanumeric characters after base64.
-    password=$(head -c 48 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9' | cut -c1-24)
     (umask 077 && printf '%s\n' "$password" >"$PASSWORD_FILE")
 fi
-password=$(head -n1 "$PASSWORD_FILE")
 
 # Another folder than the default: a copy of the config pointing there.
 if [ "$DEMO_DIR" != "$DEFAULT_DEMO_DIR" ]; then
@@ -63,7 +75,7 @@ cat >&2 <<MSG
 
 ==> archipelago demo
     dashboard: $URL
-    password:  $password   (kept in $PASSWORD_FILE)
+    password:  $password   (kept in $CLEAR_FILE; serve keeps its hash)
     config:    $CONFIG
     data:      $DEMO_DIR/data
 

@@ -5,7 +5,7 @@
 //! errors. This module only reads and checks the file on its own: whether `default_apps`
 //! exist is the catalog's business.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +42,34 @@ pub struct Config {
     /// The app that runs Tor and serves every app's onion services (default `tor`).
     #[serde(default = "default_tor_app")]
     pub tor_app: AppId,
+    /// HTTPS for the dashboard and RPC; absent: plain HTTP on `listen` only.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Host names the dashboard answers to besides `localhost`, the hostname,
+    /// `<hostname>.local` and IP literals; any other `Host` gets 403.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// A reverse proxy whose `X-Forwarded-For` is believed (login limits, `/metrics`).
+    #[serde(default)]
+    pub trusted_proxy: Option<IpAddr>,
+    /// Bearer token with which a scraper off loopback may read `/metrics`.
+    #[serde(default)]
+    pub metrics_token: Option<String>,
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the HTTPS listener, e.g. `0.0.0.0:8443`.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `key`. Both absent: a self-signed pair made on first
+    /// start in `<data_dir>/tls/`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn default_tor_app() -> AppId {
@@ -155,6 +183,28 @@ impl Config {
         config.apps_dir = base.join(&config.apps_dir);
         config.data_dir = base.join(&config.data_dir);
         config.auth.password_file = base.join(&config.auth.password_file);
+        if let Some(tls) = &mut config.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                let field = if tls.cert.is_some() {
+                    "tls.key"
+                } else {
+                    "tls.cert"
+                };
+                return Err(invalid(
+                    field,
+                    "set both tls.cert and tls.key, or neither for a self-signed pair".to_string(),
+                ));
+            }
+            tls.cert = tls.cert.as_ref().map(|p| base.join(p));
+            tls.key = tls.key.as_ref().map(|p| base.join(p));
+        }
+        if config
+            .metrics_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(invalid("metrics_token", "is empty".to_string()));
+        }
         Ok(config)
     }
 }
@@ -174,6 +224,13 @@ default_apps: [tor, bitcoind, lnd]
 memory_budget: 6GiB
 auth:
   password_file: password
+tls:
+  listen: 0.0.0.0:8443
+  cert: tls/cert.pem
+  key: tls/key.pem
+allowed_hosts: [node.example]
+trusted_proxy: 127.0.0.1
+metrics_token: scrape-me
 ";
 
     const MINIMAL: &str = "apps_dir: apps\ndata_dir: data\nauth: {password_file: /etc/pw}\n";
@@ -194,6 +251,12 @@ auth:
         assert_eq!(ids, ["tor", "bitcoind", "lnd"]);
         assert_eq!(config.memory_budget.map(MemoryLimit::bytes), Some(6 << 30));
         assert_eq!(config.auth.password_file, PathBuf::from("config/password"));
+        let tls = config.tls.expect("tls");
+        assert_eq!(tls.listen, "0.0.0.0:8443".parse().expect("valid address"));
+        assert_eq!(tls.cert, Some(PathBuf::from("config/tls/cert.pem")));
+        assert_eq!(config.allowed_hosts, ["node.example"]);
+        assert_eq!(config.trusted_proxy, Some([127, 0, 0, 1].into()));
+        assert_eq!(config.metrics_token.as_deref(), Some("scrape-me"));
     }
 
     #[test]
@@ -208,6 +271,10 @@ auth:
         assert!(config.default_apps.is_empty());
         assert_eq!(config.memory_budget, None);
         assert_eq!(config.auth.password_file, PathBuf::from("/etc/pw"));
+        assert_eq!(config.tls, None);
+        assert!(config.allowed_hosts.is_empty());
+        assert_eq!(config.trusted_proxy, None);
+        assert_eq!(config.metrics_token, None);
     }
 
     #[test]
@@ -222,6 +289,8 @@ auth:
             ("  default_network: host\n", "  default_network: ''\n", "engine.default_network: is empty"),
             ("data_dir: /var/lib/archipelago\n", "", "data_dir: line 1: is required"),
             ("  password_file: password\n", "  password_file: password\n  user: admin\n", "auth.user: line 12: unknown field `user`, expected `password_file`"),
+            ("  key: tls/key.pem\n", "", "tls.key: set both tls.cert and tls.key, or neither for a self-signed pair"),
+            ("metrics_token: scrape-me", "metrics_token: ' '", "metrics_token: is empty"),
         ];
         for (from, to, want) in cases {
             assert!(FULL.contains(from), "{from:?} is not in the example");

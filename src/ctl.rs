@@ -175,7 +175,16 @@ fn password(file: Option<&Path>) -> Result<Option<String>, CtlError> {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+        let line = text.lines().next().unwrap_or("").to_string();
+        if line.starts_with("$argon2") {
+            return Err(CtlError::PasswordFile {
+                path: path.to_path_buf(),
+                reason: "holds a password hash (serve's own file): give the password in a file \
+                         of your own or in ARCHIPELAGO_PASSWORD"
+                    .to_string(),
+            });
+        }
+        return Ok(Some(line));
     }
     Ok(std::env::var("ARCHIPELAGO_PASSWORD").ok())
 }

@@ -51,6 +51,14 @@ enum Command {
     },
     /// A thin client of the supervisor's RPC, for people at a terminal.
     Ctl(CtlArgs),
+    /// Set the dashboard password: reads it from the first line of stdin and writes its
+    /// argon2 hash to the config's auth.password_file. A running serve notices and ends
+    /// every session.
+    Passwd {
+        /// The config file (YAML) naming the password file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 /// Exit code when `validate` found problems.
@@ -70,6 +78,38 @@ fn main() -> ExitCode {
             strict,
         } => validate(config.as_deref(), apps_dir.or(dir), strict),
         Command::Ctl(args) => archipelago::ctl::run(args),
+        Command::Passwd { config } => passwd(&config),
+    }
+}
+
+fn passwd(config_path: &Path) -> ExitCode {
+    let config = match load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("cannot read the new password from stdin: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("the new password is empty: give it on the first line of stdin");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let path = &config.auth.password_file;
+    match archipelago::web::auth::write_password_file(path, password) {
+        Ok(()) => {
+            eprintln!(
+                "{}: new password set (argon2); every dashboard session ends",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: auth.password_file: {e}", path.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

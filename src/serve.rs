@@ -25,6 +25,8 @@ pub enum ServeError {
     Web(#[from] std::io::Error),
     #[error("{path}: auth.password_file: {reason}")]
     Password { path: String, reason: String },
+    #[error("{0}")]
+    Tls(#[from] crate::web::tls::TlsError),
 }
 
 /// Runs until SIGTERM or SIGINT. Must run inside an actix system.
@@ -40,6 +42,50 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         Ok(_) => return Err(bad("the first line is empty".into())),
         Err(e) => return Err(bad(e.to_string())),
     }
+    // A clear password is replaced by its argon2 hash, on a blocking thread (slow on purpose).
+    let path = password.clone();
+    match tokio::task::spawn_blocking(move || crate::web::auth::upgrade_password_file(&path)).await
+    {
+        Ok(Ok(true)) => {
+            tracing::info!(path = %password.display(), "password file now holds an argon2 hash")
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => return Err(bad(e.to_string())),
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "plain HTTP off loopback: the password and session tokens cross the network in clear; \
+             keep `listen` on 127.0.0.1 and serve the LAN with `tls`"
+        );
+    }
+    let allowed_hosts = web::auth::default_allowed_hosts(&config.allowed_hosts);
+    let tls = match &config.tls {
+        Some(t) => {
+            let (cert, key, data, names) = (
+                t.cert.clone(),
+                t.key.clone(),
+                config.data_dir.clone(),
+                allowed_hosts.clone(),
+            );
+            let identity = tokio::task::spawn_blocking(move || {
+                web::tls::TlsIdentity::load_or_create(
+                    cert.as_deref(),
+                    key.as_deref(),
+                    &data,
+                    &names,
+                )
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+            Some(web::TlsListen {
+                listen: t.listen,
+                identity,
+            })
+        }
+        None => None,
+    };
     let (catalog, problems) = Catalog::load(&config.apps_dir);
     for p in &problems {
         tracing::warn!("catalog: {p}");
@@ -53,12 +99,27 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let store = Store::open(&config.data_dir)?;
     let engine: Arc<dyn ContainerRuntime> = Arc::new(ReconnectingRuntime::new(&config.engine.host));
     let supervisor = Supervisor::new(&config, catalog, engine, store)?.start();
-    let (server, addr) = web::server(
-        WebConfig::new(config.listen, config.auth.password_file.clone()),
-        Backend::from_addr(&supervisor),
-    )?;
+    let mut web_config = WebConfig::new(config.listen, config.auth.password_file.clone());
+    web_config.allowed_hosts = allowed_hosts;
+    web_config.trusted_proxy = config.trusted_proxy;
+    web_config.metrics_token = config.metrics_token.clone();
+    let fingerprints = tls.as_ref().map(|t| {
+        (
+            t.identity.fingerprint_sha256.clone(),
+            t.identity.spki_sha256_base64.clone().unwrap_or_default(),
+        )
+    });
+    web_config.tls = tls;
+    let (server, bound) = web::server_bound(web_config, Backend::from_addr(&supervisor))?;
     let handle = server.handle();
     let task = actix_web::rt::spawn(server);
+    let addr = bound.http;
+    // HTTPS first: the plain line is the one scripts wait for, and by then both are known.
+    if let (Some(https), Some((sha256, spki))) = (bound.https, fingerprints) {
+        tracing::info!(
+            "dashboard at https://{https}/ certificate SHA-256 fingerprint {sha256} (public key SHA-256 {spki})"
+        );
+    }
     tracing::info!(%addr, "dashboard at http://{addr}/");
     notify_systemd("READY=1");
     if let Some(every) = watchdog_interval() {

@@ -36,8 +36,9 @@ struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free port and opens a headless Chromium session.
-    async fn start() -> Browser {
+    /// Starts chromedriver on a free port and opens a headless Chromium session that trusts
+    /// a certificate whose public key hashes to `spki_pin` (base64 SHA-256), if given.
+    async fn start(spki_pin: Option<&str>) -> Browser {
         for path in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 Path::new(path).exists(),
@@ -80,7 +81,11 @@ impl Browser {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let pin = spki_pin
+            .map(|p| format!("--ignore-certificate-errors-spki-list={p}"))
+            .unwrap_or_else(|| "--disable-extensions".to_string());
         let args = [
+            pin.as_str(),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -341,7 +346,40 @@ async fn start_button_follows_the_state_table() {
         ),
     );
     let spare = node.app("spare", "1", "sleep 3600", "  network: none\n");
-    let server = node.serve(&docker_host(), &[]);
+    let server = node.serve_tls(&docker_host(), &[]);
+    let https = server
+        .https
+        .clone()
+        .unwrap_or_else(|| panic!("no HTTPS line in the log:\n{}", server.log().join("\n")));
+    println!(
+        "HTTPS at {} certificate SHA-256 {} (SPKI {})",
+        https.base, https.sha256, https.spki
+    );
+    // serve replaced the clear password it was given by an argon2 hash, and made its
+    // certificate in data_dir with the key readable by its owner only.
+    let stored = std::fs::read_to_string(node.dir.path().join("password")).unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    assert!(!stored.contains(PASSWORD));
+    use std::os::unix::fs::PermissionsExt;
+    let key = node.dir.path().join("data/tls/key.pem");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+    // `archipelago ctl status`, over the loopback HTTP listener, shows the fingerprint.
+    let status = Command::new(env!("CARGO_BIN_EXE_archipelago"))
+        .args(["ctl", "--url", &server.base, "status"])
+        .env("ARCHIPELAGO_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        out.contains(&https.sha256),
+        "ctl status lacks the fingerprint: {out}"
+    );
     let mut c = server.client().await;
 
     // Installed and stopped: install (which starts it), then stop.
@@ -354,8 +392,15 @@ async fn start_button_follows_the_state_table() {
     c.call("package.stop", json!({ "id": web })).await.unwrap();
     wait_state(&mut c, &web, "stopped", Duration::from_secs(30)).await;
 
-    let b = Browser::start().await;
-    log_in(&b, &server.base, PASSWORD).await;
+    // Over HTTPS, the self-signed certificate pinned by its public key's fingerprint.
+    let b = Browser::start(Some(&https.spki)).await;
+    log_in(&b, &https.base, PASSWORD).await;
+    let page = b.exec("return [location.protocol, sessionStorage.getItem('archipelago.token') !== null, document.cookie]").await;
+    assert_eq!(
+        page,
+        json!(["https:", true, ""]),
+        "token in sessionStorage, no cookie"
+    );
     wait_primary(&b, &web, "Start", true, Duration::from_secs(10)).await;
     wait_primary(&b, &spare, "Install", true, Duration::from_secs(10)).await;
     let memory = b
@@ -445,7 +490,7 @@ async fn engine_banner_shows_when_the_engine_is_unreachable() {
     let app = node.app("web", "1", "sleep 3600", "  network: none\n");
     let absent = format!("unix://{}/absent.sock", node.dir.path().display());
     let server = node.serve(&absent, &[]);
-    let b = Browser::start().await;
+    let b = Browser::start(None).await;
     log_in(&b, &server.base, PASSWORD).await;
     b.wait_for(
         "the engine banner",
@@ -466,4 +511,45 @@ async fn engine_banner_shows_when_the_engine_is_unreachable() {
     wait_primary(&b, &app, "Install", true, Duration::from_secs(10)).await;
     b.screenshot(&target_dir().join("browser-screenshot-engine-down.png"))
         .await;
+    // Logging out forgets the token and shows the form again.
+    let logout = b.find("#logout").await;
+    b.click(&logout).await;
+    b.wait_for(
+        "the login form after logout",
+        "!document.getElementById('login').hidden && sessionStorage.getItem('archipelago.token') === null",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // `archipelago passwd` on the running node: the file holds the new hash, the old
+    // session is over at once, the old password no longer logs in, the new one does.
+    let mut old = server.client().await;
+    old.call("package.list", Value::Null).await.unwrap();
+    let mut passwd = Command::new(env!("CARGO_BIN_EXE_archipelago"))
+        .args(["passwd", "--config"])
+        .arg(node.dir.path().join("config.yml"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = passwd.stdin.take().unwrap();
+        stdin.write_all(b"another password\n").unwrap();
+    }
+    assert!(passwd.wait().unwrap().success());
+    let stored = std::fs::read_to_string(node.dir.path().join("password")).unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    let err = old.call("package.list", Value::Null).await.unwrap_err();
+    assert!(
+        matches!(err, archipelago::ctl::CtlError::Rpc { code: -32001, .. }),
+        "{err}"
+    );
+    let mut again = archipelago::ctl::RpcClient::new(&server.base, T);
+    let err = again.login(PASSWORD).await.unwrap_err();
+    assert!(
+        matches!(err, archipelago::ctl::CtlError::Rpc { code: -32001, .. }),
+        "{err}"
+    );
+    again.login("another password").await.unwrap();
+    again.call("package.list", Value::Null).await.unwrap();
 }

@@ -419,7 +419,10 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
         &format!("listen: 127.0.0.1:{web_port}"),
     );
     std::fs::write(&config, text).unwrap();
-    let password = node.dir.path().join("password");
+    // serve's own file (it replaces the password by its argon2 hash on start), and a
+    // clear copy for `ctl --password-file`.
+    std::fs::write(node.dir.path().join("password"), "secret\n").unwrap();
+    let password = node.dir.path().join("ctl-password");
     std::fs::write(&password, "secret\n").unwrap();
     let state_file = node
         .dir

@@ -162,7 +162,7 @@ async fn health_needs_no_session() {
 }
 
 #[actix_web::test]
-async fn login_sets_a_strict_http_only_cookie_that_authenticates() {
+async fn the_token_authenticates_as_a_header_and_a_cookie_never_does() {
     let h = harness();
     let res = post(&h, &json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": PASSWORD}}).to_string(), &[]).await;
     assert_eq!(res.status, 200);
@@ -174,44 +174,50 @@ async fn login_sets_a_strict_http_only_cookie_that_authenticates() {
         token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
         "{token}"
     );
-    let cookie = res.header("set-cookie").expect("set-cookie");
-    println!(
-        "Set-Cookie: archipelago_session=<token>{}",
-        &cookie[cookie.find(';').unwrap()..]
-    );
     assert!(
-        cookie.starts_with(&format!("archipelago_session={token};")),
-        "{cookie}"
+        res.header("set-cookie").is_none(),
+        "login sets no cookie: the page keeps the token in sessionStorage"
     );
-    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(
-            cookie.split("; ").any(|f| f == flag),
-            "{flag} missing in {cookie}"
-        );
-    }
+    // The token as a cookie only (what an app UI on another port of the host would see
+    // and replay): refused, on RPC and on the event stream.
     let cookie_header = format!("archipelago_session={token}");
-    let res = post(
-        &h,
-        r#"{"jsonrpc":"2.0","id":2,"method":"package.list"}"#,
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"package.list"}"#;
+    let res = post(&h, list, &[("Cookie", &cookie_header)]).await;
+    assert_eq!(res.status, 401, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(json_of(&res)["error"]["code"], -32001);
+    let res = http_request(
+        "GET",
+        &format!("{}/api/events", h.base),
         &[("Cookie", &cookie_header)],
+        b"",
+        T,
     )
-    .await;
+    .await
+    .unwrap();
+    assert_eq!(res.status, 401);
+    assert_eq!(json_of(&res)["error"]["code"], -32001);
+    // The same token as a header works.
+    let bearer = format!("Bearer {token}");
+    let res = post(&h, list, &[("Authorization", &bearer)]).await;
     assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
     assert_eq!(json_of(&res)["result"].as_array().unwrap().len(), 5);
-    // Logging out ends the session.
+    // Logging out ends the session and clears any cookie an older version set, keeping
+    // its flags.
     let res = post(
         &h,
         r#"{"jsonrpc":"2.0","id":3,"method":"auth.logout"}"#,
-        &[("Cookie", &cookie_header)],
+        &[("Authorization", &bearer)],
     )
     .await;
-    assert!(res.header("set-cookie").unwrap().contains("Max-Age=0"));
-    let res = post(
-        &h,
-        r#"{"jsonrpc":"2.0","id":4,"method":"package.list"}"#,
-        &[("Cookie", &cookie_header)],
-    )
-    .await;
+    let cleared = res.header("set-cookie").unwrap();
+    println!("logout: Set-Cookie: {cleared}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=0"] {
+        assert!(
+            cleared.split("; ").any(|f| f == flag),
+            "{flag} missing in {cleared}"
+        );
+    }
+    let res = post(&h, list, &[("Authorization", &bearer)]).await;
     assert_eq!(res.status, 401);
 }
 
@@ -631,11 +637,11 @@ struct EventReader {
 impl EventReader {
     async fn open(h: &Harness, token: Option<&str>) -> EventReader {
         let mut stream = TcpStream::connect(h.addr).await.unwrap();
-        let cookie = token
-            .map(|t| format!("Cookie: archipelago_session={t}\r\n"))
+        let bearer = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let req = format!(
-            "GET /api/events HTTP/1.1\r\nHost: {}\r\n{cookie}Accept: text/event-stream\r\n\r\n",
+            "GET /api/events HTTP/1.1\r\nHost: {}\r\n{bearer}Accept: text/event-stream\r\n\r\n",
             h.addr
         );
         stream.write_all(req.as_bytes()).await.unwrap();
@@ -871,7 +877,8 @@ async fn the_dashboard_is_served_from_the_binary() {
         .unwrap()
         .contains("frame-ancestors 'none'"));
     let html = String::from_utf8(res.body).unwrap();
-    assert!(html.contains("EventSource(\"/api/events\")"));
+    assert!(html.contains("fetch(\"/api/events\""));
+    assert!(html.contains("sessionStorage"));
     for label in [
         "Installing…",
         "Starting…",
@@ -962,4 +969,614 @@ async fn serve_runs_until_its_shutdown_future_completes() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
+}
+
+/// Sends `head` (and `body`) on a fresh connection and reads the answer until it ends.
+async fn raw_exchange(to: SocketAddr, head: &str, body: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(to).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(T, stream.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    parse_response(&raw).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&raw)))
+}
+
+#[actix_web::test]
+async fn a_host_not_on_the_list_gets_403_on_every_route() {
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.allowed_hosts = vec!["localhost".into(), "node.example".into()];
+    });
+    let token = login(&h).await;
+    let port = h.addr.port();
+    let login_body = json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": PASSWORD}}).to_string();
+    let routes = [
+        ("GET", "/", ""),
+        ("GET", "/healthz", ""),
+        ("GET", "/metrics", ""),
+        ("GET", "/api/events", ""),
+        ("GET", "/no/such/route", ""),
+        ("POST", "/rpc/v1", login_body.as_str()),
+    ];
+    for host in [
+        format!("evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        "rebind.attacker.test".to_string(),
+    ] {
+        for (method, path, body) in routes {
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let res = raw_exchange(h.addr, &head, body.as_bytes()).await;
+            assert_eq!(res.status, 403, "{method} {path} with Host: {host}");
+            assert!(res.header("set-cookie").is_none());
+        }
+    }
+    // No Host at all (HTTP/1.0) is refused too.
+    let res = raw_exchange(h.addr, "GET /healthz HTTP/1.0\r\n\r\n", b"").await;
+    assert_eq!(res.status, 403);
+    // Allowed: listed names (any case, a trailing dot) and IP literals.
+    for host in [
+        format!("localhost:{port}"),
+        format!("NODE.example.:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "192.168.1.20".to_string(),
+    ] {
+        let head = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let res = raw_exchange(h.addr, &head, b"").await;
+        assert_eq!(res.status, 200, "Host: {host}");
+    }
+}
+
+#[actix_web::test]
+async fn rpc_requires_a_json_content_type() {
+    let h = harness();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"server.health"}"#;
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut headers = vec![];
+        if let Some(ct) = ct {
+            headers.push(("Content-Type", ct));
+        }
+        let res = http_request(
+            "POST",
+            &format!("{}/rpc/v1", h.base),
+            &headers,
+            body.as_bytes(),
+            T,
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status, 415, "{ct:?}");
+        assert_eq!(json_of(&res)["error"]["code"], -32600, "{ct:?}");
+    }
+    let res = post(&h, body, &[]).await;
+    assert_eq!(res.status, 200);
+    let res = http_request(
+        "POST",
+        &format!("{}/rpc/v1", h.base),
+        &[("Content-Type", "application/json; charset=utf-8")],
+        body.as_bytes(),
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 200);
+}
+
+#[actix_web::test]
+async fn a_trickled_body_is_cut_off_while_others_are_served() {
+    // One worker: the slow client and everyone else share it.
+    let limit = Duration::from_secs(1);
+    let h = Harness::start(Duration::from_millis(300), |cfg| cfg.body_timeout = limit);
+    let token = login(&h).await;
+    let mut slow = TcpStream::connect(h.addr).await.unwrap();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"server.health"}"#;
+    let head = format!(
+        "POST /rpc/v1 HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        h.addr,
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // One byte every 100 ms: the whole body would take 5 s.
+    let trickle = async {
+        let mut raw = Vec::new();
+        let mut answered = None;
+        for byte in body.bytes() {
+            if slow.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => {
+                    answered.get_or_insert_with(|| started.elapsed());
+                    raw.extend_from_slice(&chunk[..n]);
+                }
+                Err(_) => {}
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(T, slow.read_to_end(&mut rest)).await;
+        raw.extend_from_slice(&rest);
+        let answered = answered.unwrap_or_else(|| started.elapsed());
+        (raw, answered)
+    };
+    // Meanwhile others are answered at once.
+    let others = async {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let v = result(&h, &token, "package.list", Value::Null).await;
+            assert_eq!(v.as_array().unwrap().len(), 5);
+            slowest = slowest.max(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        slowest
+    };
+    let ((raw, cut_after), slowest) = tokio::join!(trickle, others);
+    let res =
+        parse_response(&raw).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&raw)));
+    println!(
+        "trickled body cut off after {cut_after:?} with HTTP {}; slowest other call {slowest:?}",
+        res.status
+    );
+    assert_eq!(res.status, 408);
+    assert_eq!(json_of(&res)["error"]["code"], -32600);
+    assert!(
+        cut_after >= limit && cut_after < limit + Duration::from_millis(500),
+        "cut off after {cut_after:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "others waited {slowest:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_stream_ends_within_one_keepalive_after_logout() {
+    let keepalive = Duration::from_millis(400);
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.events_keepalive = keepalive
+    });
+    let token = login(&h).await;
+    let mut s = EventReader::open(&h, Some(&token)).await;
+    s.until(|e| packages_named(e, "slow").len() == 1).await;
+    let (_, out) = call(&h, &token, "auth.logout", Value::Null).await;
+    assert_eq!(out["result"]["ok"], true, "{out}");
+    let logged_out = Instant::now();
+    // The response ends: the last chunk, then (Connection: keep-alive or not) no more events.
+    loop {
+        if s.text().contains("\r\n0\r\n\r\n") {
+            break;
+        }
+        assert!(
+            logged_out.elapsed() < keepalive * 3,
+            "stream still open {:?} after logout",
+            logged_out.elapsed()
+        );
+        if !s.read_more().await {
+            break;
+        }
+    }
+    let ended = logged_out.elapsed();
+    println!("event stream ended {ended:?} after logout (keep-alive {keepalive:?})");
+    assert!(
+        ended <= keepalive + Duration::from_millis(150),
+        "ended {ended:?} after logout"
+    );
+}
+
+#[actix_web::test]
+async fn a_session_holds_at_most_four_streams() {
+    // A closed client is noticed at the next write: a short keep-alive frees slots soon.
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.events_keepalive = Duration::from_millis(300)
+    });
+    let token = login(&h).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut s = EventReader::open(&h, Some(&token)).await;
+        s.until(|e| packages_named(e, "slow").len() == 1).await;
+        open.push(s);
+    }
+    let res = http_request(
+        "GET",
+        &format!("{}/api/events", h.base),
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 429);
+    assert_eq!(json_of(&res)["error"]["code"], -32001);
+    // Closing one frees its slot.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = EventReader::open(&h, Some(&token)).await;
+        s.read_more().await;
+        if s.text().starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", s.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn metrics_are_for_loopback_or_the_scrape_token() {
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+        cfg.metrics_token = Some("scrape-token".into());
+    });
+    let url = format!("{}/metrics", h.base);
+    let get = |headers: Vec<(&'static str, &'static str)>| {
+        let url = url.clone();
+        async move { http_request("GET", &url, &headers, b"", T).await.unwrap() }
+    };
+    // Straight from loopback: served.
+    assert_eq!(get(vec![]).await.status, 200);
+    // From a LAN client through the trusted proxy: refused, unless it has the token.
+    let lan = ("X-Forwarded-For", "203.0.113.9");
+    assert_eq!(get(vec![lan]).await.status, 403);
+    assert_eq!(
+        get(vec![lan, ("Authorization", "Bearer wrong")])
+            .await
+            .status,
+        403
+    );
+    let res = get(vec![lan, ("Authorization", "Bearer scrape-token")]).await;
+    assert_eq!(res.status, 200);
+    assert!(String::from_utf8_lossy(&res.body).contains("archipelago_rpc_requests_total"));
+}
+
+#[actix_web::test]
+async fn login_failures_behind_a_trusted_proxy_count_per_forwarded_client() {
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+        cfg.auth.free_attempts = 1;
+        cfg.auth.base_delay = Duration::from_secs(30);
+    });
+    let login_as = |client: &'static str, password: &'static str| {
+        let h = &h;
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": password}}).to_string();
+            json_of(&post(h, &body, &[("X-Forwarded-For", client)]).await)
+        }
+    };
+    for _ in 0..2 {
+        login_as("198.51.100.1", "guess").await;
+    }
+    let v = login_as("198.51.100.1", PASSWORD).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("unauthorized: too many attempts"),
+        "{v}"
+    );
+    // Another client behind the same proxy is not held back.
+    let v = login_as("198.51.100.2", PASSWORD).await;
+    assert_eq!(v["result"]["token"].as_str().map(str::len), Some(64), "{v}");
+}
+
+#[actix_web::test]
+async fn archipelago_passwd_hashes_the_password_and_ends_every_session() {
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.events_keepalive = Duration::from_millis(300)
+    });
+    let token = login(&h).await;
+    let mut events = EventReader::open(&h, Some(&token)).await;
+    events.until(|e| packages_named(e, "slow").len() == 1).await;
+    // A config naming the harness's password file.
+    let password_file = h.password_file.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "apps_dir: apps\ndata_dir: data\nauth:\n  password_file: {}\n",
+            password_file.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_archipelago"))
+        .args(["passwd", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"a brand new password\n").unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let line = std::fs::read_to_string(&password_file).unwrap();
+    assert!(line.starts_with("$argon2id$"), "{line}");
+    assert!(!line.contains("brand new"), "{line}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&password_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The old token is refused at once, the old password too; the new one works.
+    let (status, v) = call(&h, &token, "package.list", Value::Null).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (401, json!(-32001)),
+        "{v}"
+    );
+    let old = json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": PASSWORD}}).to_string();
+    assert_eq!(post(&h, &old, &[]).await.status, 401);
+    let new = json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": "a brand new password"}}).to_string();
+    assert_eq!(post(&h, &new, &[]).await.status, 200);
+    // The open stream ends at its next keep-alive.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !events.text().contains("\r\n0\r\n\r\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the stream outlived the password change"
+        );
+        if !events.read_more().await {
+            break;
+        }
+    }
+}
+
+/// A TLS client that trusts exactly the certificate whose SHA-256 is `sha256`.
+#[derive(Debug)]
+struct Pinned {
+    sha256: Vec<u8>,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        if sha2::Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "certificate fingerprint mismatch".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One HTTP/1.1 exchange over TLS, trusting only the certificate with fingerprint `pin`
+/// (`AB:CD:…`).
+async fn https_exchange(
+    to: SocketAddr,
+    pin: &str,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let sha256 = hex::decode(pin.replace(':', "")).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(Pinned { sha256, provider }))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(to).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio::time::timeout(T, connector.connect(name, tcp)).await??;
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(body).await?;
+    let mut raw = Vec::new();
+    // A server closing without close_notify still leaves a whole response.
+    let _ = tokio::time::timeout(T, tls.read_to_end(&mut raw)).await?;
+    parse_response(&raw)
+}
+
+#[actix_web::test]
+async fn https_serves_the_same_api_with_secure_cookies_and_a_pinnable_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let identity = archipelago::web::tls::TlsIdentity::load_or_create(
+        None,
+        None,
+        certs.path(),
+        &["localhost".to_string()],
+    )
+    .unwrap();
+    let pin = identity.fingerprint_sha256.clone();
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.tls = Some(archipelago::web::TlsListen {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity,
+        });
+    });
+    let https = h.https.expect("an HTTPS listener");
+    let rpc = |body: String, bearer: Option<String>, host: String| {
+        let pin = pin.clone();
+        async move {
+            let authz = bearer
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            let head = format!(
+                "POST /rpc/v1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\n{authz}Content-Length: {}\r\n\r\n",
+                body.len()
+            );
+            https_exchange(https, &pin, &head, body.as_bytes())
+                .await
+                .expect("HTTPS exchange")
+        }
+    };
+    let here = format!("localhost:{}", https.port());
+    let login = json!({"jsonrpc": "2.0", "id": 1, "method": "auth.login", "params": {"password": PASSWORD}}).to_string();
+    let res = rpc(login.clone(), None, here.clone()).await;
+    assert_eq!(res.status, 200);
+    let token = json_of(&res)["result"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(res.header("set-cookie").is_none());
+    let status = json!({"jsonrpc": "2.0", "id": 2, "method": "server.status"}).to_string();
+    let res = rpc(status, Some(token.clone()), here.clone()).await;
+    let v = json_of(&res);
+    assert_eq!(v["result"]["tls"]["fingerprint_sha256"], json!(pin), "{v}");
+    assert_eq!(
+        v["result"]["tls"]["listen"],
+        json!(https.to_string()),
+        "{v}"
+    );
+    // Over HTTPS the cookie logout clears carries Secure.
+    let logout = json!({"jsonrpc": "2.0", "id": 3, "method": "auth.logout"}).to_string();
+    let res = rpc(logout, Some(token), here.clone()).await;
+    let cookie = res.header("set-cookie").unwrap().to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(
+            cookie.split("; ").any(|f| f == flag),
+            "{flag} missing: {cookie}"
+        );
+    }
+    // The Host allow-list holds on HTTPS as well.
+    let res = rpc(login, None, "evil.example".to_string()).await;
+    assert_eq!(res.status, 403);
+    // A client pinning another fingerprint does not get through the handshake.
+    let wrong = pin.replace(&pin[..2], if &pin[..2] == "00" { "01" } else { "00" });
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: {here}\r\nConnection: close\r\n\r\n");
+    let err = https_exchange(https, &wrong, &head, b"")
+        .await
+        .expect_err("a wrong pin fails");
+    assert!(err.to_string().contains("fingerprint mismatch"), "{err}");
+    // The plain listener is still there.
+    let res = http_request("GET", &format!("{}/healthz", h.base), &[], b"", T)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+}
+
+/// A connection from `source` that sends `GET /healthz`; the status, or `None` when the
+/// server closed it without an answer.
+async fn healthz_from(source: IpAddr, to: SocketAddr) -> Option<u16> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(to).await.ok()?;
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n");
+    // The server may have shut the connection already: a failed write is a refusal too.
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(T, stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer or a close in time");
+    parse_response(&raw).ok().map(|r| r.status)
+}
+
+#[actix_web::test]
+async fn connections_are_capped_per_client_address() {
+    let h = Harness::start(Duration::from_millis(300), |cfg| {
+        cfg.per_client = archipelago::web::limits::ConnPolicy {
+            max_open: 3,
+            max_new: 8,
+            window: Duration::from_secs(60),
+        };
+    });
+    let greedy: IpAddr = "127.0.0.2".parse().unwrap();
+    // Three idle connections held open: the fourth is closed without an answer.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(greedy, 0)).unwrap();
+        held.push(socket.connect(h.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        healthz_from(greedy, h.addr).await,
+        None,
+        "a fourth open connection"
+    );
+    // Other addresses, and loopback's own (ctl), are served meanwhile.
+    assert_eq!(
+        healthz_from("127.0.0.3".parse().unwrap(), h.addr).await,
+        Some(200)
+    );
+    assert_eq!(
+        healthz_from("127.0.0.1".parse().unwrap(), h.addr).await,
+        Some(200)
+    );
+    // Closing one frees its place.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while healthz_from(greedy, h.addr).await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    // The rate: eight new connections per minute from one address, then none.
+    let eager: IpAddr = "127.0.0.4".parse().unwrap();
+    for i in 0..8 {
+        assert_eq!(
+            healthz_from(eager, h.addr).await,
+            Some(200),
+            "connection {i}"
+        );
+    }
+    assert_eq!(
+        healthz_from(eager, h.addr).await,
+        None,
+        "the ninth within a minute"
+    );
+    assert_eq!(
+        healthz_from("127.0.0.1".parse().unwrap(), h.addr).await,
+        Some(200)
+    );
 }

@@ -63,6 +63,8 @@ fuzz_target!(|data: &[u8]| {
             auth: &w.auth,
             metrics: &w.metrics,
             token: (first & 1 == 1).then(|| w.token.clone()),
+            tls: None,
+            secure: false,
             // Another client address per input, so the login slow-down does not stall.
             ip: IpAddr::V4(Ipv4Addr::new(127, 1, first, 1)),
             timeout: Duration::from_millis(20),

@@ -1,24 +1,34 @@
-//! Who may call the RPC: the password check, session tokens, the per-client login slow-down
-//! and the same-origin rule for POST requests.
+//! Who may call the RPC: the password check (argon2), session tokens carried in the
+//! `Authorization` header, the per-client and global login slow-down, the same-origin rule
+//! for POST requests, the Host allow-list and the client address behind a trusted proxy.
 //!
-//! It owns the session table and the failed-login table; it does not read requests itself
-//! beyond the headers it is handed, and it never logs a password or a token.
+//! It owns the session table, the failed-login tables and the count of event streams per
+//! session; it does not read requests itself beyond the headers it is handed, and it never
+//! logs a password or a token. A cookie never authorizes anything: browsers send cookies to
+//! every port of a host, so every app UI on the node would see it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
 use std::net::IpAddr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
 use sha2::{Digest, Sha256};
 
-/// Name of the session cookie set by `auth.login`.
+/// Password checks (argon2) run at once; further logins wait for a slot.
+const PASSWORD_CHECKS: usize = 2;
+
+/// Name of the session cookie older versions set; logout still clears it.
 pub const SESSION_COOKIE: &str = "archipelago_session";
 
-/// Why a login or a request was refused; every variant maps to JSON-RPC -32001.
+/// Why a login or a request was refused; every variant but the file ones maps to -32001.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("unauthorized: log in with auth.login first")]
+    #[error("unauthorized: log in with auth.login first and send Authorization: Bearer <token>")]
     Missing,
     #[error("unauthorized: session expired or unknown, log in again")]
     Expired,
@@ -26,6 +36,8 @@ pub enum AuthError {
     WrongPassword,
     #[error("unauthorized: too many attempts, retry in {retry_in_secs}s")]
     TooManyAttempts { retry_in_secs: u64 },
+    #[error("unauthorized: too many event streams for this session (at most {max})")]
+    TooManyStreams { max: usize },
     #[error("cannot read password file {path}: {reason}")]
     PasswordFile { path: PathBuf, reason: String },
     #[error("cross-origin request refused: origin {origin} does not match host {host}")]
@@ -45,6 +57,13 @@ pub struct AuthPolicy {
     pub max_delay: Duration,
     /// A client's failure count is forgotten after this long without a failure.
     pub failure_window: Duration,
+    /// Failed logins from all clients together within `global_window` past which every
+    /// login waits: a guesser spread over many addresses still gets few tries.
+    pub global_budget: usize,
+    /// The window of `global_budget`.
+    pub global_window: Duration,
+    /// Open `/api/events` streams allowed per session.
+    pub max_streams_per_session: usize,
 }
 
 impl Default for AuthPolicy {
@@ -55,6 +74,9 @@ impl Default for AuthPolicy {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(300),
             failure_window: Duration::from_secs(15 * 60),
+            global_budget: 100,
+            global_window: Duration::from_secs(60),
+            max_streams_per_session: 4,
         }
     }
 }
@@ -67,51 +89,168 @@ struct Failures {
     next_allowed: Instant,
 }
 
+/// What identifies one version of the password file: a rewrite (rename) changes the inode,
+/// an edit in place the size or the modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime: Option<SystemTime>,
+}
+
+/// The password file as last read.
+#[derive(Debug)]
+struct Secret {
+    /// The first line: an argon2 PHC string, or a clear password in a hand-edited file.
+    line: String,
+    stamp: Stamp,
+}
+
+/// Open event streams per session token; shared with the [`StreamSlot`]s that hold them.
+type StreamCounts = Arc<Mutex<HashMap<String, usize>>>;
+
 /// The session table and the login limiter, shared by every worker.
 #[derive(Debug)]
 pub struct Auth {
     password_file: PathBuf,
     policy: AuthPolicy,
+    /// The password as last read; re-read (ending every session) when the file changes.
+    secret: Mutex<Option<Secret>>,
     /// Token → last use; a token absent here is not a session.
     sessions: Mutex<HashMap<String, Instant>>,
     /// Client address → its recent failed logins; a client never waits on another's entry.
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Times of recent failed logins from anyone, for the global budget.
+    global_failures: Mutex<VecDeque<Instant>>,
+    /// Open event streams per session.
+    streams: StreamCounts,
+    /// Password checks allowed at once: each argon2 check takes 19 MiB and a core for a
+    /// moment, so a burst of logins queues here instead of filling the blocking pool.
+    checks: Arc<tokio::sync::Semaphore>,
+}
+
+/// One open event stream of a session; the count goes down when it drops.
+#[derive(Debug)]
+pub struct StreamSlot {
+    counts: StreamCounts,
+    token: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts);
+        if let Some(n) = counts.get_mut(&self.token) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.token);
+            }
+        }
+    }
+}
+
+/// A login that passed the rate limits and waits for its password check.
+#[derive(Debug)]
+pub struct PendingLogin {
+    /// The stored password line to check against (off the server threads: see [`verify_password`]).
+    pub stored: String,
 }
 
 impl Auth {
-    /// A new, empty session table; the password file is read at each login.
+    /// A new, empty session table; the password file is read on first use and whenever
+    /// it changes.
     pub fn new(password_file: PathBuf, policy: AuthPolicy) -> Self {
         Auth {
             password_file,
             policy,
+            secret: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            global_failures: Mutex::new(VecDeque::new()),
+            streams: Arc::new(Mutex::new(HashMap::new())),
+            checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
         }
+    }
+
+    /// Waits for one of the few password-check slots.
+    pub async fn check_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        // The semaphore is never closed, so acquiring can only wait, not fail.
+        self.checks
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the password-check semaphore is never closed")
     }
 
     /// Checks that the password file can be read and holds a non-empty first line.
     pub fn check_password_file(&self) -> Result<(), AuthError> {
-        read_password(&self.password_file).map(|_| ())
+        self.refresh().map(|_| ())
     }
 
-    /// Checks `password` for the client at `ip`; on success opens a session and returns its token.
-    pub fn login(&self, ip: IpAddr, password: &str, now: Instant) -> Result<String, AuthError> {
+    /// Re-reads the password file when it changed since last read; a change ends every
+    /// session and every event stream (they re-check at their next keep-alive). Answers
+    /// the stored line.
+    fn refresh(&self) -> Result<String, AuthError> {
+        let path = &self.password_file;
+        let stamp = stamp_of(path)?;
+        let mut secret = lock(&self.secret);
+        if let Some(s) = secret.as_ref().filter(|s| s.stamp == stamp) {
+            return Ok(s.line.clone());
+        }
+        let line = read_password(path)?;
+        if secret.is_some() {
+            let ended = {
+                let mut sessions = lock(&self.sessions);
+                let n = sessions.len();
+                sessions.clear();
+                n
+            };
+            tracing::info!(path = %path.display(), ended, "password file changed: every session ended");
+        }
+        *secret = Some(Secret {
+            line: line.clone(),
+            stamp,
+        });
+        Ok(line)
+    }
+
+    /// The rate-limit half of a login: refuses a client (or everyone) still waiting after
+    /// failures, else answers what to check the password against.
+    pub fn begin_login(&self, ip: IpAddr, now: Instant) -> Result<PendingLogin, AuthError> {
+        let retry = |wait: Duration| AuthError::TooManyAttempts {
+            retry_in_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        };
         {
             let mut failures = lock(&self.failures);
             if let Some(f) = failures.get(&ip).copied() {
                 if now.duration_since(f.last) > self.policy.failure_window {
                     failures.remove(&ip);
                 } else if now < f.next_allowed {
-                    let wait = f.next_allowed - now;
-                    return Err(AuthError::TooManyAttempts {
-                        retry_in_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                    });
+                    return Err(retry(f.next_allowed - now));
                 }
             }
         }
-        let expected = read_password(&self.password_file)?;
-        if !constant_time_eq(expected.as_bytes(), password.as_bytes()) {
+        {
+            let mut global = lock(&self.global_failures);
+            prune_global(&mut global, now, self.policy.global_window);
+            if global.len() >= self.policy.global_budget {
+                let oldest = global.front().copied().unwrap_or(now);
+                return Err(retry(
+                    (oldest + self.policy.global_window).saturating_duration_since(now),
+                ));
+            }
+        }
+        Ok(PendingLogin {
+            stored: self.refresh()?,
+        })
+    }
+
+    /// The bookkeeping half of a login, once the password was checked: a success opens a
+    /// session and answers its token, a failure counts against the client and everyone.
+    pub fn finish_login(&self, ip: IpAddr, ok: bool, now: Instant) -> Result<String, AuthError> {
+        if !ok {
             let mut failures = lock(&self.failures);
+            let window = self.policy.failure_window;
+            failures.retain(|_, f| now.duration_since(f.last) <= window);
             let f = failures.entry(ip).or_insert(Failures {
                 count: 0,
                 last: now,
@@ -120,6 +259,10 @@ impl Auth {
             f.count += 1;
             f.last = now;
             f.next_allowed = now + self.delay_after(f.count);
+            drop(failures);
+            let mut global = lock(&self.global_failures);
+            prune_global(&mut global, now, self.policy.global_window);
+            global.push_back(now);
             return Err(AuthError::WrongPassword);
         }
         lock(&self.failures).remove(&ip);
@@ -129,6 +272,14 @@ impl Auth {
         sessions.retain(|_, last| now.duration_since(*last) <= idle);
         sessions.insert(token.clone(), now);
         Ok(token)
+    }
+
+    /// Checks `password` for the client at `ip` on the calling thread (tests and tools; the
+    /// server runs [`verify_password`] on a blocking thread between the two halves).
+    pub fn login(&self, ip: IpAddr, password: &str, now: Instant) -> Result<String, AuthError> {
+        let pending = self.begin_login(ip, now)?;
+        let ok = verify_password(&pending.stored, password);
+        self.finish_login(ip, ok, now)
     }
 
     /// The wait imposed after the `count`-th failure in a row.
@@ -143,6 +294,10 @@ impl Auth {
     /// Checks a token taken from the request and marks the session as used.
     pub fn check(&self, token: Option<&str>, now: Instant) -> Result<(), AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
+        if let Err(e) = self.refresh() {
+            tracing::warn!("{e}");
+            return Err(AuthError::Expired);
+        }
         let mut sessions = lock(&self.sessions);
         match sessions.get_mut(token) {
             Some(last) if now.duration_since(*last) <= self.policy.session_idle_timeout => {
@@ -157,23 +312,139 @@ impl Auth {
         }
     }
 
+    /// Whether the session still stands, without marking it used: event streams ask at
+    /// each keep-alive and end when it is gone.
+    pub fn is_live(&self, token: &str, now: Instant) -> bool {
+        if self.refresh().is_err() {
+            return false;
+        }
+        lock(&self.sessions)
+            .get(token)
+            .is_some_and(|last| now.duration_since(*last) <= self.policy.session_idle_timeout)
+    }
+
+    /// Takes one of the session's event-stream slots, or refuses when all are taken.
+    pub fn open_stream(&self, token: &str) -> Result<StreamSlot, AuthError> {
+        let max = self.policy.max_streams_per_session;
+        let mut counts = lock(&self.streams);
+        let n = counts.entry(token.to_string()).or_insert(0);
+        if *n >= max {
+            return Err(AuthError::TooManyStreams { max });
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            counts: self.streams.clone(),
+            token: token.to_string(),
+        })
+    }
+
     /// Ends a session; unknown tokens are ignored.
     pub fn logout(&self, token: &str) {
         lock(&self.sessions).remove(token);
     }
 
-    /// The `Set-Cookie` value that removes the session cookie.
-    pub fn clear_cookie(&self) -> String {
-        format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+    /// The `Set-Cookie` value that removes the session cookie older versions set
+    /// (`Secure` when the request came over HTTPS).
+    pub fn clear_cookie(&self, secure: bool) -> String {
+        let secure = if secure { "; Secure" } else { "" };
+        format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")
     }
+}
 
-    /// The `Set-Cookie` value that carries `token`.
-    pub fn cookie(&self, token: &str) -> String {
-        format!(
-            "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-            self.policy.session_idle_timeout.as_secs()
-        )
+fn prune_global(global: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while global
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > window)
+    {
+        global.pop_front();
     }
+}
+
+fn stamp_of(path: &Path) -> Result<Stamp, AuthError> {
+    let meta = std::fs::metadata(path).map_err(|e| AuthError::PasswordFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(Stamp {
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime: meta.modified().ok(),
+    })
+}
+
+/// Whether a password-file line is an argon2 hash (PHC string) rather than a clear password.
+pub fn is_hash(line: &str) -> bool {
+    line.starts_with("$argon2") && PasswordHash::new(line).is_ok()
+}
+
+/// The argon2id hash (PHC string) of `password` with a fresh random salt. Slow on purpose:
+/// call it off the actor and server threads.
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    // The OS random source failing leaves no safe way to make a salt; this cannot go on.
+    getrandom::fill(&mut salt).expect("the OS random source is available");
+    // Encoding 16 bytes as a salt cannot fail: the length is within argon2's bounds.
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        // Hashing with default parameters and a valid salt cannot fail.
+        .expect("argon2 hashes with its default parameters")
+        .to_string()
+}
+
+/// Checks `given` against a stored line: an argon2 hash, or (a hand-edited file not yet
+/// rewritten) a clear password compared in constant time. Slow on purpose: call it off the
+/// actor and server threads.
+pub fn verify_password(stored: &str, given: &str) -> bool {
+    if stored.starts_with("$argon2") {
+        return PasswordHash::new(stored).is_ok_and(|hash| {
+            Argon2::default()
+                .verify_password(given.as_bytes(), &hash)
+                .is_ok()
+        });
+    }
+    constant_time_eq(stored.as_bytes(), given.as_bytes())
+}
+
+/// Writes the argon2 hash of `password` as the password file: a temp file (0600) renamed
+/// over it, so a reader never sees half a file and serve notices the new inode.
+pub fn write_password_file(path: &Path, password: &str) -> std::io::Result<()> {
+    let line = hash_password(password);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "password".into())
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Replaces a clear password in the password file by its argon2 hash; answers whether it
+/// did. Blocking and slow: run it on a blocking thread.
+pub fn upgrade_password_file(path: &Path) -> Result<bool, AuthError> {
+    let line = read_password(path)?;
+    if is_hash(&line) {
+        return Ok(false);
+    }
+    write_password_file(path, &line).map_err(|e| AuthError::PasswordFile {
+        path: path.to_path_buf(),
+        reason: format!("cannot rewrite with a hash: {e}"),
+    })?;
+    Ok(true)
 }
 
 /// Locks a table; a poisoned lock still holds a consistent map (every update is one insert
@@ -216,23 +487,11 @@ fn new_token() -> String {
     hex::encode(bytes)
 }
 
-/// The session token carried by a request: `Authorization: Bearer` first, then the cookie.
-pub fn token_from_headers<'a>(
-    authorization: Option<&'a str>,
-    cookie: Option<&'a str>,
-) -> Option<&'a str> {
-    if let Some(value) = authorization {
-        if let Some(token) = value.strip_prefix("Bearer ") {
-            let token = token.trim();
-            if !token.is_empty() {
-                return Some(token);
-            }
-        }
-    }
-    cookie?.split(';').find_map(|pair| {
-        let (name, value) = pair.trim().split_once('=')?;
-        (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
-    })
+/// The session token carried by a request: `Authorization: Bearer` only. A cookie is
+/// never a credential (every app UI on the same host would receive it).
+pub fn token_from_headers(authorization: Option<&str>) -> Option<&str> {
+    let token = authorization?.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then_some(token)
 }
 
 /// Refuses a request whose `Origin` names another host than the one it was sent to.
@@ -253,6 +512,61 @@ pub fn check_origin(origin: Option<&str>, host: Option<&str>) -> Result<(), Auth
             host: host.unwrap_or("").to_string(),
         }),
     }
+}
+
+/// Whether a `Host` header names this node: any IP literal (a DNS-rebinding page can
+/// only reach the node under the attacker's own name, never under an address) or a name on
+/// `allowed` (lowercase, without a trailing dot). A missing Host is refused.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host.map(str::trim).filter(|h| !h.is_empty()) else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`.
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    if name.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    allowed.contains(&name)
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the last
+/// address of its `X-Forwarded-For` (the one that proxy appended; earlier ones are the
+/// client's own claims).
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    forwarded_for
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+/// The default Host allow-list: `localhost`, this machine's hostname and `<hostname>.local`
+/// (IP literals always pass), plus the configured names.
+pub fn default_allowed_hosts(extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_string()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !h.is_empty() {
+            names.push(format!("{h}.local"));
+            names.push(h);
+        }
+    }
+    names.extend(
+        extra
+            .iter()
+            .map(|n| n.trim().trim_end_matches('.').to_ascii_lowercase()),
+    );
+    names
 }
 
 #[cfg(test)]
@@ -282,26 +596,124 @@ mod tests {
     }
 
     #[test]
-    fn token_sources() {
+    fn only_the_authorization_header_carries_a_token() {
         let cases = [
-            (Some("Bearer abc"), None, Some("abc")),
-            (None, Some("x=1; archipelago_session=def; y=2"), Some("def")),
-            (
-                Some("Basic zzz"),
-                Some("archipelago_session=def"),
-                Some("def"),
-            ),
-            (Some("Bearer "), None, None),
-            (None, Some("archipelago_session="), None),
-            (None, None, None),
+            (Some("Bearer abc"), Some("abc")),
+            (Some("Basic zzz"), None),
+            (Some("Bearer "), None),
+            (None, None),
         ];
-        for (authz, cookie, want) in cases {
-            assert_eq!(
-                token_from_headers(authz, cookie),
-                want,
-                "{authz:?} {cookie:?}"
-            );
+        for (authz, want) in cases {
+            assert_eq!(token_from_headers(authz), want, "{authz:?}");
         }
+    }
+
+    #[test]
+    fn host_allow_list_cases() {
+        let allowed = vec!["localhost".to_string(), "node.local".to_string()];
+        let cases = [
+            (Some("localhost:8080"), true),
+            (Some("LOCALHOST"), true),
+            (Some("node.local."), true),
+            (Some("127.0.0.1:8080"), true),
+            (Some("192.168.1.20"), true),
+            (Some("[::1]:8443"), true),
+            (Some("evil.example"), false),
+            (Some("localhost.evil.example:8080"), false),
+            (Some(""), false),
+            (None, false),
+        ];
+        for (host, ok) in cases {
+            assert_eq!(host_allowed(host, &allowed), ok, "{host:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_a_trusted_proxy_only() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        let trusted = [proxy];
+        let xff = Some("1.2.3.4, 203.0.113.7");
+        assert_eq!(
+            client_ip(proxy, xff, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(other, xff, &trusted), other);
+        assert_eq!(client_ip(proxy, None, &trusted), proxy);
+        assert_eq!(client_ip(proxy, Some("garbage"), &trusted), proxy);
+    }
+
+    #[test]
+    fn passwords_are_hashed_and_verified() {
+        let hash = hash_password("hunter2");
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(is_hash(&hash));
+        assert!(verify_password(&hash, "hunter2"));
+        assert!(!verify_password(&hash, "hunter3"));
+        assert!(verify_password("clear", "clear"));
+        assert!(!is_hash("clear"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "clear\n").unwrap();
+        assert_eq!(upgrade_password_file(&file), Ok(true));
+        let line = std::fs::read_to_string(&file).unwrap();
+        assert!(is_hash(line.trim_end()), "{line}");
+        assert_eq!(upgrade_password_file(&file), Ok(false));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_changed_password_file_ends_every_session() {
+        let (dir, auth) = auth_with("hunter2", AuthPolicy::default());
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let now = Instant::now();
+        let token = auth.login(ip, "hunter2", now).unwrap();
+        assert!(auth.is_live(&token, now));
+        write_password_file(&dir.path().join("password"), "new one").unwrap();
+        assert!(!auth.is_live(&token, now));
+        assert_eq!(auth.check(Some(&token), now), Err(AuthError::Expired));
+        assert_eq!(
+            auth.login(ip, "hunter2", now),
+            Err(AuthError::WrongPassword)
+        );
+        assert!(auth.login(ip, "new one", now).is_ok());
+    }
+
+    #[test]
+    fn a_session_holds_a_few_streams_at_most() {
+        let (_dir, auth) = auth_with("x", AuthPolicy::default());
+        let slots: Vec<_> = (0..4).map(|_| auth.open_stream("t").unwrap()).collect();
+        assert_eq!(
+            auth.open_stream("t").unwrap_err(),
+            AuthError::TooManyStreams { max: 4 }
+        );
+        assert!(auth.open_stream("other").is_ok());
+        drop(slots);
+        assert!(auth.open_stream("t").is_ok());
+    }
+
+    #[test]
+    fn the_global_budget_stops_guessers_spread_over_many_addresses() {
+        let policy = AuthPolicy {
+            global_budget: 5,
+            ..AuthPolicy::default()
+        };
+        let (_dir, auth) = auth_with("hunter2", policy);
+        let t0 = Instant::now();
+        for i in 0..5u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 1, 0, i));
+            assert_eq!(auth.login(ip, "nope", t0), Err(AuthError::WrongPassword));
+        }
+        let fresh = IpAddr::V4(Ipv4Addr::new(10, 2, 0, 1));
+        assert!(matches!(
+            auth.login(fresh, "hunter2", t0),
+            Err(AuthError::TooManyAttempts { .. })
+        ));
+        assert!(auth
+            .login(fresh, "hunter2", t0 + Duration::from_secs(61))
+            .is_ok());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! On connect it sends the server status and every package, then forwards the supervisor's
 //! broadcast. A client that falls behind gets the full package list again instead of the
 //! events it missed. A keep-alive comment (and a fresh `status` event) goes out every
-//! `keepalive`. It holds no state of its own beyond one stream per client.
+//! `keepalive`. At each keep-alive it asks whether the session still stands and ends the
+//! stream when it does not (logout, expiry, a new password). It holds no state of its own
+//! beyond one stream per client.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -35,8 +37,17 @@ pub fn event_frame(event: &Event) -> Bytes {
     }
 }
 
+/// The session behind a stream.
+pub struct Session {
+    /// Whether the session still stands; asked at each keep-alive.
+    pub alive: Box<dyn Fn() -> bool>,
+    /// The session's stream slot, given back when the stream drops.
+    pub _slot: crate::web::auth::StreamSlot,
+}
+
 /// State of one client's stream.
 struct EventStream {
+    session: Session,
     backend: Backend,
     rx: broadcast::Receiver<Event>,
     keepalive: Interval,
@@ -65,11 +76,13 @@ pub async fn stream(
     backend: Backend,
     timeout: Duration,
     keepalive: Duration,
+    session: Session,
 ) -> Result<impl Stream<Item = Result<Bytes, actix_web::Error>>, crate::error::AppError> {
     let rx = ask(&backend.subscribe, crate::supervisor::Subscribe, timeout).await?;
     let mut tick = interval_at(Instant::now() + keepalive, keepalive);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut state = EventStream {
+        session,
         backend,
         rx,
         keepalive: tick,
@@ -97,6 +110,10 @@ pub async fn stream(
                     Err(RecvError::Closed) => return None,
                 },
                 _ = s.keepalive.tick() => {
+                    if !(s.session.alive)() {
+                        tracing::debug!("session gone: event stream ended");
+                        return None;
+                    }
                     s.pending.push_back(Bytes::from_static(b": keep-alive\n\n"));
                     if let Ok(status) = ask(&s.backend.get_status, GetStatus, s.timeout).await {
                         s.pending.push_back(frame("status", &status));

@@ -8,8 +8,10 @@
 pub mod auth;
 pub mod dashboard;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod rpc;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -18,9 +20,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::Server;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -32,6 +37,7 @@ use crate::supervisor::{
 use crate::web::auth::{Auth, AuthPolicy};
 use crate::web::metrics::Metrics;
 use crate::web::rpc::{error_response, RpcContext, RpcError, INVALID_REQUEST};
+use crate::web::tls::TlsIdentity;
 
 /// Where and how the web server runs.
 #[derive(Debug, Clone)]
@@ -50,10 +56,48 @@ pub struct WebConfig {
     pub events_keepalive: Duration,
     /// HTTP worker threads.
     pub workers: usize,
+    /// The HTTPS listener, when configured.
+    pub tls: Option<TlsListen>,
+    /// Host names accepted in the `Host` header besides IP literals (see
+    /// [`auth::host_allowed`]); anything else gets 403 on every route.
+    pub allowed_hosts: Vec<String>,
+    /// A reverse proxy whose `X-Forwarded-For` names the client.
+    pub trusted_proxy: Option<IpAddr>,
+    /// Bearer token that lets a scraper off loopback read `/metrics`.
+    pub metrics_token: Option<String>,
+    /// Longest time to receive a request's head (actix's client request timeout).
+    pub head_timeout: Duration,
+    /// Longest time to receive a request's body: a slower client gets 408 and is cut off.
+    pub body_timeout: Duration,
+    /// Open connections per worker past which new ones wait in the backlog.
+    pub max_connections: usize,
+    /// TLS handshakes in progress per worker (the connection-rate bound of HTTPS).
+    pub max_connection_rate: usize,
+    /// Open and new connections per client address.
+    pub per_client: limits::ConnPolicy,
+}
+
+/// The HTTPS listener: where, and with which certificate.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Certificate and key.
+    pub identity: TlsIdentity,
+}
+
+/// Where the server listens, once bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The plain HTTP listener (loopback by default).
+    pub http: SocketAddr,
+    /// The HTTPS listener, when configured.
+    pub https: Option<SocketAddr>,
 }
 
 impl WebConfig {
-    /// The defaults: 24 h idle sessions, 5 s RPC timeout, 64 KiB bodies, 15 s keep-alive.
+    /// The defaults: 24 h idle sessions, 5 s RPC timeout, 64 KiB bodies read within 10 s,
+    /// 15 s keep-alive, 256 connections per worker, no HTTPS.
     pub fn new(listen: SocketAddr, password_file: PathBuf) -> Self {
         WebConfig {
             listen,
@@ -63,6 +107,15 @@ impl WebConfig {
             max_body_bytes: 64 * 1024,
             events_keepalive: Duration::from_secs(15),
             workers: 2,
+            tls: None,
+            allowed_hosts: auth::default_allowed_hosts(&[]),
+            trusted_proxy: None,
+            metrics_token: None,
+            head_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            max_connection_rate: 64,
+            per_client: limits::ConnPolicy::default(),
         }
     }
 }
@@ -124,15 +177,53 @@ struct State {
     rpc_timeout: Duration,
     max_body_bytes: usize,
     events_keepalive: Duration,
+    /// A body not received within this is cut off (408): a trickling client cannot hold a
+    /// connection and a worker's attention indefinitely.
+    body_timeout: Duration,
+    /// Names accepted in `Host`, besides IP literals (DNS rebinding).
+    allowed_hosts: Vec<String>,
+    /// The proxy whose `X-Forwarded-For` names the client.
+    trusted_proxy: Option<IpAddr>,
+    /// Lets a scraper off loopback read `/metrics`.
+    metrics_token: Option<String>,
+    /// What `server.status` says about HTTPS.
+    tls: Option<Value>,
 }
 
-/// Binds the server and returns it unstarted (await or spawn it) with the bound address.
+/// Binds the server and returns it unstarted (await or spawn it) with the plain address.
 /// Fails when the address cannot be bound or the password file cannot be read.
 /// Signal handling is left to the caller: stop it with `server.handle().stop(true)`.
 pub fn server(cfg: WebConfig, backend: Backend) -> io::Result<(Server, SocketAddr)> {
+    server_bound(cfg, backend).map(|(srv, bound)| (srv, bound.http))
+}
+
+/// Like [`server`], answering the HTTPS address too.
+pub fn server_bound(cfg: WebConfig, backend: Backend) -> io::Result<(Server, Bound)> {
     let auth = Auth::new(cfg.password_file.clone(), cfg.auth.clone());
     auth.check_password_file()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    // The HTTPS socket is bound first so `server.status` can name its address.
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let listener = std::net::TcpListener::bind(t.listen).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", t.listen))
+            })?;
+            let addr = listener.local_addr()?;
+            let config = t
+                .identity
+                .server_config()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            Some((listener, addr, config, &t.identity))
+        }
+        None => None,
+    };
+    let tls_info = tls.as_ref().map(|(_, addr, _, id)| {
+        serde_json::json!({
+            "listen": addr.to_string(),
+            "fingerprint_sha256": id.fingerprint_sha256,
+            "spki_sha256_base64": id.spki_sha256_base64,
+        })
+    });
     let state = web::Data::new(State {
         backend,
         auth,
@@ -140,15 +231,94 @@ pub fn server(cfg: WebConfig, backend: Backend) -> io::Result<(Server, SocketAdd
         rpc_timeout: cfg.rpc_timeout,
         max_body_bytes: cfg.max_body_bytes,
         events_keepalive: cfg.events_keepalive,
+        body_timeout: cfg.body_timeout,
+        allowed_hosts: cfg.allowed_hosts.clone(),
+        trusted_proxy: cfg.trusted_proxy,
+        metrics_token: cfg.metrics_token.clone().filter(|t| !t.is_empty()),
+        tls: tls_info,
     });
-    let http = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .workers(cfg.workers.max(1))
-        .disable_signals()
-        .shutdown_timeout(5)
-        .bind(cfg.listen)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let addr = http.addrs().first().copied().unwrap_or(cfg.listen);
-    Ok((http.run(), addr))
+    let exempt: Vec<IpAddr> = cfg.trusted_proxy.into_iter().collect();
+    let conn_limits = std::sync::Arc::new(limits::ConnLimits::new(cfg.per_client.clone(), &exempt));
+    let mut http = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(check_host))
+            .configure(routes)
+    })
+    .workers(cfg.workers.max(1))
+    .disable_signals()
+    .shutdown_timeout(5)
+    .client_request_timeout(cfg.head_timeout)
+    .on_connect(move |conn, ext| limit_connection(&conn_limits, conn, ext))
+    .max_connections(cfg.max_connections.max(1))
+    .max_connection_rate(cfg.max_connection_rate.max(1))
+    .bind(cfg.listen)
+    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let http_addr = http.addrs().first().copied().unwrap_or(cfg.listen);
+    let mut https = None;
+    if let Some((listener, addr, config, _)) = tls {
+        http = http.listen_rustls_0_23(listener, config)?;
+        https = Some(addr);
+    }
+    Ok((
+        http.run(),
+        Bound {
+            http: http_addr,
+            https,
+        },
+    ))
+}
+
+/// Admits a new connection or shuts it down at once when its address is over a limit.
+fn limit_connection(
+    limits: &limits::ConnLimits,
+    conn: &dyn std::any::Any,
+    ext: &mut actix_web::dev::Extensions,
+) {
+    use actix_web::rt::net::TcpStream;
+    let tcp = conn.downcast_ref::<TcpStream>().or_else(|| {
+        conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
+            .map(|tls| tls.get_ref().0)
+    });
+    let Some(tcp) = tcp else {
+        return;
+    };
+    let Ok(peer) = tcp.peer_addr() else {
+        return;
+    };
+    match limits.admit(peer.ip(), Instant::now()) {
+        Ok(limits::Admission::Counted(guard)) => {
+            ext.insert(guard);
+        }
+        Ok(limits::Admission::Exempt) => {}
+        Err(e) => {
+            tracing::debug!(client = %peer.ip(), "connection closed: {e}");
+            let _ = rustix::net::shutdown(tcp, rustix::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Refuses, on every route, a request whose `Host` is not this node (DNS rebinding).
+async fn check_host(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let allowed = req.app_data::<web::Data<State>>().is_some_and(|s| {
+        auth::host_allowed(header_str(req.headers(), header::HOST), &s.allowed_hosts)
+    });
+    if !allowed {
+        let host = header_str(req.headers(), header::HOST)
+            .unwrap_or("")
+            .to_string();
+        tracing::warn!(host, "request for a host not on the allow-list refused");
+        let res = HttpResponse::Forbidden()
+            .insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"))
+            .body("forbidden: unknown host (add it to allowed_hosts)\n");
+        return Ok(req.into_response(res));
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
 }
 
 /// Runs the web server until `shutdown` completes, then stops it gracefully.
@@ -182,14 +352,39 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The session token of a request, owned.
+/// The session token of a request (the `Authorization` header only), owned.
 fn request_token(req: &HttpRequest) -> Option<String> {
-    let h = req.headers();
-    auth::token_from_headers(
-        header_str(h, header::AUTHORIZATION),
-        header_str(h, header::COOKIE),
+    auth::token_from_headers(header_str(req.headers(), header::AUTHORIZATION)).map(str::to_string)
+}
+
+/// The client's address: the peer's, or the one a trusted proxy forwarded.
+fn client_ip(req: &HttpRequest, state: &State) -> IpAddr {
+    let peer = req
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let trusted: &[IpAddr] = match &state.trusted_proxy {
+        Some(p) => std::slice::from_ref(p),
+        None => &[],
+    };
+    auth::client_ip(
+        peer,
+        header_str(
+            req.headers(),
+            header::HeaderName::from_static("x-forwarded-for"),
+        ),
+        trusted,
     )
-    .map(str::to_string)
+}
+
+/// An RPC framing error with an HTTP status.
+fn invalid(status: StatusCode, message: String) -> HttpResponse {
+    json_error(
+        status,
+        &RpcError {
+            code: INVALID_REQUEST,
+            message,
+        },
+    )
 }
 
 fn json_error(status: StatusCode, e: &RpcError) -> HttpResponse {
@@ -210,39 +405,62 @@ async fn rpc_endpoint(
         tracing::warn!("{e}");
         return json_error(StatusCode::FORBIDDEN, &RpcError::from(e));
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &RpcError {
-                    code: INVALID_REQUEST,
-                    message: "invalid request: cannot read the body".to_string(),
-                },
-            );
-        };
-        if body.len() + chunk.len() > state.max_body_bytes {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &RpcError {
-                    code: INVALID_REQUEST,
-                    message: format!(
-                        "invalid request: body larger than {} bytes",
-                        state.max_body_bytes
-                    ),
-                },
-            );
-        }
-        body.extend_from_slice(&chunk);
+    let json = header_str(h, header::CONTENT_TYPE).is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json {
+        return invalid(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid request: Content-Type must be application/json".to_string(),
+        );
     }
+    let max = state.max_body_bytes;
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let Ok(chunk) = chunk else {
+                return Err(invalid(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request: cannot read the body".to_string(),
+                ));
+            };
+            if body.len() + chunk.len() > max {
+                return Err(invalid(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("invalid request: body larger than {max} bytes"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    let body = match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(res)) => return res,
+        Err(_) => {
+            tracing::info!(client = %client_ip(&req, &state), "request body too slow: cut off");
+            let mut res = invalid(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "invalid request: body not received within {}",
+                    humantime::format_duration(state.body_timeout)
+                ),
+            );
+            res.head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            return res;
+        }
+    };
     let ctx = RpcContext {
         backend: &state.backend,
         auth: &state.auth,
         metrics: &state.metrics,
         token: request_token(&req),
-        ip: req
-            .peer_addr()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()),
+        tls: state.tls.as_ref(),
+        secure: req.app_config().secure(),
+        ip: client_ip(&req, &state),
         timeout: state.rpc_timeout,
     };
     let reply = rpc::handle_body(&ctx, &body).await;
@@ -265,16 +483,25 @@ async fn rpc_endpoint(
 }
 
 async fn events_endpoint(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    if let Err(e) = state
-        .auth
-        .check(request_token(&req).as_deref(), Instant::now())
-    {
+    let token = request_token(&req);
+    if let Err(e) = state.auth.check(token.as_deref(), Instant::now()) {
         return json_error(StatusCode::UNAUTHORIZED, &RpcError::from(e));
     }
+    let token = token.unwrap_or_default();
+    let slot = match state.auth.open_stream(&token) {
+        Ok(slot) => slot,
+        Err(e) => return json_error(StatusCode::TOO_MANY_REQUESTS, &RpcError::from(e)),
+    };
+    let live_state = state.clone();
+    let alive = move || live_state.auth.is_live(&token, std::time::Instant::now());
     match events::stream(
         state.backend.clone(),
         state.rpc_timeout,
         state.events_keepalive,
+        events::Session {
+            alive: Box::new(alive),
+            _slot: slot,
+        },
     )
     .await
     {
@@ -287,8 +514,19 @@ async fn events_endpoint(req: HttpRequest, state: web::Data<State>) -> HttpRespo
     }
 }
 
-/// `/metrics` needs no session: it holds app ids and states only, and scrapers carry none.
-async fn metrics_endpoint(state: web::Data<State>) -> HttpResponse {
+/// `/metrics` needs no session (scrapers carry none) but is served only to loopback
+/// clients, or to whoever sends the configured scrape token as a bearer token.
+async fn metrics_endpoint(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let local = client_ip(&req, &state).is_loopback();
+    let token_ok = state.metrics_token.as_deref().is_some_and(|want| {
+        auth::token_from_headers(header_str(req.headers(), header::AUTHORIZATION))
+            .is_some_and(|got| auth::constant_time_eq(got.as_bytes(), want.as_bytes()))
+    });
+    if !local && !token_ok {
+        return HttpResponse::Forbidden()
+            .insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"))
+            .body("forbidden: /metrics is served on loopback or with the metrics token\n");
+    }
     let t = state.rpc_timeout;
     let packages = rpc::ask(&state.backend.list_packages, ListPackages, t)
         .await

@@ -210,8 +210,13 @@ pub struct RpcContext<'a> {
     pub auth: &'a Auth,
     /// Where each call is counted.
     pub metrics: &'a Metrics,
-    /// Session token from the bearer header or cookie.
+    /// Session token from the `Authorization: Bearer` header (a cookie never counts).
     pub token: Option<String>,
+    /// `{listen, fingerprint_sha256, spki_sha256_base64}` of the HTTPS listener, for
+    /// `server.status`.
+    pub tls: Option<&'a Value>,
+    /// The request came over HTTPS: a cookie set in the answer is `Secure`.
+    pub secure: bool,
     /// Client address, for the login slow-down.
     pub ip: IpAddr,
     /// How long to wait for the supervisor's answer.
@@ -400,15 +405,29 @@ async fn call(
     match method {
         Method::AuthLogin => {
             let p: LoginParams = params(raw)?;
+            let refused = |e: AuthError| {
+                tracing::info!(client = %ctx.ip, "login refused: {e}");
+                RpcError::from(e)
+            };
+            let pending = ctx
+                .auth
+                .begin_login(ctx.ip, Instant::now())
+                .map_err(refused)?;
+            // argon2 is slow on purpose: checked on a blocking thread, not a server worker,
+            // and only a few at a time.
+            let slot = ctx.auth.check_slot().await;
+            let ok = actix_web::web::block(move || {
+                let _slot = slot;
+                crate::web::auth::verify_password(&pending.stored, &p.password)
+            })
+            .await
+            .map_err(|e| RpcError::from(AppError::Internal(format!("password check: {e}"))))?;
             let token = ctx
                 .auth
-                .login(ctx.ip, &p.password, Instant::now())
-                .map_err(|e| {
-                    tracing::info!(client = %ctx.ip, "login refused: {e}");
-                    RpcError::from(e)
-                })?;
+                .finish_login(ctx.ip, ok, Instant::now())
+                .map_err(refused)?;
             tracing::info!(client = %ctx.ip, "login");
-            effects.set_cookie = Some(ctx.auth.cookie(&token));
+            // No cookie: the page keeps the token in sessionStorage and sends it as a header.
             Ok(json!({ "token": token }))
         }
         Method::AuthLogout => {
@@ -416,7 +435,7 @@ async fn call(
             if let Some(token) = &ctx.token {
                 ctx.auth.logout(token);
             }
-            effects.set_cookie = Some(ctx.auth.clear_cookie());
+            effects.set_cookie = Some(ctx.auth.clear_cookie(ctx.secure));
             Ok(json!({ "ok": true }))
         }
         Method::ServerHealth => {
@@ -425,7 +444,10 @@ async fn call(
         }
         Method::ServerStatus => {
             no_params(raw)?;
-            to_value(ask(&b.get_status, GetStatus, t).await?)
+            let mut status = to_value(ask(&b.get_status, GetStatus, t).await?)?;
+            // The web layer's own facts: the HTTPS listener and its certificate.
+            status["tls"] = ctx.tls.cloned().unwrap_or(Value::Null);
+            Ok(status)
         }
         Method::PackageList => {
             no_params(raw)?;

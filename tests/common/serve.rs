@@ -61,7 +61,10 @@ impl Served {
             .unwrap()
             .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
         std::fs::write(&config, text).unwrap();
-        let password = node.dir.path().join("password");
+        // serve's own file (it replaces the password by its argon2 hash on start), and a
+        // clear copy for `ctl --password-file`.
+        std::fs::write(node.dir.path().join("password"), "secret\n").unwrap();
+        let password = node.dir.path().join("ctl-password");
         std::fs::write(&password, "secret\n").unwrap();
         Served {
             config,

@@ -374,8 +374,12 @@ impl Handler<SetEngineReachable> for Stub {
 pub struct Harness {
     pub base: String,
     pub addr: SocketAddr,
+    /// The HTTPS listener, when the config asked for one.
+    pub https: Option<SocketAddr>,
     pub stub: Addr<Stub>,
     pub handle: ServerHandle,
+    /// The dashboard password file (clear until something rewrites it).
+    pub password_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -385,18 +389,24 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let password_file: PathBuf = dir.path().join("password");
         std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("write password");
-        let mut cfg = WebConfig::new("127.0.0.1:0".parse().expect("literal"), password_file);
+        let mut cfg = WebConfig::new(
+            "127.0.0.1:0".parse().expect("literal"),
+            password_file.clone(),
+        );
         cfg.workers = 1;
         tweak(&mut cfg);
         let stub = Stub::new(op_delay).start();
-        let (srv, addr) = web::server(cfg, Backend::from_addr(&stub)).expect("server binds");
+        let (srv, bound) = web::server_bound(cfg, Backend::from_addr(&stub)).expect("server binds");
+        let addr = bound.http;
         let handle = srv.handle();
         actix_web::rt::spawn(srv);
         Harness {
             base: format!("http://{addr}"),
             addr,
+            https: bound.https,
             stub,
             handle,
+            password_file,
             _dir: dir,
         }
     }

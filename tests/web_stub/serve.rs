@@ -89,6 +89,17 @@ impl ServeNode {
         self.serve_on(engine_host, "none", default_apps)
     }
 
+    /// Like [`ServeNode::serve`], with an HTTPS listener on a free loopback port and a
+    /// self-signed certificate made on first start.
+    pub fn serve_tls(&self, engine_host: &str, default_apps: &[String]) -> Server {
+        Server::start(&self.config(
+            engine_host,
+            "none",
+            default_apps,
+            "tls:\n  listen: 127.0.0.1:0\n",
+        ))
+    }
+
     /// Like [`ServeNode::serve`], with apps on `network` by default.
     pub fn serve_on(&self, engine_host: &str, network: &str, default_apps: &[String]) -> Server {
         Server::start(&self.config(engine_host, network, default_apps, ""))
@@ -164,7 +175,37 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
+    /// The HTTPS listener, when the config has one.
+    pub https: Option<Https>,
     log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The HTTPS listener as serve announced it in its log.
+#[derive(Debug, Clone)]
+pub struct Https {
+    /// `https://127.0.0.1:<port>`.
+    pub base: String,
+    /// SHA-256 of the certificate, `AB:CD:…`.
+    pub sha256: String,
+    /// Base64 SHA-256 of the certificate's public key (Chromium's SPKI pin).
+    pub spki: String,
+}
+
+impl Https {
+    fn from_log_line(line: &str) -> Option<Https> {
+        let rest = line.split("dashboard at https://").nth(1)?;
+        let addr = rest.split('/').next()?;
+        let sha256 = rest.split("fingerprint ").nth(1)?.split(' ').next()?;
+        let spki = rest
+            .split("public key SHA-256 ")
+            .nth(1)?
+            .trim_end_matches(')');
+        Some(Https {
+            base: format!("https://{addr}"),
+            sha256: sha256.to_string(),
+            spki: spki.to_string(),
+        })
+    }
 }
 
 impl Server {
@@ -197,10 +238,15 @@ impl Server {
         let mut server = Server {
             child,
             base: String::new(),
+            https: None,
             log,
         };
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => server.base = format!("http://{addr}"),
+            Ok(addr) => {
+                server.base = format!("http://{addr}");
+                // serve logs the HTTPS line before the plain one.
+                server.https = server.log().iter().find_map(|l| Https::from_log_line(l));
+            }
             Err(_) => panic!(
                 "archipelago serve did not come up in 20 s; its log:\n{}",
                 server.log().join("\n")
