@@ -45,6 +45,7 @@ PASSWORD_FILE="$DEMO_DIR/password"
 # the demo keeps the clear password beside it, owner-only, to print it on every run.
 CLEAR_FILE="$DEMO_DIR/password.txt"
 if [ ! -s "$CLEAR_FILE" ]; then
+    # shellcheck disable=SC2016 # a literal `$argon2` at the start of the line
     if [ -s "$PASSWORD_FILE" ] && ! head -n1 "$PASSWORD_FILE" | grep -q '^\$argon2'; then
         # A demo folder from before passwords were hashed.
         (umask 077 && head -n1 "$PASSWORD_FILE" >"$CLEAR_FILE")
