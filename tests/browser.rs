@@ -553,3 +553,70 @@ async fn engine_banner_shows_when_the_engine_is_unreachable() {
     again.login("another password").await.unwrap();
     again.call("package.list", Value::Null).await.unwrap();
 }
+
+/// The card of an app with onion ports shows its address on a line of its own. Tor itself
+/// is proven in `tests/tor.rs`; here a busybox stand-in holds the tor app's `data` volume
+/// and the test writes the hostname file the way tor does, so the page is what is tested.
+#[actix_web::test]
+async fn the_card_shows_the_apps_onion_address() {
+    require_engine().await;
+    let node = ServeNode::new("onion");
+    let tor = node.app(
+        "tor",
+        "1",
+        "sleep 3600",
+        "  network: none\n  volumes: [\"data:/data\"]\n",
+    );
+    let web = node.manifest(
+        "web",
+        &format!(
+            "id: {{id}}\nname: Web\nversion: \"1\"\ncontainer:\n  image: {}\n  command: [sleep, \"3600\"]\n  network: none\n  memory_limit: 64MiB\n  stop_timeout: 1s\nonion: {{ports: [\"80:8080\"]}}\n",
+            common::BUSYBOX_IMAGE
+        ),
+    );
+    let config = node.config(
+        &docker_host(),
+        "none",
+        &[tor.clone(), web.clone()],
+        &format!("tor_app: {tor}\n"),
+    );
+    let server = serve::Server::start(&config);
+    let mut c = server.client().await;
+    wait_state(&mut c, &web, "running", T).await;
+    // What tor writes once it has made the service's keys.
+    let address = "vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd.onion";
+    let service = node
+        .dir
+        .path()
+        .join("data/apps")
+        .join(&tor)
+        .join("data/onion")
+        .join(&web);
+    std::fs::create_dir_all(&service).unwrap();
+    std::fs::write(service.join("hostname"), format!("{address}\n")).unwrap();
+
+    let b = Browser::start(None).await;
+    log_in(&b, &server.base, PASSWORD).await;
+    let card = format!("document.querySelector('[data-app=\"{web}\"]')");
+    b.wait_for(
+        "the onion line on the card",
+        &format!(
+            "(c => !!c && !c.querySelector('[data-role=\"onion\"]').hidden \
+             && c.querySelector('[data-role=\"onion-address\"]').textContent === '{address}')({card})"
+        ),
+        T,
+    )
+    .await;
+    let other = b
+        .exec(&format!(
+            "return document.querySelector('[data-app=\"{tor}\"] [data-role=\"onion\"]').hidden"
+        ))
+        .await;
+    assert_eq!(
+        other,
+        Value::Bool(true),
+        "an app without onion ports shows no line"
+    );
+    b.screenshot(&target_dir().join("browser-screenshot-onion.png"))
+        .await;
+}
