@@ -141,6 +141,10 @@ pub(super) fn strip_marks(message: &str) -> String {
 }
 
 /// Durations written with humantime (`30s`, `5m`, `1h 30m`).
+///
+/// Hand-written rather than `humantime-serde`: that crate reports every bad duration as
+/// `invalid value: string "5x", expected a duration`, dropping humantime's reason (which
+/// unit is unknown, the units it takes) and the hint for a bare number (`write e.g. 5s`).
 pub(crate) mod serde_duration {
     use std::fmt;
     use std::time::Duration;
