@@ -22,84 +22,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use common::node::Node;
-
-const PASSWORD: &str = "secret";
-
-/// A supervisor process; killed with SIGKILL when dropped.
-struct Serve {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Serve {
-    /// Starts `archipelago serve` on `config`, its log appended to `<config dir>/serve.log`.
-    fn start(config: &Path, port: u16) -> Serve {
-        let log = config.with_file_name("serve.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_archipelago"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Serve { child, port, log }
-    }
-
-    /// kill -9: no chance to clean up anything.
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// Logs in, retrying until the server answers (at most 20 s).
-    async fn client(&self) -> RpcClient {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut c = RpcClient::new(
-                &format!("http://127.0.0.1:{}", self.port),
-                Duration::from_secs(10),
-            );
-            match c.login(PASSWORD).await {
-                Ok(()) => return c,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "supervisor never served: {e}; log:\n{}",
-                    self.log_text()
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::serve::{free_port, TestNode, PASSWORD};
 
 /// The node's config with a fixed port, the password file and `host` as the engine.
-fn serve_config(node: &Node, default_apps: &[String], host: &str) -> (PathBuf, u16) {
+fn serve_config(node: &Node, default_apps: &[String], host: &str) -> PathBuf {
     let port = free_port();
     let config = node.config(default_apps, "");
     let text = std::fs::read_to_string(&config)
@@ -111,7 +37,7 @@ fn serve_config(node: &Node, default_apps: &[String], host: &str) -> (PathBuf, u
         );
     std::fs::write(&config, text).unwrap();
     std::fs::write(node.dir.path().join("password"), format!("{PASSWORD}\n")).unwrap();
-    (config, port)
+    config
 }
 
 async fn package(c: &mut RpcClient, id: &str) -> Package {
@@ -244,11 +170,11 @@ async fn kill_9_inside_install_and_uninstall_leaves_a_consistent_node() {
         "  network: none\n  stop_timeout: 1s\n  volumes: [\"data:/data\"]\n  health:\n    exec: [\"test\", \"-f\", \"/tmp/ready\"]\n    interval: 200ms\n    timeout: 1s\n    retries: 3\n",
         "secrets:\n  token: {kind: hex, bytes: 16}\n",
     );
-    let (config, port) = serve_config(&node, &[], &common::docker_host());
+    let config = serve_config(&node, &[], &common::docker_host());
     let volume = node.dir.path().join("data/apps").join(&id).join("data");
     let n = iterations();
     let mut outcomes = vec![];
-    let mut serve = Serve::start(&config, port);
+    let mut serve = TestNode::start(&config);
     for i in 0..n {
         let d = delay(i, n, 1800);
 
@@ -262,7 +188,7 @@ async fn kill_9_inside_install_and_uninstall_leaves_a_consistent_node() {
         tokio::time::sleep(d).await;
         serve.kill9();
         let killed = Instant::now();
-        serve = Serve::start(&config, port);
+        serve = TestNode::start(&config);
         let mut c = serve.client().await;
         let p = settle(&mut c, &id, Duration::from_secs(40)).await;
         let recovered = killed.elapsed();
@@ -284,7 +210,7 @@ async fn kill_9_inside_install_and_uninstall_leaves_a_consistent_node() {
         tokio::time::sleep(d).await;
         serve.kill9();
         let killed = Instant::now();
-        serve = Serve::start(&config, port);
+        serve = TestNode::start(&config);
         let mut c = serve.client().await;
         let p = settle(&mut c, &id, Duration::from_secs(40)).await;
         let recovered = killed.elapsed();
@@ -330,8 +256,8 @@ async fn a_corrupt_or_truncated_state_file_falls_back_to_the_last_good_copy() {
             )
         })
         .collect();
-    let (config, port) = serve_config(&node, &ids, &common::docker_host());
-    let mut serve = Serve::start(&config, port);
+    let config = serve_config(&node, &ids, &common::docker_host());
+    let mut serve = TestNode::start(&config);
     let mut c = serve.client().await;
     for id in &ids {
         let p = settle(&mut c, id, Duration::from_secs(40)).await;
@@ -355,7 +281,7 @@ async fn a_corrupt_or_truncated_state_file_falls_back_to_the_last_good_copy() {
     let full = std::fs::read(&path).unwrap();
     std::fs::write(&path, &full[..full.len() / 2]).unwrap();
 
-    let serve = Serve::start(&config, port);
+    let serve = TestNode::start(&config);
     let mut c = serve.client().await;
     for (id, desired) in ids.iter().zip([Desired::Running, Desired::Stopped]) {
         let p = settle(&mut c, id, Duration::from_secs(40)).await;
@@ -364,7 +290,7 @@ async fn a_corrupt_or_truncated_state_file_falls_back_to_the_last_good_copy() {
         assert!(p.installed_version.is_some(), "{id}: {p:?}");
     }
     assert_eq!(containers(&docker, &node.prefix).await.len(), 2);
-    let log = serve.log_text();
+    let log = serve.log().join("\n");
     for id in &ids {
         let line = log
             .lines()
@@ -428,8 +354,8 @@ async fn a_full_data_dir_fails_the_write_cleanly_and_recovers() {
     );
     let data = node.dir.path().join("data");
     let _tmpfs = Tmpfs::mount(&data, "1m");
-    let (config, port) = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
-    let serve = Serve::start(&config, port);
+    let config = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
+    let serve = TestNode::start(&config);
     let mut c = serve.client().await;
     let p = settle(&mut c, &id, Duration::from_secs(40)).await;
     assert_eq!(p.state, AppState::Running);
@@ -455,7 +381,8 @@ async fn a_full_data_dir_fails_the_write_cleanly_and_recovers() {
     );
     println!("stop on a full disk: {op}; last_error {:?}", p.last_error);
     let logged: Vec<String> = serve
-        .log_text()
+        .log()
+        .join("\n")
         .lines()
         .filter(|l| l.contains("persist"))
         .map(str::to_string)
@@ -507,8 +434,8 @@ async fn an_upgrade_whose_snapshot_would_not_fit_is_refused_and_the_app_runs_on(
     );
     let data = node.dir.path().join("data");
     let _tmpfs = Tmpfs::mount(&data, "96m");
-    let (config, port) = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
-    let serve = Serve::start(&config, port);
+    let config = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
+    let serve = TestNode::start(&config);
     let mut c = serve.client().await;
     let p = settle(&mut c, &id, Duration::from_secs(40)).await;
     assert_eq!(p.state, AppState::Running);
@@ -718,8 +645,8 @@ async fn the_engine_restarted_under_the_supervisor_gets_its_app_back() {
         "  network: none\n  stop_timeout: 1s\n",
         "",
     );
-    let (config, port) = serve_config(&node, std::slice::from_ref(&id), &engine.host());
-    let serve = Serve::start(&config, port);
+    let config = serve_config(&node, std::slice::from_ref(&id), &engine.host());
+    let serve = TestNode::start(&config);
     let mut c = serve.client().await;
     let p = settle(&mut c, &id, Duration::from_secs(40)).await;
     assert_eq!(p.state, AppState::Running);
@@ -767,7 +694,7 @@ async fn the_engine_restarted_under_the_supervisor_gets_its_app_back() {
         assert!(
             Instant::now() < deadline,
             "app not back within 60 s after the engine restart: {p:?}; supervisor log:\n{}",
-            serve.log_text()
+            serve.log().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
