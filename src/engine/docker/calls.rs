@@ -26,7 +26,7 @@ use super::convert::{
 use super::errors::{map_error, Target};
 use super::events::map_event;
 use super::podman::retry_transient_state;
-use super::{DockerRuntime, EXEC_EXIT_WAIT, STREAM_IDLE_TIMEOUT};
+use super::{DockerRuntime, EXEC_EXIT_WAIT};
 use crate::engine::{
     container_name, BuildRequest, ContainerDetails, ContainerRuntime, ContainerSpec,
     ContainerSummary, EngineError, EngineEvent, EngineVersion, ExecOutput, IdMap, ImageInfo,
@@ -147,18 +147,11 @@ impl ContainerRuntime for DockerRuntime {
             .build();
         let mut stream = self.docker.create_image(Some(opts), None, None);
         let mut totals = PullProgress::default();
-        loop {
-            let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.next()).await;
-            let item = match next {
-                Err(_) => {
-                    return Err(EngineError::Timeout {
-                        what: format!("pull {image}: no progress"),
-                        after: STREAM_IDLE_TIMEOUT,
-                    })
-                }
-                Ok(None) => break,
-                Ok(Some(item)) => item.map_err(|e| self.err(Target::Pull(image), e))?,
-            };
+        let what = format!("pull {image}");
+        while let Some(item) = self
+            .next_or_idle(&mut stream, &what, Target::Pull(image))
+            .await?
+        {
             let status = item.status.unwrap_or_default();
             let detail = item.progress_detail.unwrap_or_default();
             totals.update(item.id.as_deref(), &status, detail.current, detail.total);
@@ -217,18 +210,11 @@ impl ContainerRuntime for DockerRuntime {
         let mut stream =
             self.docker
                 .build_image(opts, None, Some(bollard::body_full(tarball.into())));
-        loop {
-            let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.next()).await;
-            let item = match next {
-                Err(_) => {
-                    return Err(EngineError::Timeout {
-                        what: format!("build {tag}: no progress"),
-                        after: STREAM_IDLE_TIMEOUT,
-                    })
-                }
-                Ok(None) => break,
-                Ok(Some(item)) => item.map_err(|e| self.err(Target::Build(tag), e))?,
-            };
+        let what = format!("build {tag}");
+        while let Some(item) = self
+            .next_or_idle(&mut stream, &what, Target::Build(tag))
+            .await?
+        {
             let text = item.stream.or(item.status).unwrap_or_default();
             let text = text.trim_end();
             if !text.is_empty() {

@@ -39,6 +39,7 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerUpdateBody;
 use bollard::{Docker, API_DEFAULT_VERSION};
+use futures_util::stream::{Stream, StreamExt};
 
 use errors::{map_error, Target};
 use podman::rootless_id_map;
@@ -185,6 +186,27 @@ impl DockerRuntime {
 
     fn err(&self, target: Target<'_>, e: BollardError) -> EngineError {
         map_error(&self.host, target, e)
+    }
+
+    /// The next item of a pull or build stream; [`EngineError::Timeout`] once the engine
+    /// has said nothing for [`STREAM_IDLE_TIMEOUT`], `None` at the end.
+    async fn next_or_idle<T, S>(
+        &self,
+        stream: &mut S,
+        what: &str,
+        target: Target<'_>,
+    ) -> Result<Option<T>, EngineError>
+    where
+        S: Stream<Item = Result<T, BollardError>> + Unpin,
+    {
+        match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.next()).await {
+            Err(_) => Err(EngineError::Timeout {
+                what: format!("{what}: no progress"),
+                after: STREAM_IDLE_TIMEOUT,
+            }),
+            Ok(None) => Ok(None),
+            Ok(Some(item)) => item.map(Some).map_err(|e| self.err(target, e)),
+        }
     }
 
     /// Runs `fut`, failing with [`EngineError::Timeout`] after `after`.
