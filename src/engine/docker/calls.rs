@@ -262,46 +262,40 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start(&self, container: &str) -> Result<(), EngineError> {
-        let fut = async {
-            // An already running container answers 304, which bollard counts as success.
+        // An already running container answers 304, which bollard counts as success.
+        self.call(
+            || format!("start {container}"),
+            self.call_timeout,
+            Target::Container(container),
             self.docker
-                .start_container(container, None::<StartContainerOptions>)
-                .await
-                .map_err(|e| self.err(Target::Container(container), e))
-        };
-        self.bounded(|| format!("start {container}"), self.call_timeout, fut)
-            .await
+                .start_container(container, None::<StartContainerOptions>),
+        )
+        .await
     }
 
     async fn stop(&self, container: &str, timeout: Duration) -> Result<(), EngineError> {
         let opts = StopContainerOptionsBuilder::new()
             .t(secs_i32(timeout))
             .build();
-        let fut = async {
-            // A stopped container answers 304: fine, it is stopped.
-            self.docker
-                .stop_container(container, Some(opts))
-                .await
-                .map_err(|e| self.err(Target::Container(container), e))
-        };
-        self.bounded(
+        // A stopped container answers 304: fine, it is stopped.
+        self.call(
             || format!("stop {container}"),
             timeout + self.call_timeout,
-            fut,
+            Target::Container(container),
+            self.docker.stop_container(container, Some(opts)),
         )
         .await
     }
 
     async fn kill(&self, container: &str, signal: &str) -> Result<(), EngineError> {
         let opts = KillContainerOptionsBuilder::new().signal(signal).build();
-        let fut = async {
-            self.docker
-                .kill_container(container, Some(opts))
-                .await
-                .map_err(|e| self.err(Target::Container(container), e))
-        };
-        self.bounded(|| format!("kill {container}"), self.call_timeout, fut)
-            .await
+        self.call(
+            || format!("kill {container}"),
+            self.call_timeout,
+            Target::Container(container),
+            self.docker.kill_container(container, Some(opts)),
+        )
+        .await
     }
 
     async fn remove(&self, container: &str) -> Result<(), EngineError> {
@@ -309,14 +303,13 @@ impl ContainerRuntime for DockerRuntime {
             .force(true)
             .v(false)
             .build();
-        let fut = async {
-            self.docker
-                .remove_container(container, Some(opts))
-                .await
-                .map_err(|e| self.err(Target::Container(container), e))
-        };
-        self.bounded(|| format!("remove {container}"), self.call_timeout, fut)
-            .await
+        self.call(
+            || format!("remove {container}"),
+            self.call_timeout,
+            Target::Container(container),
+            self.docker.remove_container(container, Some(opts)),
+        )
+        .await
     }
 
     async fn exec(
@@ -518,16 +511,11 @@ impl ContainerRuntime for DockerRuntime {
             .repo(repo)
             .tag(tag.unwrap_or("latest"))
             .build();
-        let fut = async {
-            self.docker
-                .tag_image(image, Some(opts))
-                .await
-                .map_err(|e| self.err(Target::Image(image), e))
-        };
-        self.bounded(
+        self.call(
             || format!("tag {image} as {new_ref}"),
             self.call_timeout,
-            fut,
+            Target::Image(image),
+            self.docker.tag_image(image, Some(opts)),
         )
         .await
     }
@@ -627,16 +615,11 @@ impl ContainerRuntime for DockerRuntime {
         let opts = bollard::query_parameters::RenameContainerOptionsBuilder::new()
             .name(new_name)
             .build();
-        let fut = async {
-            self.docker
-                .rename_container(container, opts)
-                .await
-                .map_err(|e| self.err(Target::Container(container), e))
-        };
-        self.bounded(
+        self.call(
             || format!("rename {container} to {new_name}"),
             self.call_timeout,
-            fut,
+            Target::Container(container),
+            self.docker.rename_container(container, opts),
         )
         .await
     }

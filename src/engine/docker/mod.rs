@@ -209,6 +209,18 @@ impl DockerRuntime {
         }
     }
 
+    /// One engine call: its bollard error mapped for `target`, bounded by `after`.
+    async fn call<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        after: Duration,
+        target: Target<'_>,
+        fut: impl Future<Output = Result<T, BollardError>>,
+    ) -> Result<T, EngineError> {
+        let mapped = async { fut.await.map_err(|e| self.err(target, e)) };
+        self.bounded(what, after, mapped).await
+    }
+
     /// Runs `fut`, failing with [`EngineError::Timeout`] after `after`.
     async fn bounded<T>(
         &self,
