@@ -70,3 +70,34 @@ impl AsRef<str> for AppId {
         &self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::*;
+
+    #[test]
+    fn validates_app_ids() {
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        let cases = [
+            ("lnd", true),
+            ("0x", true),
+            ("a-b-1", true),
+            (long.as_str(), true),
+            (too_long.as_str(), false),
+            ("", false),
+            ("-a", false),
+            ("A", false),
+            ("a_b", false),
+            ("a/b", false),
+            ("..", false),
+            ("a.b", false),
+        ];
+        for (id, ok) in cases {
+            assert_eq!(id.parse::<AppId>().is_ok(), ok, "{id:?}");
+        }
+        let id: AppId = serde_yaml::from_str("lnd").expect("valid id");
+        assert_eq!((id.as_str(), id.to_string()), ("lnd", "lnd".to_string()));
+        assert_eq!(serde_yaml::to_string(&id).expect("ids serialize"), "lnd\n");
+    }
+}

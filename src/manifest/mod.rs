@@ -9,18 +9,19 @@
 //! One concern per file: `model` (the types a manifest parses into), `id`, `mounts` (ports
 //! and volumes), `source` (where the image comes from), `secret_ref` (`${secret:…}`
 //! references), `rules` (single-app validation) and `yaml` (parsing and its error text).
+//! Each file's unit tests sit at its bottom; `fixtures` holds the manifests they share.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+#[cfg(test)]
+mod fixtures;
 mod id;
 mod model;
 mod mounts;
 mod rules;
 mod secret_ref;
 mod source;
-#[cfg(test)]
-mod tests;
 mod yaml;
 
 pub use id::*;

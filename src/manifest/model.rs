@@ -1,4 +1,7 @@
 //! The manifest's model: the app, its container, health check, hooks, secrets and UI.
+//!
+//! Over 600 lines only with its unit tests (the contract's example parsed field by field);
+//! the model itself is about 500.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -488,4 +491,142 @@ pub struct UiSpec {
 
 pub(super) fn default_ui_path() -> String {
     "/".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::super::fixtures::*;
+    use crate::manifest::*;
+
+    #[test]
+    fn parses_the_full_example() {
+        let m = parse(FULL).expect("the contract example parses");
+        assert_eq!(m.id.as_str(), "lnd");
+        assert_eq!(m.dependencies, vec!["bitcoind".parse::<AppId>().unwrap()]);
+        let c = &m.container;
+        assert_eq!(c.image.as_deref(), Some("lightninglabs/lnd:v0.18.3-beta"));
+        assert_eq!(c.env["PORT"], "8080");
+        assert_eq!(
+            c.ports,
+            vec![
+                PortMapping {
+                    host: 9735,
+                    container: 9735,
+                    protocol: Protocol::Tcp
+                },
+                PortMapping {
+                    host: 10009,
+                    container: 10009,
+                    protocol: Protocol::Tcp
+                },
+                PortMapping {
+                    host: 53,
+                    container: 53,
+                    protocol: Protocol::Udp
+                },
+            ]
+        );
+        assert_eq!(
+            c.volumes[1],
+            VolumeMount {
+                app: None,
+                name: "conf".into(),
+                path: "/etc/lnd".into(),
+                read_only: true,
+                snapshot: SnapshotPolicy::Copy,
+            }
+        );
+        assert!(!c.volumes[2].read_only);
+        assert_eq!(c.memory_limit.bytes(), 1 << 30);
+        assert_eq!(c.stop_timeout, Duration::from_secs(300));
+        assert_eq!(c.restart, RestartPolicy::Always);
+        let health = c.health.as_ref().expect("health is set");
+        assert_eq!(
+            health.probe,
+            HealthProbe::Http {
+                port: 8080,
+                path: "/".into()
+            }
+        );
+        assert_eq!(health.start_period, Duration::from_secs(60));
+        assert_eq!(m.hooks.post_create[0].timeout, Duration::from_secs(120));
+        assert_eq!(m.secrets["macaroon_key"], SecretSpec::Hex { bytes: 32 });
+        assert_eq!(
+            m.secrets["rpcauth"],
+            SecretSpec::Rpcauth {
+                user: "archipelago".into(),
+                password: "rpc_password".into()
+            }
+        );
+        assert_eq!(
+            m.ui,
+            Some(UiSpec {
+                port: 8080,
+                path: "/".into()
+            })
+        );
+        assert_eq!(
+            m.validate(Path::new("apps/lnd/manifest.yml"), Path::new("apps/lnd")),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn fills_defaults() {
+        let m = parse(MINIMAL).expect("minimal manifest parses");
+        let c = &m.container;
+        assert_eq!(c.stop_timeout, Duration::from_secs(10));
+        assert_eq!(c.restart, RestartPolicy::OnFailure);
+        assert_eq!(
+            (c.network.clone(), c.health.clone(), m.ui.clone()),
+            (None, None, None)
+        );
+        assert!(
+            m.dependencies.is_empty() && m.secrets.is_empty() && m.hooks.post_create.is_empty()
+        );
+
+        let extra = "  health: {tcp: {port: 9735}}\nhooks: {post_create: [{exec: [x]}]}\n\
+                     secrets: {a: {kind: password}}\nui: {port: 80}\n";
+        let m = parse(&format!("{MINIMAL}{extra}")).expect("defaults parse");
+        let health = m.container.health.expect("health is set");
+        assert_eq!(health.probe, HealthProbe::Tcp { port: 9735 });
+        let timings = (
+            health.interval,
+            health.timeout,
+            health.retries,
+            health.start_period,
+        );
+        assert_eq!(
+            timings,
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(3),
+                3,
+                Duration::ZERO
+            )
+        );
+        assert_eq!(m.hooks.post_create[0].timeout, Duration::from_secs(60));
+        assert_eq!(m.secrets["a"], SecretSpec::Password { length: 32 });
+        assert_eq!(m.ui.expect("ui is set").path, "/");
+
+        let build =
+            "id: lnd\nname: LND\nversion: '1'\ncontainer:\n  build: {}\n  memory_limit: 64Mi\n";
+        let spec = parse(build)
+            .expect("build parses")
+            .container
+            .build
+            .expect("build is set");
+        assert_eq!(spec.context, PathBuf::from("."));
+        assert_eq!(spec.dockerfile, "Dockerfile");
+    }
+
+    #[test]
+    fn serializes_and_parses_back() {
+        let m = parse(FULL).expect("the contract example parses");
+        let text = serde_yaml::to_string(&m).expect("manifests serialize");
+        assert_eq!(parse(&text), Ok(m));
+    }
 }

@@ -245,3 +245,79 @@ impl<'de> Deserialize<'de> for VolumeMount {
         deserializer.deserialize_any(VolumeVisitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::*;
+
+    type PortCase<'a> = (&'a str, Result<(u16, u16, Protocol), &'a str>);
+    type VolumeCase<'a> = (&'a str, Result<(&'a str, &'a str, bool), &'a str>);
+
+    #[test]
+    fn parses_ports_and_volumes() {
+        let ports: &[PortCase] = &[
+            ("80:8080", Ok((80, 8080, Protocol::Tcp))),
+            ("53:53/udp", Ok((53, 53, Protocol::Udp))),
+            ("1:65535/tcp", Ok((1, 65535, Protocol::Tcp))),
+            ("8080", Err("expected HOST:CONTAINER")),
+            ("0:80", Err("port 0 is not allowed")),
+            ("65536:80", Err("\"65536\" is not a port number")),
+            ("+80:80", Err("\"+80\" is not a port number")),
+            ("127.0.0.1:80:80", Err("\"127.0.0.1\" is not a port number")),
+            ("80:80/sctp", Err("unknown protocol \"sctp\"")),
+        ];
+        for (input, want) in ports {
+            let got = input.parse::<PortMapping>();
+            match (got, want) {
+                (Ok(p), Ok((h, c, proto))) => {
+                    assert_eq!((p.host, p.container, p.protocol), (*h, *c, *proto))
+                }
+                (Err(e), Err(text)) => assert!(e.contains(text), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+        let volumes: &[VolumeCase] = &[
+            ("data:/data", Ok(("data", "/data", false))),
+            ("conf:/etc/app:ro", Ok(("conf", "/etc/app", true))),
+            ("conf:/etc/app:rw", Ok(("conf", "/etc/app", false))),
+            ("conf:/etc/app:z", Err("unknown mode \"z\"")),
+            ("data", Err("expected NAME:PATH[:ro]")),
+            ("a:b:c:d", Err("expected NAME:PATH[:ro]")),
+            ("lnd/data:/lnd:ro", Ok(("data", "/lnd", true))),
+        ];
+        for (input, want) in volumes {
+            let got = input.parse::<VolumeMount>();
+            match (got, want) {
+                (Ok(v), Ok((n, p, ro))) => assert_eq!(
+                    (v.name.as_str(), v.path.as_str(), v.read_only),
+                    (*n, *p, *ro)
+                ),
+                (Err(e), Err(text)) => assert!(e.contains(text), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn volumes_of_dependencies_and_the_long_form() {
+        let parse = |yaml: &str| serde_yaml::from_str::<VolumeMount>(yaml);
+        let dep = parse("\"lnd/data:/lnd:ro\"").unwrap();
+        assert_eq!(dep.app.as_ref().map(AppId::as_str), Some("lnd"));
+        assert_eq!(dep.source(), "lnd/data");
+        assert_eq!(dep.to_string(), "lnd/data:/lnd:ro");
+        let not_an_app = parse("\"../data:/x\"").unwrap();
+        assert_eq!(
+            (not_an_app.app, not_an_app.name.as_str()),
+            (None, "../data")
+        );
+        let long = parse("{name: chain, path: /data, snapshot: none}").unwrap();
+        assert_eq!(long.snapshot, SnapshotPolicy::None);
+        assert!(long.is_own() && !long.read_only);
+        let round = serde_yaml::to_string(&long).unwrap();
+        assert_eq!(parse(&round).unwrap(), long);
+        let err = parse("{name: chain, path: /data, snapshot: maybe}").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `maybe`"), "{err}");
+        let err = parse("{name: chain, path: /data, mode: ro}").unwrap_err();
+        assert!(err.to_string().contains("unknown field `mode`"), "{err}");
+    }
+}

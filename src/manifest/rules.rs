@@ -456,3 +456,83 @@ pub(super) fn check_volume_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::fixtures::*;
+
+    #[test]
+    fn validates_single_app_rules() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("id: lnd", "id: lnd2", &["id: \"lnd2\" does not match the folder name \"lnd\""]),
+            ("name: LND", "name: ' '", &["name: is empty"]),
+            ("\"0.18.3\"", "\"0.18 beta\"", &["version: \"0.18 beta\" is not usable as an image tag: use 1 to 128 characters of A-Z a-z 0-9 _ . -, not starting with . or -"]),
+            ("[bitcoind]", "[bitcoind, lnd, bitcoind]", &[
+                "dependencies[1]: an app cannot depend on itself",
+                "dependencies[2]: `bitcoind` is listed twice",
+            ]),
+            ("  image: lightninglabs/lnd:v0.18.3-beta\n", "  image: lightninglabs/lnd:v0.18.3-beta\n  build: {context: .}\n", &["container: has both image and build: keep exactly one"]),
+            ("  image: lightninglabs/lnd:v0.18.3-beta\n", "", &["container: needs one of image and build"]),
+            ("  image: lightninglabs/lnd:v0.18.3-beta\n", "  build: {context: ../bitcoind}\n", &["container.build.context: \"../bitcoind\" escapes the app folder: use a path inside it"]),
+            ("  image: lightninglabs/lnd:v0.18.3-beta\n", "  build: {context: /srv}\n", &["container.build.context: \"/srv\" escapes the app folder: use a path inside it"]),
+            ("  image: lightninglabs/lnd:v0.18.3-beta\n", "  build: {context: src, dockerfile: ../../Dockerfile}\n", &["container.build.dockerfile: \"../../Dockerfile\" must be a path inside the build context"]),
+            ("  image: lightninglabs/lnd:v0.18.3-beta\n", "  image: 'a b'\n", &["container.image: \"a b\" is not an image reference"]),
+            ("\"53:53/udp\"", "\"9735:9999\"", &["container.ports[2]: host port 9735/tcp is already published by ports[0]"]),
+            ("\"data:/root/.lnd\"", "\"/srv/lnd:/root/.lnd\"", &["container.volumes[0]: \"/srv/lnd\" is a host path: absolute host paths are refused, use a volume name such as data"]),
+            ("\"data:/root/.lnd\"", "\"../data:/root/.lnd\"", &["container.volumes[0]: volume name \"../data\" may not contain '/' or '..'"]),
+            ("\"data:/root/.lnd\"", "\"a..b:/root/.lnd\"", &["container.volumes[0]: volume name \"a..b\" may not contain '/' or '..'"]),
+            ("\"data:/root/.lnd\"", "\"da ta:/root/.lnd\"", &["container.volumes[0]: volume name \"da ta\" is invalid: use A-Z a-z 0-9 _ . -"]),
+            ("\"data:/root/.lnd\"", "\"data:root\"", &["container.volumes[0]: container path \"root\" must be absolute"]),
+            ("\"data:/root/.lnd\"", "\"data:/etc/lnd\"", &["container.volumes[1]: container path \"/etc/lnd\" is mounted twice"]),
+            ("\"data:/root/.lnd\"", "\"bitcoind/data:/bitcoin\"", &["container.volumes[0]: a dependency's volume is mounted read-only only: write \"bitcoind/data:/bitcoin:ro\""]),
+            ("\"data:/root/.lnd\"", "\"tor/data:/tor:ro\"", &["container.volumes[0]: volume \"tor/data\" belongs to `tor`, which is not a dependency of this app"]),
+            ("network: host", "network: 'container:bitcoind'", &["container.network: \"container:bitcoind\": container: networks are refused; use host, none or a network name"]),
+            ("network: host", "network: 'ns:/proc/1/ns/net'", &["container.network: \"ns:/proc/1/ns/net\": ns: networks are refused; use host, none or a network name"]),
+            ("network: host", "network: '-x'", &["container.network: \"-x\" is not a network name: use A-Z a-z 0-9 _ . -, starting with a letter or digit"]),
+            ("network: host\n", "network: host\n  cap_add: [net_admin, CAP_SYS_TIME, BOGUS]\n  cap_drop: [ALL]\n  pids_limit: 0\n", &[
+                "container.cap_add[2]: \"BOGUS\" is not a Linux capability",
+                "container.cap_drop[0]: \"ALL\": ALL is refused; name each capability the app needs",
+                "container.pids_limit: must be above 0: leave it out for the default",
+            ]),
+            ("ui: {port: 8080, path: /}", "ui: {port: 8080, path: /}\nonion: {ports: [\"80:8080\", \"80:9000\"]}", &["onion.ports[1]: onion port 80 is listed twice"]),
+            ("ui: {port: 8080, path: /}", "ui: {port: 8080, path: /}\nonion: {ports: []}", &["onion.ports: is empty: list at least one ONION:TARGET"]),
+            ("    PORT: 8080", "    PORT: \"${onion}\"", &["container.env.PORT: ${onion} needs this app's own `onion` ports"]),
+            ("    PORT: 8080", "    PORT: \"${onion:tor}\"", &["container.env.PORT: ${onion:tor} refers to `tor`, which is not a dependency of this app"]),
+            ("\"10009:10009/tcp\"", "\"8080:80\"", &["container.health.http.port: 8080 is the host side of the published port 8080:80/tcp: probes connect inside the container, so name the port it listens on (80)"]),
+            ("http: {port: 8080, path: /}", "http: {port: 0, path: health}", &[
+                "container.health.http.path: \"health\" must start with '/'",
+                "container.health.http.port: port 0 is not allowed",
+            ]),
+            ("interval: 10s", "interval: 0s", &["container.health.interval: must be above 0s"]),
+            ("[\"lncli\", \"create\"]", "[]", &["hooks.post_create[0].exec: is empty"]),
+            ("{kind: password, length: 32}", "{kind: password, length: 4}", &["secrets.rpc_password.length: 4 is out of range 8-4096"]),
+            ("password: rpc_password}", "password: nope}", &["secrets.rpcauth.password: names no secret of this app: \"nope\""]),
+            ("password: rpc_password}", "password: rpcauth}", &["secrets.rpcauth.password: \"rpcauth\" is an rpcauth secret; name a password or hex secret"]),
+            ("user: archipelago", "user: 'a:b'", &["secrets.rpcauth.user: \"a:b\" is not a valid rpc user name"]),
+            ("macaroon_key: {kind: hex}", "'.key': {kind: hex}", &[
+                "container.env.MACAROON: ${secret:macaroon_key} names no secret of this app",
+                "secrets..key: \".key\" is not a valid secret name: use A-Z a-z 0-9 _ . -, starting with a letter, digit or _",
+            ]),
+            ("${secret:bitcoind/rpc_password}", "${secret:tor/rpc_password}", &["container.env.RPCPASS: ${secret:tor/rpc_password} refers to `tor`, which is not a dependency of this app"]),
+            ("${secret:bitcoind/rpc_password}", "${secret:lnd/nope}", &["container.env.RPCPASS: ${secret:lnd/nope} names no secret of this app"]),
+            ("${secret:bitcoind/rpc_password}", "${secret:bitcoind/rpc", &["container.env.RPCPASS: unterminated secret reference in \"${secret:bitcoind/rpc\": missing '}'"]),
+            ("[\"--bitcoin.mainnet\"]", "[\"--pw=${secret:nope}\"]", &["container.command[0]: ${secret:nope} names no secret of this app"]),
+            ("ui: {port: 8080, path: /}", "ui: {port: 8080, path: x}", &["ui.path: \"x\" must start with '/'"]),
+        ];
+        for (from, to, want) in cases {
+            assert!(FULL.contains(from), "{from:?} is not in the example");
+            let text = FULL.replacen(from, to, 1);
+            let m = parse(&text).unwrap_or_else(|p| panic!("{to:?} parses: {p:?}"));
+            let mut got =
+                lines(&m.validate(Path::new("apps/lnd/manifest.yml"), Path::new("apps/lnd")));
+            got.sort();
+            let want: Vec<String> = want
+                .iter()
+                .map(|w| format!("apps/lnd/manifest.yml: {w}"))
+                .collect();
+            assert_eq!(got, want, "{from:?} -> {to:?}");
+        }
+    }
+}

@@ -106,3 +106,40 @@ impl AppManifest {
         sites
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::*;
+
+    #[test]
+    fn finds_secret_references() {
+        let r = |app: Option<&str>, name: &str| SecretRef {
+            app: app.map(|a| a.parse().expect("valid id")),
+            name: name.to_string(),
+        };
+        let cases: Vec<(&str, Result<Vec<SecretRef>, &str>)> = vec![
+            ("plain", Ok(vec![])),
+            ("${HOME}/x", Ok(vec![])),
+            ("${secret:pw}", Ok(vec![r(None, "pw")])),
+            (
+                "u:${secret:bitcoind/rpc_password}@${secret:a.b-c_d}",
+                Ok(vec![
+                    r(Some("bitcoind"), "rpc_password"),
+                    r(None, "a.b-c_d"),
+                ]),
+            ),
+            ("${secret:pw", Err("unterminated secret reference")),
+            ("${secret:}", Err("invalid secret name \"\"")),
+            ("${secret:Bad/x}", Err("invalid app id \"Bad\"")),
+            ("${secret:a/b/c}", Err("invalid secret name \"b/c\"")),
+            ("${secret:../x}", Err("invalid app id \"..\"")),
+        ];
+        for (input, want) in cases {
+            match (secret_refs(input), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{input}"),
+                (Err(e), Err(text)) => assert!(e.contains(text), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

@@ -170,3 +170,70 @@ pub(super) fn normalize(path: &Path) -> PathBuf {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::fixtures::*;
+    use crate::manifest::*;
+
+    #[test]
+    fn resolves_image_sources() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app_dir = dir.path().join("lnd");
+        std::fs::create_dir_all(app_dir.join("src")).expect("create app dir");
+        let id: AppId = "lnd".parse().expect("valid id");
+        let base = parse(MINIMAL).expect("minimal parses").container;
+
+        assert_eq!(base.image_ref(&id, "1"), "busybox");
+        assert_eq!(
+            base.resolve(&app_dir, &id, "1").expect("pull resolves"),
+            ResolvedSource::Pull {
+                image: "busybox".into()
+            }
+        );
+
+        let mut built = base.clone();
+        built.image = None;
+        built.build = Some(BuildSpec {
+            context: "src/../src".into(),
+            dockerfile: "Dockerfile".into(),
+            args: BTreeMap::from([("A".into(), "1".into())]),
+        });
+        assert_eq!(built.image_ref(&id, "0.1"), "archipelago/lnd:0.1");
+        let real = app_dir.join("src").canonicalize().expect("src exists");
+        assert_eq!(
+            built.resolve(&app_dir, &id, "0.1").expect("build resolves"),
+            ResolvedSource::Build {
+                context: real,
+                dockerfile: "Dockerfile".into(),
+                args: BTreeMap::from([("A".into(), "1".into())]),
+                tag: "archipelago/lnd:0.1".into(),
+            }
+        );
+
+        std::os::unix::fs::symlink(dir.path(), app_dir.join("out")).expect("symlink");
+        let mut escaping = built.clone();
+        escaping.build.as_mut().expect("build is set").context = "out".into();
+        let err = escaping
+            .resolve(&app_dir, &id, "0.1")
+            .expect_err("symlink escapes");
+        assert!(matches!(err, ManifestError::ContextEscapes { .. }), "{err}");
+        escaping.build.as_mut().expect("build is set").context = "../x".into();
+        let err = escaping
+            .resolve(&app_dir, &id, "0.1")
+            .expect_err(".. escapes");
+        assert!(matches!(err, ManifestError::ContextEscapes { .. }), "{err}");
+
+        let mut both = built.clone();
+        both.image = Some("busybox".into());
+        let err = both
+            .resolve(&app_dir, &id, "0.1")
+            .expect_err("both is an error");
+        assert_eq!(
+            err.to_string(),
+            "app lnd: container has both image and build; keep one"
+        );
+    }
+}

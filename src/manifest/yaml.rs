@@ -254,3 +254,46 @@ pub(super) fn scalar_map<'de, D: Deserializer<'de>>(
 
     deserializer.deserialize_map(MapVisitor)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+
+    #[test]
+    fn reports_parse_errors_with_field_and_line() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("1GiB", "512m", "container.memory_limit: line 18: \"512m\" is ambiguous: write 512Mi for powers of 1024 or 512M for powers of 1000"),
+            ("1GiB", "5Mi", "container.memory_limit: line 18: \"5Mi\" is 5242880 bytes, below the minimum of 6 MiB (6291456 bytes)"),
+            ("  network: host\n", "  network: host\n  privileged: true\n", "container.privileged: line 18: unknown field `privileged`: privileged containers are not supported"),
+            ("  network: host\n", "  netwrok: host\n", "container.netwrok: line 17: unknown field `netwrok`, expected one of `image`, `build`, `command`, `entrypoint`, `user`, `env`, `ports`, `volumes`, `cap_add`, `cap_drop`, `pids_limit`, `network`, `memory_limit`, `stop_timeout`, `restart`, `health`"),
+            ("ui: {port", "color: red\nui: {port", "color: line 35: unknown field `color`, expected one of `id`, `name`, `version`, `description`, `dependencies`, `container`, `hooks`, `secrets`, `ui`, `onion`"),
+            ("  memory_limit: 1GiB\n", "", "container.memory_limit: line 7: is required"),
+            ("name: LND\n", "", "name: line 1: is required"),
+            ("stop_timeout: 5m", "stop_timeout: 5x", "container.stop_timeout: line 19: invalid duration \"5x\": unknown time unit \"x\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)"),
+            ("stop_timeout: 5m", "stop_timeout: 5", "container.stop_timeout: line 19: duration 5 has no unit: write e.g. 5s"),
+            ("\"10009:10009/tcp\"", "\"10009:10009/sctp\"", "container.ports[1]: line 15: invalid port mapping \"10009:10009/sctp\": unknown protocol \"sctp\", expected tcp or udp"),
+            ("\"conf:/etc/lnd:ro\"", "\"conf\"", "container.volumes[1]: line 16: invalid volume \"conf\": expected NAME:PATH[:ro], e.g. data:/data"),
+            ("{kind: hex}", "{kind: hex, length: 3}", "secrets.macaroon_key.length: line 33: unknown field `length`, expected `bytes`"),
+            ("{kind: hex}", "{kind: rsa}", "secrets.macaroon_key.kind: line 33: unknown variant `rsa`, expected one of `password`, `hex`, `rpcauth`"),
+            ("user: archipelago, ", "", "secrets.rpcauth.user: line 34: is required"),
+            ("    http: {port: 8080, path: /}\n", "", "container.health: line 22: needs one probe: http, tcp or exec"),
+            ("    http: {port: 8080, path: /}\n", "    http: {port: 8080, path: /}\n    tcp: {port: 1}\n", "container.health: line 22: has more than one probe: keep one of http, tcp and exec"),
+            ("    retries: 3\n", "    retries: -1\n", "container.health.retries: line 25: invalid type: integer `-1`, expected u32"),
+            ("id: lnd", "id: LND", "id: line 1: invalid app id \"LND\": use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"),
+            ("[bitcoind]", "[../etc]", "dependencies[0]: line 5: invalid app id \"../etc\": use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"),
+            ("restart: always", "restart: sometimes", "container.restart: line 20: unknown variant `sometimes`, expected one of `always`, `on-failure`, `never`"),
+            ("    PORT: 8080\n", "    PORT:\n", "container.env.PORT: line 14: value is empty: write \"\" for an empty string"),
+            ("id: lnd\n", "id: 'lnd\n", "id: line 36: found unexpected end of stream, while scanning a quoted scalar"),
+        ];
+        for (from, to, want) in cases {
+            assert!(FULL.contains(from), "{from:?} is not in the example");
+            let text = FULL.replacen(from, to, 1);
+            let got = parse(&text).map(|_| ()).map_err(|p| lines(&p));
+            assert_eq!(
+                got,
+                Err(vec![format!("apps/lnd/manifest.yml: {want}")]),
+                "{from:?} -> {to:?}"
+            );
+        }
+    }
+}
