@@ -156,7 +156,7 @@ pub(super) fn network_aliases(spec: &ContainerSpec) -> Option<NetworkingConfig> 
     })
 }
 
-/// The largest file [`ContainerRuntime::read_file`] reads.
+/// The largest file [`ContainerRuntime::read_file`](crate::engine::ContainerRuntime::read_file) reads.
 pub(super) const MAX_READ_FILE: usize = 1 << 20;
 
 /// The content of the first regular file in a tar archive (the archive endpoint answers
