@@ -428,7 +428,7 @@ impl AppActor {
                 Some(wanted)
             }
             Err(e) => {
-                self.record.last_error = Some(e);
+                self.record.last_error = Some(e.to_string());
                 self.wanted = None;
                 None
             }
@@ -732,7 +732,7 @@ impl Handler<OpFinished> for AppActor {
             }
             Err(e) => {
                 op.status = OperationStatus::Failed;
-                op.error = Some(e.clone());
+                op.error = Some(e.to_string());
                 tracing::warn!(app = self.id(), operation = %op.id, error = %e, "operation failed");
             }
         }

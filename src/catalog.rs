@@ -7,9 +7,13 @@
 //! catalog, and so is every app that depends on it (each gets one problem saying so), so
 //! that what remains is consistent: every dependency of a catalog app is in the catalog.
 //! This module reads manifests only; it never touches the engine or the data folder.
+//!
+//! Over 600 lines only with its table tests; the catalog itself is about 410.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
+
+use petgraph::graphmap::DiGraphMap;
 
 use crate::manifest::{secret_refs, AppId, AppManifest, Problem};
 
@@ -286,6 +290,10 @@ impl Catalog {
     }
 
     /// Every app, dependencies before their dependents; ties in id order.
+    ///
+    /// Hand-written (Kahn's algorithm over a sorted ready set) rather than petgraph's
+    /// `toposort`: that one orders ties by its depth-first walk, not by id, and this order
+    /// is the one app actors are spawned in at boot and walked in on a catalog reload.
     pub fn topo_order(&self) -> Vec<AppId> {
         let mut waiting: BTreeMap<&AppId, usize> = BTreeMap::new();
         for (id, app) in &self.apps {
@@ -343,70 +351,28 @@ impl Catalog {
     }
 }
 
-/// Tarjan's strongly connected components of the dependency graph (edges to unknown apps
-/// and self-edges are ignored), each as a sorted set.
+/// The strongly connected components of the dependency graph (petgraph's Tarjan; edges
+/// to unknown apps and self-edges are ignored), each as a sorted set, in order.
 fn strongly_connected(apps: &BTreeMap<AppId, CatalogApp>) -> Vec<BTreeSet<AppId>> {
-    struct State<'a> {
-        apps: &'a BTreeMap<AppId, CatalogApp>,
-        next: usize,
-        index: BTreeMap<&'a AppId, usize>,
-        low: BTreeMap<&'a AppId, usize>,
-        stack: Vec<&'a AppId>,
-        on_stack: BTreeSet<&'a AppId>,
-        out: Vec<BTreeSet<AppId>>,
-    }
-
-    fn visit<'a>(s: &mut State<'a>, v: &'a AppId) {
-        s.index.insert(v, s.next);
-        s.low.insert(v, s.next);
-        s.next += 1;
-        s.stack.push(v);
-        s.on_stack.insert(v);
-        let deps = &s.apps[v].manifest.dependencies;
-        for w in deps.iter().filter(|w| *w != v) {
-            let Some((w, _)) = s.apps.get_key_value(w) else {
-                continue;
-            };
-            if !s.index.contains_key(w) {
-                visit(s, w);
-                let low = s.low[v].min(s.low[w]);
-                s.low.insert(v, low);
-            } else if s.on_stack.contains(w) {
-                let low = s.low[v].min(s.index[w]);
-                s.low.insert(v, low);
+    let mut graph = DiGraphMap::<&AppId, ()>::new();
+    for (id, app) in apps {
+        graph.add_node(id);
+        for dep in app.manifest.dependencies.iter().filter(|d| *d != id) {
+            if let Some((dep, _)) = apps.get_key_value(dep) {
+                graph.add_edge(id, dep, ());
             }
         }
-        if s.low[v] == s.index[v] {
-            let mut component = BTreeSet::new();
-            while let Some(w) = s.stack.pop() {
-                s.on_stack.remove(w);
-                component.insert(w.clone());
-                if w == v {
-                    break;
-                }
-            }
-            s.out.push(component);
-        }
     }
-
-    let mut state = State {
-        apps,
-        next: 0,
-        index: BTreeMap::new(),
-        low: BTreeMap::new(),
-        stack: Vec::new(),
-        on_stack: BTreeSet::new(),
-        out: Vec::new(),
-    };
-    for id in apps.keys() {
-        if !state.index.contains_key(id) {
-            visit(&mut state, id);
-        }
-    }
-    state.out.sort();
-    state.out
+    let mut out: Vec<BTreeSet<AppId>> = petgraph::algo::tarjan_scc(&graph)
+        .into_iter()
+        .map(|component| component.into_iter().cloned().collect())
+        .collect();
+    out.sort();
+    out
 }
 
+/// Hand-written rather than petgraph's: no petgraph algorithm answers the shortest cycle
+/// through one node, and this breadth-first walk names the same cycle on every run.
 /// The shortest dependency path from `start` back to itself inside `component`,
 /// e.g. `[a, b, a]`; breadth-first, neighbours in id order, so it is deterministic.
 fn shortest_cycle(

@@ -1,5 +1,6 @@
-//! `archipelago ctl`: a thin command-line client of the JSON-RPC endpoint, with the small
-//! HTTP/1.1 client it needs (plain HTTP to the local supervisor; no TLS, no pooling).
+//! `archipelago ctl`: a thin command-line client of the JSON-RPC endpoint, over hyper's
+//! HTTP/1.1 client (plain HTTP to the local supervisor; no TLS, no pooling). The health
+//! probes share `send`.
 //!
 //! It logs in with the password from `--password-file` or `ARCHIPELAGO_PASSWORD`, sends one
 //! call, and prints a table for `list` and JSON otherwise. It keeps no state between runs.
@@ -10,8 +11,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{header, Request};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Options of `archipelago ctl`.
@@ -368,8 +372,7 @@ pub fn split_url(url: &str) -> io::Result<(String, String)> {
     Ok((host, path.to_string()))
 }
 
-/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response, all
-/// within `timeout`.
+/// Sends one HTTP/1.1 request and reads the whole response, all within `timeout`.
 pub async fn http_request(
     method: &str,
     url: &str,
@@ -379,121 +382,59 @@ pub async fn http_request(
 ) -> io::Result<HttpResponse> {
     let (host, path) = split_url(url)?;
     let exchange = async {
-        let mut stream = TcpStream::connect(&host).await?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
+        let stream = TcpStream::connect(&host).await?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        // Read until the body is complete rather than until EOF: some servers keep the
-        // connection open despite `Connection: close`.
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            raw.extend_from_slice(&chunk[..n]);
-            if is_complete(&raw) {
-                break;
-            }
-        }
-        parse_response(&raw)
+        let request = request
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let res = send(stream, request).await.map_err(io::Error::other)?;
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.map_err(io::Error::other)?;
+        Ok(HttpResponse {
+            status,
+            headers,
+            body: body.to_bytes().to_vec(),
+        })
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))?
 }
 
-/// Parses a response head: status, headers, and where the body starts.
-fn parse_head(raw: &[u8]) -> io::Result<(HttpResponse, usize)> {
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("incomplete response head"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("response head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let res = HttpResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    Ok((res, end + 4))
-}
-
-/// Parses a complete HTTP/1.1 response (plain, `Content-Length` or chunked body).
-pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-    let (mut res, start) = parse_head(raw)?;
-    let rest = &raw[start..];
-    res.body = if is_chunked(&res) {
-        dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
-    } else if let Some(len) = res.header("content-length").and_then(|v| v.parse().ok()) {
-        rest.get(..len)
-            .ok_or_else(|| bad("body shorter than content-length"))?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(res)
-}
-
-fn is_chunked(res: &HttpResponse) -> bool {
-    res.header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-}
-
-/// Whether `raw` holds a whole response whose end is marked (length, chunks or no body).
-fn is_complete(raw: &[u8]) -> bool {
-    let Ok((res, start)) = parse_head(raw) else {
-        return false;
-    };
-    let body = &raw[start..];
-    if res.status == 204 || res.status == 304 || (100..200).contains(&res.status) {
-        return true;
-    }
-    if is_chunked(&res) {
-        return dechunk(body).is_some();
-    }
-    match res
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        Some(len) => body.len() >= len,
-        None => false,
-    }
-}
-
-/// Decodes a chunked body; `None` when it is malformed or cut short.
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Some(out);
+/// Sends `request` over `stream`, an HTTP/1.1 connection of its own (hyper's client
+/// handshake over a stream the caller connected), and answers the response head; the body
+/// is read from the response. The connection is driven by a task that ends with it.
+pub(crate) async fn send<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "http connection ended");
         }
-        out.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
-    }
+    });
+    sender.send_request(request).await
 }
 
 #[cfg(test)]
@@ -517,21 +458,6 @@ mod tests {
             let want = want.map(|(h, p)| (h.to_string(), p.to_string()));
             assert_eq!(got, want, "{url}");
         }
-    }
-
-    #[test]
-    fn response_bodies() {
-        let cases: [(&[u8], &[u8]); 3] = [
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi", b"hi"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3;x=y\r\nllo\r\n0\r\n\r\n", b"hello"),
-            (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
-        ];
-        for (raw, body) in cases {
-            let res = parse_response(raw).unwrap();
-            assert_eq!(res.body, body);
-        }
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhi").is_err());
-        assert!(parse_response(b"garbage").is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{header, Request};
 use tokio::net::TcpStream;
 
 use crate::api::Health;
@@ -91,24 +93,19 @@ async fn connect(
         .map_err(|e| format!("tcp 127.0.0.1:{host_port}: {e}"))
 }
 
-/// A plain HTTP/1.1 GET over `stream`; any 2xx or 3xx status is healthy.
-async fn http_get(mut stream: TcpStream, port: u16, path: &str) -> Result<(), String> {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: archipelago-health\r\n\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("http :{port}: {e}"))?;
-    let mut head = [0u8; 64];
-    let n = stream
-        .read(&mut head)
-        .await
-        .map_err(|e| format!("http :{port}: {e}"))?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("http :{port}{path}: not an HTTP answer"))?;
+/// An HTTP/1.1 GET over `stream`; any 2xx or 3xx status is healthy. Only the response
+/// head is read.
+async fn http_get(stream: TcpStream, port: u16, path: &str) -> Result<(), String> {
+    let request = Request::get(path)
+        .header(header::HOST, format!("127.0.0.1:{port}"))
+        .header(header::USER_AGENT, "archipelago-health")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("http :{port}{path}: {e}"))?;
+    let status = match crate::ctl::send(stream, request).await {
+        Ok(res) => res.status().as_u16(),
+        Err(e) if e.is_parse() => return Err(format!("http :{port}{path}: not an HTTP answer")),
+        Err(e) => return Err(format!("http :{port}: {e}")),
+    };
     if (200..400).contains(&status) {
         Ok(())
     } else {
@@ -156,6 +153,8 @@ impl HealthTracker {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     fn check(start_period: u64, retries: u32) -> HealthCheck {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::catalog::Catalog;
@@ -121,7 +122,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         );
     }
     tracing::info!(%addr, "dashboard at http://{addr}/");
-    notify_systemd("READY=1");
+    notify_systemd(NotifyState::Ready);
     if let Some(every) = watchdog_interval() {
         // Pinged only when the supervisor answered a heartbeat within the interval.
         let heart = supervisor.clone();
@@ -130,7 +131,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             loop {
                 tick.tick().await;
                 match tokio::time::timeout(every, heart.send(Heartbeat)).await {
-                    Ok(Ok(())) => notify_systemd("WATCHDOG=1"),
+                    Ok(Ok(())) => notify_systemd(NotifyState::Watchdog),
                     _ => tracing::error!(
                         "the supervisor did not answer its heartbeat: no watchdog ping"
                     ),
@@ -139,7 +140,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         });
     }
     wait_for_signal().await;
-    notify_systemd("STOPPING=1");
+    notify_systemd(NotifyState::Stopping);
     tracing::info!("stopping; app containers keep running");
     actix_web::rt::spawn(async {
         wait_for_signal().await;
@@ -162,38 +163,16 @@ async fn wait_for_signal() {
     }
 }
 
-/// Sends a state line to systemd's notify socket, when run as a `Type=notify` unit.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "sd_notify socket");
-            return;
-        }
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
-    } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, state, "sd_notify failed");
+/// Tells systemd about a state change, when run as a `Type=notify` unit (a no-op without
+/// `NOTIFY_SOCKET`).
+fn notify_systemd(state: NotifyState<'_>) {
+    let line = state.to_string();
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, state = %line, "sd_notify failed");
     }
 }
 
 /// Half of systemd's `WATCHDOG_USEC`, when the unit has a watchdog for this process.
 fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok()? != std::process::id() {
-            return None;
-        }
-    }
-    Some(Duration::from_micros(usec / 2))
+    sd_notify::watchdog_enabled().map(|usec| usec / 2)
 }

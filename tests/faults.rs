@@ -22,84 +22,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use common::node::Node;
-
-const PASSWORD: &str = "secret";
-
-/// A supervisor process; killed with SIGKILL when dropped.
-struct Serve {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Serve {
-    /// Starts `archipelago serve` on `config`, its log appended to `<config dir>/serve.log`.
-    fn start(config: &Path, port: u16) -> Serve {
-        let log = config.with_file_name("serve.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_archipelago"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Serve { child, port, log }
-    }
-
-    /// kill -9: no chance to clean up anything.
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// Logs in, retrying until the server answers (at most 20 s).
-    async fn client(&self) -> RpcClient {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut c = RpcClient::new(
-                &format!("http://127.0.0.1:{}", self.port),
-                Duration::from_secs(10),
-            );
-            match c.login(PASSWORD).await {
-                Ok(()) => return c,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "supervisor never served: {e}; log:\n{}",
-                    self.log_text()
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::serve::{free_port, TestNode, PASSWORD};
 
 /// The node's config with a fixed port, the password file and `host` as the engine.
-fn serve_config(node: &Node, default_apps: &[String], host: &str) -> (PathBuf, u16) {
+fn serve_config(node: &Node, default_apps: &[String], host: &str) -> PathBuf {
     let port = free_port();
     let config = node.config(default_apps, "");
     let text = std::fs::read_to_string(&config)
@@ -111,7 +37,38 @@ fn serve_config(node: &Node, default_apps: &[String], host: &str) -> (PathBuf, u
         );
     std::fs::write(&config, text).unwrap();
     std::fs::write(node.dir.path().join("password"), format!("{PASSWORD}\n")).unwrap();
-    (config, port)
+    config
+}
+
+/// Kills `serve` with SIGKILL after `d`, starts it again on `config` and waits until `id`
+/// settles: a client of the new process, the package, and how long recovery took.
+async fn kill_after(
+    serve: &mut TestNode,
+    d: Duration,
+    config: &Path,
+    id: &str,
+) -> (RpcClient, Package, Duration) {
+    tokio::time::sleep(d).await;
+    serve.kill9();
+    let killed = Instant::now();
+    *serve = TestNode::start(config);
+    let mut c = serve.client().await;
+    let p = settle(&mut c, id, Duration::from_secs(40)).await;
+    (c, p, killed.elapsed())
+}
+
+/// A busybox command that runs until SIGTERM, then exits 0 at once.
+const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+
+/// Starts `serve` on `node` with `id` as its one default app, on the engine at `host`, and
+/// waits until the app runs.
+async fn serve_running(node: &Node, id: &str, host: &str) -> (TestNode, RpcClient) {
+    let config = serve_config(node, &[id.to_string()], host);
+    let serve = TestNode::start(&config);
+    let mut c = serve.client().await;
+    let p = settle(&mut c, id, Duration::from_secs(40)).await;
+    assert_eq!(p.state, AppState::Running);
+    (serve, c)
 }
 
 async fn package(c: &mut RpcClient, id: &str) -> Package {
@@ -244,11 +201,11 @@ async fn kill_9_inside_install_and_uninstall_leaves_a_consistent_node() {
         "  network: none\n  stop_timeout: 1s\n  volumes: [\"data:/data\"]\n  health:\n    exec: [\"test\", \"-f\", \"/tmp/ready\"]\n    interval: 200ms\n    timeout: 1s\n    retries: 3\n",
         "secrets:\n  token: {kind: hex, bytes: 16}\n",
     );
-    let (config, port) = serve_config(&node, &[], &common::docker_host());
+    let config = serve_config(&node, &[], &common::docker_host());
     let volume = node.dir.path().join("data/apps").join(&id).join("data");
     let n = iterations();
     let mut outcomes = vec![];
-    let mut serve = Serve::start(&config, port);
+    let mut serve = TestNode::start(&config);
     for i in 0..n {
         let d = delay(i, n, 1800);
 
@@ -259,13 +216,7 @@ async fn kill_9_inside_install_and_uninstall_leaves_a_consistent_node() {
         c.call("package.install", json!({ "id": id }))
             .await
             .unwrap();
-        tokio::time::sleep(d).await;
-        serve.kill9();
-        let killed = Instant::now();
-        serve = Serve::start(&config, port);
-        let mut c = serve.client().await;
-        let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-        let recovered = killed.elapsed();
+        let (mut c, p, recovered) = kill_after(&mut serve, d, &config, &id).await;
         let when = format!("install killed after {d:?}");
         assert_no_orphans(&docker, &node.prefix, &p, &when).await;
         outcomes.push(format!(
@@ -281,13 +232,7 @@ async fn kill_9_inside_install_and_uninstall_leaves_a_consistent_node() {
         c.call("package.uninstall", json!({ "id": id }))
             .await
             .unwrap();
-        tokio::time::sleep(d).await;
-        serve.kill9();
-        let killed = Instant::now();
-        serve = Serve::start(&config, port);
-        let mut c = serve.client().await;
-        let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-        let recovered = killed.elapsed();
+        let (mut c, p, recovered) = kill_after(&mut serve, d, &config, &id).await;
         let when = format!("uninstall killed after {d:?}");
         assert_no_orphans(&docker, &node.prefix, &p, &when).await;
         assert_eq!(
@@ -321,17 +266,10 @@ async fn a_corrupt_or_truncated_state_file_falls_back_to_the_last_good_copy() {
     let node = Node::new("cs");
     let ids: Vec<String> = ["garbled", "truncated"]
         .iter()
-        .map(|name| {
-            node.app(
-                name,
-                "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
-                "  network: none\n  restart: always\n",
-                "",
-            )
-        })
+        .map(|name| node.app(name, SLEEPER, "  network: none\n  restart: always\n", ""))
         .collect();
-    let (config, port) = serve_config(&node, &ids, &common::docker_host());
-    let mut serve = Serve::start(&config, port);
+    let config = serve_config(&node, &ids, &common::docker_host());
+    let mut serve = TestNode::start(&config);
     let mut c = serve.client().await;
     for id in &ids {
         let p = settle(&mut c, id, Duration::from_secs(40)).await;
@@ -355,7 +293,7 @@ async fn a_corrupt_or_truncated_state_file_falls_back_to_the_last_good_copy() {
     let full = std::fs::read(&path).unwrap();
     std::fs::write(&path, &full[..full.len() / 2]).unwrap();
 
-    let serve = Serve::start(&config, port);
+    let serve = TestNode::start(&config);
     let mut c = serve.client().await;
     for (id, desired) in ids.iter().zip([Desired::Running, Desired::Stopped]) {
         let p = settle(&mut c, id, Duration::from_secs(40)).await;
@@ -364,7 +302,7 @@ async fn a_corrupt_or_truncated_state_file_falls_back_to_the_last_good_copy() {
         assert!(p.installed_version.is_some(), "{id}: {p:?}");
     }
     assert_eq!(containers(&docker, &node.prefix).await.len(), 2);
-    let log = serve.log_text();
+    let log = serve.log().join("\n");
     for id in &ids {
         let line = log
             .lines()
@@ -422,17 +360,13 @@ async fn a_full_data_dir_fails_the_write_cleanly_and_recovers() {
     let node = Node::new("full");
     let id = node.app(
         "app",
-        "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
+        SLEEPER,
         "  network: none\n  restart: always\n  volumes: [\"data:/data\"]\n",
         "",
     );
     let data = node.dir.path().join("data");
     let _tmpfs = Tmpfs::mount(&data, "1m");
-    let (config, port) = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
-    let serve = Serve::start(&config, port);
-    let mut c = serve.client().await;
-    let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-    assert_eq!(p.state, AppState::Running);
+    let (serve, mut c) = serve_running(&node, &id, &common::docker_host()).await;
     let before = std::fs::read(data.join("state").join(format!("{id}.json"))).unwrap();
 
     let filler = fill(&data);
@@ -455,7 +389,8 @@ async fn a_full_data_dir_fails_the_write_cleanly_and_recovers() {
     );
     println!("stop on a full disk: {op}; last_error {:?}", p.last_error);
     let logged: Vec<String> = serve
-        .log_text()
+        .log()
+        .join("\n")
         .lines()
         .filter(|l| l.contains("persist"))
         .map(str::to_string)
@@ -501,17 +436,13 @@ async fn an_upgrade_whose_snapshot_would_not_fit_is_refused_and_the_app_runs_on(
     let node = Node::new("nospace");
     let id = node.app(
         "app",
-        "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
+        SLEEPER,
         "  network: none\n  volumes: [\"data:/data\"]\n",
         "",
     );
     let data = node.dir.path().join("data");
     let _tmpfs = Tmpfs::mount(&data, "96m");
-    let (config, port) = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
-    let serve = Serve::start(&config, port);
-    let mut c = serve.client().await;
-    let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-    assert_eq!(p.state, AppState::Running);
+    let (serve, mut c) = serve_running(&node, &id, &common::docker_host()).await;
     // 60 MiB of data on a 96 MiB disk: a copy cannot fit.
     let blob = data.join("apps").join(&id).join("data").join("blob");
     std::fs::write(&blob, vec![7u8; 60 << 20]).unwrap();
@@ -718,11 +649,7 @@ async fn the_engine_restarted_under_the_supervisor_gets_its_app_back() {
         "  network: none\n  stop_timeout: 1s\n",
         "",
     );
-    let (config, port) = serve_config(&node, std::slice::from_ref(&id), &engine.host());
-    let serve = Serve::start(&config, port);
-    let mut c = serve.client().await;
-    let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-    assert_eq!(p.state, AppState::Running);
+    let (serve, mut c) = serve_running(&node, &id, &engine.host()).await;
     assert!(engine_reachable(&mut c).await);
     let name = format!("archipelago-{id}");
     let started_before = docker
@@ -767,7 +694,7 @@ async fn the_engine_restarted_under_the_supervisor_gets_its_app_back() {
         assert!(
             Instant::now() < deadline,
             "app not back within 60 s after the engine restart: {p:?}; supervisor log:\n{}",
-            serve.log_text()
+            serve.log().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -10,7 +10,7 @@ use archipelago::engine::docker::DockerRuntime;
 use archipelago::engine::{BuildRequest, ContainerRuntime};
 use archipelago::supervisor::{GetOperation, ReloadCatalog, RunOperation};
 use common::node::{inspect, package, wait_state, Node};
-use common::serve::{ctl, free_port, serve};
+use common::serve::{ctl, free_port, TestNode};
 use futures_util::StreamExt;
 
 /// Builds `<registry>/<repo>:<tag>` whose /version file says `tag`, pushes it to the
@@ -258,7 +258,7 @@ async fn hot_swap_after_kill_9_restarts_no_container() {
     std::fs::write(&config, text).unwrap();
     std::fs::write(node.dir.path().join("password"), "secret\n").unwrap();
 
-    let mut first = serve(&config);
+    let mut first = TestNode::start(&config);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut before = vec![];
     loop {
@@ -283,9 +283,8 @@ async fn hot_swap_after_kill_9_restarts_no_container() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // kill -9: no chance to clean up anything.
-    first.0.kill().unwrap();
-    first.0.wait().unwrap();
-    let _second = serve(&config);
+    first.kill9();
+    let _second = TestNode::start(&config);
     // Give the new supervisor several ticks (200 ms) to do anything it would do.
     let healthz = Instant::now();
     loop {
@@ -452,7 +451,7 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
         }
     };
 
-    let mut sup = serve(&config);
+    let mut sup = TestNode::start(&config);
     settled(Duration::from_secs(60)).await;
     std::fs::create_dir_all(&volume).unwrap();
     std::fs::write(volume.join("wallet.dat"), b"precious").unwrap();
@@ -502,13 +501,12 @@ async fn a_supervisor_killed_during_an_upgrade_recovers_to_one_version() {
             }
         }
         // kill -9: no chance to clean anything up.
-        sup.0.kill().unwrap();
-        sup.0.wait().unwrap();
+        sup.kill9();
         let journal = std::fs::read_to_string(&state_file).unwrap();
         let journal: serde_json::Value = serde_json::from_str(&journal).unwrap();
         println!("{point:?}: killed with journal {}", journal["journal"]);
 
-        sup = serve(&config);
+        sup = TestNode::start(&config);
         let p = settled(Duration::from_secs(60)).await;
         let version = p["installed_version"].as_str().unwrap().to_string();
         let image = &images[version.parse::<usize>().unwrap() - 1];

@@ -9,8 +9,6 @@
 //! `scripts/test-env.sh up` builds.
 
 mod common;
-#[path = "web_stub/serve.rs"]
-mod serve;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -19,6 +17,7 @@ use std::time::{Duration, Instant};
 use archipelago::ctl::RpcClient;
 use archipelago::engine::docker::DockerRuntime;
 use archipelago::engine::ContainerRuntime;
+use common::serve;
 use common::{connect, docker_host};
 use serde_json::json;
 use serve::{get, require_engine, ServeNode};

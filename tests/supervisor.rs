@@ -4,7 +4,7 @@
 mod common;
 
 use common::node::{cgroup_memory_limit, inspect, package, wait_state, Node};
-use common::serve::{serve, Served};
+use common::serve::{Served, TestNode};
 
 use std::time::{Duration, Instant};
 
@@ -333,7 +333,7 @@ async fn a_failed_app_stays_failed_across_a_kill_9_of_serve() {
         (st.started_at, st.running)
     };
 
-    let first = serve(&served.config);
+    let mut first = TestNode::start(&served.config);
     // The default policy: restarted at once, then after 1, 2 and 4 s; the fifth quick
     // crash gives up.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -353,8 +353,8 @@ async fn a_failed_app_stays_failed_across_a_kill_9_of_serve() {
     let (before, running) = started_at(inspect(&id).await);
     assert_ne!(running, Some(true));
 
-    first.kill_9();
-    let _second = serve(&served.config);
+    first.kill9();
+    let _second = TestNode::start(&served.config);
     let p = get(Duration::from_secs(30)).await;
     let watch = Instant::now();
     let mut polls = 0;

@@ -5,8 +5,6 @@
 //! uninstall with purge removes one service and its keys, and the other address stays.
 
 mod common;
-#[path = "web_stub/serve.rs"]
-mod serve;
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +12,7 @@ use archipelago::ctl::RpcClient;
 use archipelago::engine::docker::DockerRuntime;
 use archipelago::engine::ContainerRuntime;
 use common::docker_host;
+use common::serve;
 use serde_json::{json, Value};
 use serve::{get, require_engine, ServeNode};
 

@@ -8,9 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use archipelago::api::{Event, Package};
-use archipelago::ctl::{
-    self, http_request, parse_response, CtlArgs, CtlCommand, HttpResponse, RpcClient,
-};
+use archipelago::ctl::{self, http_request, CtlArgs, CtlCommand, HttpResponse, RpcClient};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -1579,4 +1577,87 @@ async fn connections_are_capped_per_client_address() {
         healthz_from("127.0.0.1".parse().unwrap(), h.addr).await,
         Some(200)
     );
+}
+
+// A raw HTTP/1.1 response reader, for the exchanges above that send hand-made requests
+// (bad heads, chosen source addresses, TLS): the product's client, hyper, never shows
+// a malformed answer to its caller.
+
+/// Parses a response head: status, headers, and where the body starts.
+fn parse_head(raw: &[u8]) -> std::io::Result<(HttpResponse, usize)> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("incomplete response head"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("response head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let res = HttpResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    Ok((res, end + 4))
+}
+
+/// Parses a complete HTTP/1.1 response (plain, `Content-Length` or chunked body).
+fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let (mut res, start) = parse_head(raw)?;
+    let rest = &raw[start..];
+    res.body = if is_chunked(&res) {
+        dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
+    } else if let Some(len) = res.header("content-length").and_then(|v| v.parse().ok()) {
+        rest.get(..len)
+            .ok_or_else(|| bad("body shorter than content-length"))?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(res)
+}
+
+fn is_chunked(res: &HttpResponse) -> bool {
+    res.header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+}
+
+/// Decodes a chunked body; `None` when it is malformed or cut short.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+#[test]
+fn response_bodies() {
+    let cases: [(&[u8], &[u8]); 3] = [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi", b"hi"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3;x=y\r\nllo\r\n0\r\n\r\n", b"hello"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+    ];
+    for (raw, body) in cases {
+        let res = parse_response(raw).unwrap();
+        assert_eq!(res.body, body);
+    }
+    assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhi").is_err());
+    assert!(parse_response(b"garbage").is_err());
 }

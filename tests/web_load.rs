@@ -4,8 +4,6 @@
 //! The test prints the figures (samples, p50, p99, max) that docs/performance.md quotes.
 
 mod common;
-#[path = "web_stub/serve.rs"]
-mod serve;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -13,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::docker_host;
+use common::serve;
 use serve::{require_engine, wait_state, ServeNode};
 
 const APPS: usize = 10;

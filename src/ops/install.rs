@@ -3,7 +3,7 @@
 //! same function run again ([`super::recover`]): every step is idempotent.
 
 use super::start::start;
-use super::{fetch_image, journal, remove_quietly, OpEnv, OpParams};
+use super::{fetch_image, journal, remove_quietly, OpEnv, OpError, OpParams};
 use crate::api::{Desired, Health, OperationKind};
 use crate::engine::container_name;
 use crate::secrets;
@@ -16,7 +16,7 @@ pub(super) async fn install(
     params: OpParams,
     started: &mut bool,
     health: &mut Option<Health>,
-) -> Result<String, String> {
+) -> Result<String, OpError> {
     let target = env.catalog_install();
     journal(
         env,
@@ -28,8 +28,7 @@ pub(super) async fn install(
     .await?;
     let prepared = async {
         env.say("generating secrets");
-        secrets::generate(&env.store, env.id(), &env.app.manifest.secrets)
-            .map_err(|e| e.to_string())?;
+        secrets::generate(&env.store, env.id(), &env.app.manifest.secrets)?;
         fetch_image(env, &target, false).await
     }
     .await;

@@ -16,6 +16,9 @@
 //! - `uninstall.rs`: uninstall, with purge;
 //! - `swap.rs`: upgrade and rollback (the swap, its undo and its recovery);
 //! - `snapshots.rs`: the volume snapshots a swap takes and restores.
+//!
+//! Every step fails with an [`OpError`] (`error.rs`) carrying its cause; its text is what
+//! the owner reads as the operation's `error`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,11 +36,13 @@ use crate::secrets;
 use crate::spec::container_spec;
 use crate::store::{AppRecord, Installed, JournalEntry, JournalStep, Store};
 
+pub use error::OpError;
 use install::install;
 use start::{start, stop};
 use swap::{recover_swap, rollback, upgrade};
 use uninstall::uninstall;
 
+mod error;
 mod install;
 mod snapshots;
 mod start;
@@ -74,15 +79,15 @@ impl OpEnv {
 
     /// Persists the record (temp file, fsync, rename) on the blocking pool: an fsync
     /// during a large copy can take long, and must not hold up the actors' thread.
-    async fn save(&self, record: &AppRecord) -> Result<(), String> {
+    async fn save(&self, record: &AppRecord) -> Result<(), OpError> {
         let (store, id, record) = (self.store.clone(), self.id().to_string(), record.clone());
-        blocking(move || store.save(&id, &record).map_err(|e| e.to_string())).await
+        blocking(move || Ok(store.save(&id, &record)?)).await
     }
 
     /// Removes the app's state file, off the actors' thread.
-    async fn remove_state(&self) -> Result<(), String> {
+    async fn remove_state(&self) -> Result<(), OpError> {
         let (store, id) = (self.store.clone(), self.id().to_string());
-        blocking(move || store.remove(&id).map_err(|e| e.to_string())).await
+        blocking(move || Ok(store.remove(&id)?)).await
     }
 
     /// Reports bytes done of a total, with a message.
@@ -119,11 +124,9 @@ impl OpEnv {
     /// upgrade, never a side effect of a reconcile). A secret the manifest declares but
     /// that does not exist yet (a catalog change added it) is generated first; existing
     /// ones are kept.
-    pub fn spec_for(&self, installed: &Installed) -> Result<ContainerSpec, String> {
-        secrets::generate(&self.store, self.id(), &self.app.manifest.secrets)
-            .map_err(|e| e.to_string())?;
-        let mut spec = container_spec(&self.app, &self.store, &self.default_network)
-            .map_err(|e| e.to_string())?;
+    pub fn spec_for(&self, installed: &Installed) -> Result<ContainerSpec, OpError> {
+        secrets::generate(&self.store, self.id(), &self.app.manifest.secrets)?;
+        let mut spec = container_spec(&self.app, &self.store, &self.default_network)?;
         spec.image = installed.image.clone();
         spec.version = installed.version.clone();
         Ok(spec)
@@ -131,14 +134,14 @@ impl OpEnv {
 
     /// The manifest's health check with `${secret:…}` rendered in an `exec` probe, as it
     /// is in env and command; `None` without a check.
-    pub fn health_check(&self) -> Result<Option<HealthCheck>, String> {
+    pub fn health_check(&self) -> Result<Option<HealthCheck>, OpError> {
         let Some(check) = &self.app.manifest.container.health else {
             return Ok(None);
         };
         let mut check = check.clone();
         if let HealthProbe::Exec(cmd) = &check.probe {
-            let cmd = secrets::render_all(&self.store, self.id(), cmd)
-                .map_err(|e| format!("health check: {e}"))?;
+            let cmd =
+                secrets::render_all(&self.store, self.id(), cmd).map_err(OpError::HealthSecret)?;
             check.probe = HealthProbe::Exec(cmd);
         }
         Ok(Some(check))
@@ -148,7 +151,7 @@ impl OpEnv {
 /// How an operation ended.
 pub struct OpEnd {
     pub record: AppRecord,
-    pub result: Result<String, String>,
+    pub result: Result<String, OpError>,
     /// The container was started by this operation (for the crash tracker).
     pub started: bool,
     pub health: Option<Health>,
@@ -211,7 +214,7 @@ pub async fn run(
         }
         OperationKind::Uninstall => uninstall(&env, &mut record, &op_id, params.purge).await,
     };
-    record.last_error = result.as_ref().err().cloned();
+    record.last_error = result.as_ref().err().map(ToString::to_string);
     // A finished uninstall removed the state file on purpose: do not write it back.
     let persist = kind != OperationKind::Uninstall || result.is_err();
     finish(&env, record, result, started, health, persist).await
@@ -222,7 +225,7 @@ pub async fn run(
 async fn finish(
     env: &OpEnv,
     mut record: AppRecord,
-    result: Result<String, String>,
+    result: Result<String, OpError>,
     started: bool,
     health: Option<Health>,
     persist: bool,
@@ -239,12 +242,15 @@ async fn finish(
         // The work is done but not recorded: say so, the owner must not be told
         // all is well while the disk holds an older wish.
         tracing::error!(app = env.id(), error = %e, "could not persist state");
-        let e = format!("could not persist state: {e}");
+        let source = Box::new(e);
         result = Err(match result {
-            Ok(done) => format!("{done}, but {e}"),
-            Err(err) => format!("{err}; {e}"),
+            Ok(outcome) => OpError::NotPersisted { outcome, source },
+            Err(error) => OpError::FailedNotPersisted {
+                error: Box::new(error),
+                source,
+            },
         });
-        record.last_error = result.as_ref().err().cloned();
+        record.last_error = result.as_ref().err().map(ToString::to_string);
     }
     OpEnd {
         record,
@@ -261,7 +267,7 @@ async fn journal(
     op_id: &str,
     kind: OperationKind,
     step: JournalStep,
-) -> Result<(), String> {
+) -> Result<(), OpError> {
     match &mut record.journal {
         Some(j) if j.operation == op_id => j.step = step,
         _ => {
@@ -281,7 +287,7 @@ async fn journal(
 }
 
 /// Makes the image of `installed` present: pulled, or built from the manifest's context.
-async fn fetch_image(env: &OpEnv, installed: &Installed, force: bool) -> Result<(), String> {
+async fn fetch_image(env: &OpEnv, installed: &Installed, force: bool) -> Result<(), OpError> {
     let engine = &env.engine;
     if !force {
         if let Ok(Some(_)) = engine.image_inspect(&installed.image).await {
@@ -291,8 +297,7 @@ async fn fetch_image(env: &OpEnv, installed: &Installed, force: bool) -> Result<
     let m = &env.app.manifest;
     let source = m
         .container
-        .resolve(&env.app.dir, &m.id, &installed.version)
-        .map_err(|e| e.to_string())?;
+        .resolve(&env.app.dir, &m.id, &installed.version)?;
     let progress = env.progress.clone();
     let sink = move |p: Progress| {
         progress(OperationProgress {
@@ -322,36 +327,39 @@ async fn fetch_image(env: &OpEnv, installed: &Installed, force: bool) -> Result<
             engine.build(&req, &sink).await
         }
     }
-    .map_err(|e| e.to_string())
+    .map_err(OpError::from)
 }
 
 /// Runs blocking file work on tokio's blocking pool, off the actors' thread.
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    work: impl FnOnce() -> Result<T, OpError> + Send + 'static,
+) -> Result<T, OpError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| format!("file work panicked: {e}"))?
+        .map_err(OpError::Panicked)?
 }
 
-async fn remove_quietly(engine: &dyn ContainerRuntime, name: &str) -> Result<(), String> {
+async fn remove_quietly(engine: &dyn ContainerRuntime, name: &str) -> Result<(), OpError> {
     match engine.remove(name).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == EngineErrorKind::ContainerNotFound => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
-fn remove_tree(path: &Path) -> Result<(), String> {
+fn remove_tree(path: &Path) -> Result<(), OpError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(OpError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// [`remove_tree`] on the blocking pool.
-async fn remove_tree_off_thread(path: PathBuf) -> Result<(), String> {
+async fn remove_tree_off_thread(path: PathBuf) -> Result<(), OpError> {
     blocking(move || remove_tree(&path)).await
 }
 
@@ -393,7 +401,7 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
         OperationKind::Upgrade | OperationKind::Rollback => recover_swap(env, &record, &j).await,
         _ => Ok("nothing to recover".into()),
     };
-    record.last_error = result.as_ref().err().cloned();
+    record.last_error = result.as_ref().err().map(ToString::to_string);
     let persist = record.installed.is_some() || record.desired != Desired::NotInstalled;
     finish(env, record, result, started, health, persist).await
 }

@@ -4,20 +4,22 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{blocking, remove_tree, OpEnv};
+use super::{blocking, remove_tree, OpEnv, OpError};
 use crate::snapshot;
 
 /// Puts the snapshot's volumes back in place of the live ones, each through
 /// `apps/<id>/<volume>.restoring`. Only volumes the manifest still snapshots are put back:
 /// a `snapshot: none` volume is never restored, whatever an older snapshot holds. Runs off
 /// the actors' thread, with progress in bytes.
-pub(super) async fn restore_snapshot(env: &OpEnv, snapshot: &Path) -> Result<(), String> {
+pub(super) async fn restore_snapshot(env: &OpEnv, snapshot: &Path) -> Result<(), OpError> {
     let volumes = env.snapshot_volumes();
     let (live, snapshot) = (env.store.app_dir(env.id()), snapshot.to_path_buf());
     let progress = env.clone();
     blocking(move || {
-        let err =
-            |e: snapshot::SnapshotError| format!("restoring snapshot {}: {e}", snapshot.display());
+        let err = |source| OpError::Restore {
+            snapshot: snapshot.clone(),
+            source,
+        };
         let present: Vec<&String> = volumes
             .iter()
             .filter(|v| snapshot.join(v).is_dir())
@@ -36,8 +38,10 @@ pub(super) async fn restore_snapshot(env: &OpEnv, snapshot: &Path) -> Result<(),
             .map_err(err)?;
             done += stats.bytes;
             remove_tree(&target)?;
-            std::fs::rename(&aside, &target)
-                .map_err(|e| format!("restoring snapshot {}: {e}", snapshot.display()))?;
+            std::fs::rename(&aside, &target).map_err(|source| OpError::RestoreRename {
+                snapshot: snapshot.clone(),
+                source,
+            })?;
         }
         Ok(())
     })
@@ -46,7 +50,11 @@ pub(super) async fn restore_snapshot(env: &OpEnv, snapshot: &Path) -> Result<(),
 
 /// Copies the app's `snapshot: copy` volumes to `snapshots/<id>/<op_id>/`, off the actors'
 /// thread, with progress in bytes. `total` is what [`snapshot::measure`] said.
-pub(super) async fn take_snapshot(env: &OpEnv, op_id: &str, total: u64) -> Result<PathBuf, String> {
+pub(super) async fn take_snapshot(
+    env: &OpEnv,
+    op_id: &str,
+    total: u64,
+) -> Result<PathBuf, OpError> {
     let volumes = env.snapshot_volumes();
     let live = env.store.app_dir(env.id());
     let snap = env.store.snapshots_dir(env.id()).join(op_id);
@@ -54,7 +62,10 @@ pub(super) async fn take_snapshot(env: &OpEnv, op_id: &str, total: u64) -> Resul
     let target = snap.clone();
     blocking(move || {
         remove_tree(&target)?;
-        std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+        std::fs::create_dir_all(&target).map_err(|source| OpError::Io {
+            path: target.clone(),
+            source,
+        })?;
         let mut done = 0;
         for volume in volumes {
             let from = live.join(&volume);
@@ -65,7 +76,10 @@ pub(super) async fn take_snapshot(env: &OpEnv, op_id: &str, total: u64) -> Resul
             let stats = snapshot::copy_tree(&from, &target.join(&volume), total, &|d, t| {
                 progress.say_bytes("snapshotting volumes", before + d, t)
             })
-            .map_err(|e| format!("snapshot of {}: {e}", from.display()))?;
+            .map_err(|source| OpError::SnapshotCopy {
+                volume: from.clone(),
+                source,
+            })?;
             done += stats.bytes;
             if stats.skipped > 0 {
                 tracing::warn!(
@@ -83,14 +97,14 @@ pub(super) async fn take_snapshot(env: &OpEnv, op_id: &str, total: u64) -> Resul
 
 /// Refuses an upgrade whose snapshot would not fit on the disk, before anything is
 /// touched. Answers the bytes to copy.
-pub(super) async fn check_snapshot_space(env: &OpEnv) -> Result<u64, String> {
+pub(super) async fn check_snapshot_space(env: &OpEnv) -> Result<u64, OpError> {
     let volumes = env.snapshot_volumes();
     let live = env.store.app_dir(env.id());
     let dest = env.store.snapshots_dir(env.id());
     blocking(move || {
         let folders: Vec<PathBuf> = volumes.iter().map(|v| live.join(v)).collect();
-        let bytes = snapshot::measure(&folders).map_err(|e| e.to_string())?;
-        snapshot::check_space(&volumes, &live, &dest, bytes).map_err(|e| e.to_string())?;
+        let bytes = snapshot::measure(&folders)?;
+        snapshot::check_space(&volumes, &live, &dest, bytes)?;
         Ok(bytes)
     })
     .await

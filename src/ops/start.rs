@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{blocking, fetch_image, remove_quietly, OpEnv};
+use super::{blocking, fetch_image, remove_quietly, OpEnv, OpError};
 use crate::api::Health;
 use crate::engine::{
     container_name, ContainerRuntime, ContainerSpec, EngineErrorKind, LABEL_SPEC_HASH,
@@ -22,7 +22,7 @@ use crate::store::AppRecord;
 const ONION_WAIT: Duration = Duration::from_secs(120);
 
 /// Creates the container for `spec` if it is missing or has another spec hash.
-async fn ensure_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), String> {
+async fn ensure_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), OpError> {
     let name = container_name(&spec.app);
     let engine = &env.engine;
     match engine.inspect(&name).await {
@@ -33,10 +33,10 @@ async fn ensure_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), Strin
         }
         Ok(_) => {
             env.say("replacing container with a changed spec");
-            engine.remove(&name).await.map_err(|e| e.to_string())?;
+            engine.remove(&name).await?;
         }
         Err(e) if e.kind() == EngineErrorKind::ContainerNotFound => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     create_container(env, spec).await
 }
@@ -46,7 +46,7 @@ async fn ensure_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), Strin
 /// created container (the manifest's user, or else the image's) and, for names, from the
 /// image's own `/etc/passwd` and `/etc/group`. A user that cannot be resolved takes the
 /// new container away again and fails, naming the user.
-pub(super) async fn create_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), String> {
+pub(super) async fn create_container(env: &OpEnv, spec: &ContainerSpec) -> Result<(), OpError> {
     let volumes: Vec<_> = env.app.manifest.container.volumes.iter().collect();
     let own: Vec<PathBuf> = volumes
         .iter()
@@ -61,7 +61,7 @@ pub(super) async fn create_container(env: &OpEnv, spec: &ContainerSpec) -> Resul
         .collect();
     let (app, store) = (env.app.clone(), env.store.clone());
     let groups = blocking(move || {
-        create_volume_dirs(&app, &store).map_err(|e| format!("volume folders: {e}"))?;
+        create_volume_dirs(&app, &store).map_err(OpError::VolumeFolders)?;
         let mut groups: Vec<u32> = deps.iter().filter_map(|d| owner::folder_group(d)).collect();
         groups.sort_unstable();
         groups.dedup();
@@ -72,28 +72,28 @@ pub(super) async fn create_container(env: &OpEnv, spec: &ContainerSpec) -> Resul
     spec.group_add = groups;
     env.say("creating container");
     let engine = env.engine.as_ref();
-    engine.create(&spec).await.map_err(|e| e.to_string())?;
+    engine.create(&spec).await?;
     if own.is_empty() {
         return Ok(());
     }
     let name = container_name(env.id());
     let name = name.as_str();
     let owned = async {
-        let user = engine.inspect(name).await.map_err(|e| e.to_string())?.user;
+        let user = engine.inspect(name).await?.user;
         let (passwd, group) = if owner::needs_image_files(&user) {
             let read = |path: &'static str| async move {
                 engine
                     .read_file(name, path)
                     .await
                     .map(|f| f.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-                    .map_err(|e| e.to_string())
+                    .map_err(OpError::from)
             };
             (read("/etc/passwd").await?, read("/etc/group").await?)
         } else {
             (None, None)
         };
         let in_container = owner::resolve(&user, passwd.as_deref(), group.as_deref())
-            .map_err(|e| format!("volume owner: {e}"))?;
+            .map_err(|reason| OpError::VolumeOwner { reason })?;
         // A container that starts as root manages its own files (many images start as
         // root and drop to a user of their own, fixing their data's owners as they go):
         // its folders are left as they are, never taken back to root.
@@ -102,11 +102,8 @@ pub(super) async fn create_container(env: &OpEnv, spec: &ContainerSpec) -> Resul
         }
         let on_host = in_container
             .on_host(&engine.id_map())
-            .map_err(|e| format!("volume owner: {e}"))?;
-        blocking(move || {
-            owner::own_volumes(&own, on_host).map_err(|e| format!("volume owner: {e}"))
-        })
-        .await
+            .map_err(|reason| OpError::VolumeOwner { reason })?;
+        blocking(move || owner::own_volumes(&own, on_host).map_err(OpError::VolumeChown)).await
     }
     .await;
     if owned.is_err() {
@@ -122,16 +119,16 @@ pub(super) async fn start(
     record: &mut AppRecord,
     started: &mut bool,
     health: &mut Option<Health>,
-) -> Result<String, String> {
+) -> Result<String, OpError> {
     let installed = record
         .installed
         .clone()
-        .ok_or_else(|| format!("{} is not installed", env.id()))?;
-    let _slot = env.start_slots.acquire().await.map_err(|e| e.to_string())?;
+        .ok_or_else(|| OpError::NotInstalled {
+            app: env.id().to_string(),
+        })?;
+    let _slot = env.start_slots.acquire().await?;
     // Returns at once for an app whose env and command name no onion address.
-    crate::onion::wait_for_addresses(&env.store, &env.app.manifest, ONION_WAIT)
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::onion::wait_for_addresses(&env.store, &env.app.manifest, ONION_WAIT).await?;
     let spec = env.spec_for(&installed)?;
     fetch_image(env, &installed, false).await?;
     ensure_container(env, &spec).await?;
@@ -140,7 +137,7 @@ pub(super) async fn start(
     match env.engine.start(&name).await {
         Ok(()) => {}
         Err(e) if e.kind() == EngineErrorKind::NotModified => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     *started = true;
     record.memory_limit = Some(spec.memory_limit);
@@ -154,15 +151,19 @@ pub(super) async fn start(
             ));
             // Rendered for the engine only: messages show the command as written, so no
             // secret reaches the operation's progress, errors or logs.
-            let cmd = secrets::render_all(&env.store, env.id(), &hook.exec)
-                .map_err(|e| format!("post_create hook {}: {e}", i + 1))?;
+            let cmd = secrets::render_all(&env.store, env.id(), &hook.exec).map_err(|source| {
+                OpError::HookSecret {
+                    step: i + 1,
+                    source,
+                }
+            })?;
             let out = run_hook(env.engine.as_ref(), &name, &cmd, &hook.exec, hook.timeout).await?;
             if out != 0 {
-                return Err(format!(
-                    "post_create hook {} ({}) exited {out}",
-                    i + 1,
-                    hook.exec.join(" ")
-                ));
+                return Err(OpError::HookExit {
+                    step: i + 1,
+                    command: hook.exec.join(" "),
+                    code: out,
+                });
             }
         }
         record.hooks_done = true;
@@ -179,12 +180,15 @@ async fn run_hook(
     cmd: &[String],
     written: &[String],
     timeout: Duration,
-) -> Result<i64, String> {
+) -> Result<i64, OpError> {
     engine
         .exec(container, cmd, timeout)
         .await
         .map(|o| o.exit_code)
-        .map_err(|e| format!("post_create hook {}: {e}", written.join(" ")))
+        .map_err(|source| OpError::Hook {
+            command: written.join(" "),
+            source,
+        })
 }
 
 /// Probes until healthy, or fails once the check's start period and retries are spent.
@@ -192,7 +196,7 @@ pub(super) async fn wait_healthy(
     env: &OpEnv,
     spec: &ContainerSpec,
     since: Instant,
-) -> Result<Health, String> {
+) -> Result<Health, OpError> {
     let Some(check) = env.health_check()? else {
         return Ok(Health::None);
     };
@@ -215,23 +219,22 @@ pub(super) async fn wait_healthy(
         // Exit early if the container died while we waited.
         if let Ok(d) = env.engine.inspect(&container_name(&spec.app)).await {
             if !d.state.is_running() {
-                return Err(format!(
-                    "container exited with code {} while starting",
-                    d.exit_code.unwrap_or(-1)
-                ));
+                return Err(OpError::ExitedWhileStarting {
+                    code: d.exit_code.unwrap_or(-1),
+                });
             }
         }
         if elapsed >= deadline {
-            return Err(format!(
-                "not healthy after {}: {last_err}",
-                humantime::format_duration(Duration::from_secs(elapsed.as_secs()))
-            ));
+            return Err(OpError::NotHealthy {
+                after: Duration::from_secs(elapsed.as_secs()),
+                last: last_err,
+            });
         }
         tokio::time::sleep(step).await;
     }
 }
 
-pub(super) async fn stop(env: &OpEnv) -> Result<(), String> {
+pub(super) async fn stop(env: &OpEnv) -> Result<(), OpError> {
     let name = container_name(env.id());
     let timeout = env.app.manifest.container.stop_timeout;
     env.say(format!(
@@ -248,14 +251,14 @@ pub(super) async fn stop(env: &OpEnv) -> Result<(), String> {
         {
             Ok(())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
-pub(super) async fn start_quietly(env: &OpEnv) -> Result<(), String> {
+pub(super) async fn start_quietly(env: &OpEnv) -> Result<(), OpError> {
     match env.engine.start(&container_name(env.id())).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == EngineErrorKind::NotModified => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }

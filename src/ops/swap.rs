@@ -8,7 +8,9 @@ use tokio::time::Instant;
 
 use super::snapshots::{check_snapshot_space, prune_snapshots, restore_snapshot, take_snapshot};
 use super::start::{create_container, start_quietly, stop, wait_healthy};
-use super::{fetch_image, journal, remove_quietly, remove_tree_off_thread, OpEnv, PREVIOUS_SUFFIX};
+use super::{
+    fetch_image, journal, remove_quietly, remove_tree_off_thread, OpEnv, OpError, PREVIOUS_SUFFIX,
+};
 use crate::api::{Desired, Health, OperationKind};
 use crate::engine::{container_name, EngineErrorKind};
 use crate::store::{AppRecord, Installed, JournalEntry, JournalStep};
@@ -31,7 +33,7 @@ async fn swap(
     plan: SwapPlan,
     started: &mut bool,
     health: &mut Option<Health>,
-) -> Result<String, String> {
+) -> Result<String, OpError> {
     let SwapPlan {
         kind,
         from,
@@ -81,7 +83,7 @@ async fn swap(
         match env.engine.rename(&name, &aside).await {
             Ok(()) => {}
             Err(e) if e.kind() == EngineErrorKind::ContainerNotFound => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         if let Some(src) = &restore_from {
             env.say("restoring the snapshot of the previous version");
@@ -89,7 +91,7 @@ async fn swap(
         }
         create_container(env, &new_spec).await?;
         env.say(format!("starting {}", to.version));
-        env.engine.start(&name).await.map_err(|e| e.to_string())?;
+        env.engine.start(&name).await?;
         let h = wait_healthy(env, &new_spec, Instant::now()).await?;
         // The new version passed its gate: persist it as installed (journal step
         // "commit") before cleaning up, so a crash from here on finishes the operation
@@ -118,22 +120,22 @@ async fn swap(
             remove_tree_off_thread(snapshot).await?;
             undone?;
             *started = was_running;
-            Err(format!(
-                "{} to {} failed: {e}; back on {}",
-                if kind == OperationKind::Upgrade {
+            Err(OpError::SwapFailed {
+                verb: if kind == OperationKind::Upgrade {
                     "upgrade"
                 } else {
                     "rollback"
                 },
-                to.version,
-                from.version
-            ))
+                to: to.version.clone(),
+                from: from.version.clone(),
+                error: Box::new(e),
+            })
         }
     }
 }
 
 /// The clean-up after a swap that succeeded: the old container and older snapshots go.
-async fn complete_swap(env: &OpEnv, snapshot: &Path) -> Result<(), String> {
+async fn complete_swap(env: &OpEnv, snapshot: &Path) -> Result<(), OpError> {
     let aside = format!("{}{PREVIOUS_SUFFIX}", container_name(env.id()));
     remove_quietly(env.engine.as_ref(), &aside).await?;
     prune_snapshots(env, snapshot).await;
@@ -141,7 +143,7 @@ async fn complete_swap(env: &OpEnv, snapshot: &Path) -> Result<(), String> {
 }
 
 /// Takes the new container away, restores the snapshot, and puts the old container back.
-async fn undo_swap(env: &OpEnv, snapshot: &Path, start_old: bool) -> Result<(), String> {
+async fn undo_swap(env: &OpEnv, snapshot: &Path, start_old: bool) -> Result<(), OpError> {
     let name = container_name(env.id());
     let aside = format!("{name}{PREVIOUS_SUFFIX}");
     let engine = env.engine.as_ref();
@@ -156,16 +158,13 @@ async fn undo_swap(env: &OpEnv, snapshot: &Path, start_old: bool) -> Result<(), 
         restore_snapshot(env, snapshot).await?;
     }
     if old_exists {
-        engine
-            .rename(&aside, &name)
-            .await
-            .map_err(|e| e.to_string())?;
+        engine.rename(&aside, &name).await?;
     }
     if start_old {
         match engine.start(&name).await {
             Ok(()) => {}
             Err(e) if e.kind() == EngineErrorKind::NotModified => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -177,8 +176,8 @@ pub(super) async fn upgrade(
     op_id: &str,
     started: &mut bool,
     health: &mut Option<Health>,
-) -> Result<String, String> {
-    let from = record.installed.clone().ok_or("not installed")?;
+) -> Result<String, OpError> {
+    let from = record.installed.clone().ok_or(OpError::NothingToSwap)?;
     let to = env.catalog_install();
     swap(
         env,
@@ -202,12 +201,9 @@ pub(super) async fn rollback(
     op_id: &str,
     started: &mut bool,
     health: &mut Option<Health>,
-) -> Result<String, String> {
-    let from = record.installed.clone().ok_or("not installed")?;
-    let to = record
-        .previous
-        .clone()
-        .ok_or("no previous version to roll back to")?;
+) -> Result<String, OpError> {
+    let from = record.installed.clone().ok_or(OpError::NothingToSwap)?;
+    let to = record.previous.clone().ok_or(OpError::NoPrevious)?;
     let snapshot = latest_snapshot(env);
     // On success `swap` clears `previous`: a rollback is not undone by another rollback.
     swap(
@@ -248,7 +244,7 @@ pub(super) async fn recover_swap(
     env: &OpEnv,
     record: &AppRecord,
     j: &JournalEntry,
-) -> Result<String, String> {
+) -> Result<String, OpError> {
     let verb = if j.kind == OperationKind::Upgrade {
         "upgrade"
     } else {
@@ -270,15 +266,19 @@ pub(super) async fn recover_swap(
             let snapshot = j.snapshot.clone().unwrap_or_default();
             undo_swap(env, &snapshot, wanted_running).await?;
             remove_tree_off_thread(snapshot).await?;
-            Err(format!(
-                "{verb} to {to} interrupted by a supervisor restart; back on {from}"
-            ))
+            Err(OpError::SwapInterrupted {
+                verb,
+                to: to.to_string(),
+                from: from.to_string(),
+            })
         }
         _ => {
             remove_tree_off_thread(env.store.snapshots_dir(env.id()).join(&j.operation)).await?;
-            Err(format!(
-                "{verb} to {to} interrupted by a supervisor restart before the swap; still on {from}"
-            ))
+            Err(OpError::InterruptedBeforeSwap {
+                verb,
+                to: to.to_string(),
+                from: from.to_string(),
+            })
         }
     }
 }
@@ -336,7 +336,8 @@ mod tests {
         let (mut started, mut health) = (false, None);
         let err = swap(&env, &mut record, OP, plan, &mut started, &mut health)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("injected") && err.contains("back on 2"),
             "{err}"
@@ -491,7 +492,7 @@ mod tests {
             let kept = usize::from(ok);
             assert_eq!(snapshots.len(), kept, "{cut:?}: {snapshots:?}");
             if !ok {
-                let err = end.result.unwrap_err();
+                let err = end.result.unwrap_err().to_string();
                 assert!(err.contains("on 1"), "{cut:?}: {err}");
                 assert_eq!(saved.last_error, Some(err), "{cut:?}");
             }

@@ -3,7 +3,7 @@
 //! run again with the journaled `purge` ([`super::recover`]).
 
 use super::start::stop;
-use super::{blocking, journal, remove_quietly, remove_tree, OpEnv, PREVIOUS_SUFFIX};
+use super::{blocking, journal, remove_quietly, remove_tree, OpEnv, OpError, PREVIOUS_SUFFIX};
 use crate::api::OperationKind;
 use crate::engine::container_name;
 use crate::secrets;
@@ -14,7 +14,7 @@ pub(super) async fn uninstall(
     record: &mut AppRecord,
     op_id: &str,
     purge: bool,
-) -> Result<String, String> {
+) -> Result<String, OpError> {
     journal(
         env,
         record,
@@ -40,7 +40,7 @@ pub(super) async fn uninstall(
         blocking(move || {
             remove_tree(&store.app_dir(&id))?;
             remove_tree(&store.snapshots_dir(&id))?;
-            secrets::remove_all(&store, &id).map_err(|e| e.to_string())
+            Ok(secrets::remove_all(&store, &id)?)
         })
         .await?;
     }

@@ -4,7 +4,7 @@
 //! Tests never skip when an engine is missing: they fail, naming that command.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub mod node;
 pub mod serve;
@@ -74,4 +74,71 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Polls `check` every 50 ms until it answers `Ok`, and returns that value; panics after
+/// `within`, naming `what` and the last `Err` it gave.
+pub async fn wait_until<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "{what} within {within:?}: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The manifest of a busybox app running `sh -c COMMAND`: `top` is YAML at the top level,
+/// `extra` YAML under `container:`. The one manifest builder of the tests.
+pub fn busybox_manifest(
+    id: &str,
+    name: &str,
+    version: &str,
+    command: &str,
+    top: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "id: {id}\nname: {name}\nversion: \"{version}\"\n{top}container:\n  image: {BUSYBOX_IMAGE}\n  command: [\"sh\", \"-c\", {command:?}]\n  memory_limit: 64MiB\n{extra}"
+    )
+}
+
+/// Removes, by force, every container on the test dockerd whose name starts with
+/// `archipelago-<prefix>-`: what a test's node leaves behind, whatever happened.
+pub fn remove_containers(prefix: &str) {
+    let prefix = format!("archipelago-{prefix}-");
+    let host = docker_host();
+    let cleanup = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let docker = connect(&host).await;
+            let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .build();
+            for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+                let ours = c
+                    .names
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|n| n.trim_start_matches('/').starts_with(&prefix));
+                if ours {
+                    let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .build();
+                    let _ = docker
+                        .remove_container(c.id.as_deref().unwrap_or_default(), Some(rm))
+                        .await;
+                }
+            }
+        });
+    });
+    let _ = cleanup.join();
 }

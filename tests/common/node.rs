@@ -44,10 +44,7 @@ impl Node {
         let id = self.id(name);
         let dir = self.apps_dir().join(&id);
         std::fs::create_dir_all(&dir).unwrap();
-        let manifest = format!(
-            "id: {id}\nname: {name}\nversion: \"1\"\n{top}container:\n  image: {image}\n  command: [\"sh\", \"-c\", {command:?}]\n  memory_limit: 64MiB\n{extra}",
-            image = BUSYBOX_IMAGE,
-        );
+        let manifest = busybox_manifest(&id, name, "1", command, top, extra);
         std::fs::write(dir.join("manifest.yml"), manifest).unwrap();
         id
     }
@@ -91,35 +88,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // Remove this test's containers whatever happened.
-        let prefix = format!("archipelago-{}-", self.prefix);
-        let host = docker_host();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let docker = connect(&host).await;
-                let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .build();
-                for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
-                    let named = c
-                        .names
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|n| n.trim_start_matches('/').starts_with(&prefix));
-                    if named {
-                        let rm = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                            .force(true)
-                            .build();
-                        let _ = docker
-                            .remove_container(c.id.as_deref().unwrap_or_default(), Some(rm))
-                            .await;
-                    }
-                }
-            });
-        })
-        .join()
-        .unwrap();
+        remove_containers(&self.prefix);
     }
 }
 
@@ -137,21 +106,18 @@ pub async fn wait_state(
     state: AppState,
     within: Duration,
 ) -> Package {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_until(&format!("{id} reaching {state:?}"), within, async || {
         let p = package(sup, id).await;
         if p.state == state {
-            return p;
+            Ok(p)
+        } else {
+            Err(format!(
+                "it is {:?} (last_error {:?}, op {:?})",
+                p.state, p.last_error, p.operation
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{id} did not reach {state:?} within {within:?}; it is {:?} (last_error {:?}, op {:?})",
-            p.state,
-            p.last_error,
-            p.operation
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 pub async fn inspect(id: &str) -> bollard::models::ContainerInspectResponse {
