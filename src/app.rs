@@ -97,6 +97,32 @@ pub fn app_of_operation(id: &str) -> Option<&str> {
     Some(app)
 }
 
+/// Where the manifest's `ui` page is reachable: the host port publishing `ui.port` (the
+/// port itself on the host network) and the onion port forwarded to it.
+fn ui_address(m: &crate::manifest::AppManifest) -> Option<api::UiAddress> {
+    let ui = m.ui.as_ref()?;
+    let c = &m.container;
+    let published = c
+        .ports
+        .iter()
+        .find(|p| p.container == ui.port && p.protocol == crate::manifest::Protocol::Tcp)
+        .map(|p| p.host);
+    let port = match c.network.as_deref() {
+        Some("host") => Some(ui.port),
+        _ => published,
+    };
+    let onion_port = m
+        .onion
+        .as_ref()
+        .and_then(|o| o.ports.iter().find(|p| p.target == ui.port))
+        .map(|p| p.onion);
+    Some(api::UiAddress {
+        port,
+        path: ui.path.clone(),
+        onion_port,
+    })
+}
+
 pub struct AppActor {
     app: CatalogApp,
     shared: Arc<Shared>,
@@ -262,6 +288,10 @@ impl AppActor {
             operation: self.op.clone().or_else(|| self.finished.back().cloned()),
             // Filled in by the supervisor, which follows the tor app's hostname files.
             onion_address: None,
+            ui: ui_address(m),
+            // Filled in by the supervisor, whose sampler measures every container.
+            usage: None,
+            restarts: 0,
         }
     }
 
