@@ -1054,6 +1054,17 @@ async fn dashboard_walkthrough() {
     ] {
         assert!(text.contains(&want), "no {want} in /metrics:\n{text}");
     }
+    // The log stream wants a session, like the event stream.
+    let anonymous = http_request(
+        "GET",
+        &format!("{}/api/logs/{grow}", server.base),
+        &[],
+        b"",
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(anonymous.status, 401);
     for line in server.warnings() {
         println!("supervisor: {line}");
     }
