@@ -161,7 +161,16 @@ struct Sampling {
     busy: bool,
     /// A disk walk is running on the blocking pool (never two at once).
     disk_busy: bool,
+    /// Memory/CPU rounds so far, for the rarer engine stats.
+    rounds: u64,
 }
+
+/// Containers whose cgroup is not visible are asked of the engine every this many
+/// sampling rounds (30 s): one-shot stats cost the engine about 2 ms of CPU each and can
+/// take a second to answer (docs/performance.md, "Usage sampling").
+const STATS_EVERY: u64 = 6;
+/// Engine stats asked at once.
+const STATS_PARALLEL: usize = 8;
 
 /// Where the cgroup file systems are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -1167,9 +1176,12 @@ impl Supervisor {
             return;
         }
         self.sampling.busy = true;
+        self.sampling.rounds += 1;
+        let with_stats = self.sampling.rounds % STATS_EVERY == 1;
         let known: HashMap<String, Option<usage::CgroupFiles>> = self.sampling.cgroups.clone();
         let engine = self.shared.engine.clone();
         let fut = async move {
+            use futures_util::StreamExt;
             let mut pids = HashMap::new();
             for (_, c) in targets.iter().filter(|(_, c)| !known.contains_key(c)) {
                 if let Ok(Some(pid)) = engine.inspect(c).await.map(|d| d.pid) {
@@ -1205,11 +1217,28 @@ impl Supervisor {
             let Ok((files, mut samples)) = read else {
                 return (HashMap::new(), vec![]);
             };
-            // Containers whose cgroup is not visible: the engine's one-shot stats.
-            for (_, c, reading, at) in samples.iter_mut() {
-                if reading.is_none() && matches!(files.get(c.as_str()), Some(None)) {
-                    *reading = engine.stats(c).await.ok();
-                    *at = Instant::now();
+            // Containers whose cgroup is not visible: the engine's one-shot stats, a few
+            // at a time (an answer can take a second), and only every
+            // `STATS_EVERY` rounds, as they cost the engine far more than a file read.
+            if with_stats {
+                let asks = samples
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, c, r, _))| {
+                        r.is_none() && matches!(files.get(c.as_str()), Some(None))
+                    })
+                    .map(|(i, (_, c, _, _))| {
+                        let (engine, c) = (engine.clone(), c.clone());
+                        async move { (i, engine.stats(&c).await.ok(), Instant::now()) }
+                    })
+                    .collect::<Vec<_>>();
+                let answers: Vec<_> = futures_util::stream::iter(asks)
+                    .buffer_unordered(STATS_PARALLEL)
+                    .collect()
+                    .await;
+                for (i, reading, at) in answers {
+                    samples[i].2 = reading;
+                    samples[i].3 = at;
                 }
             }
             (files, samples)
