@@ -163,6 +163,8 @@ struct Sampling {
     disk_busy: bool,
     /// Memory/CPU rounds so far, for the rarer engine stats.
     rounds: u64,
+    /// Engine reachability and memory reserved as last pushed in a `status` event.
+    status_pushed: Option<(bool, u64)>,
 }
 
 /// Containers whose cgroup is not visible are asked of the engine every this many
@@ -1148,6 +1150,16 @@ impl Supervisor {
     /// a few small cgroup files per app on the blocking pool; the engine's one-shot
     /// stats only for containers whose cgroup is not visible. Never two at once.
     fn sample_usage(&mut self, ctx: &mut Context<Self>) {
+        // The node summary follows within one round when the engine comes or goes or the
+        // memory reserved changes (besides the stream's own keep-alive).
+        let key = (self.engine_status.reachable, self.reserved_memory(""));
+        if self.sampling.status_pushed != Some(key) {
+            self.sampling.status_pushed = Some(key);
+            let _ = self
+                .shared
+                .events
+                .send(Event::Status(Box::new(self.status())));
+        }
         if self.sampling.busy {
             return;
         }

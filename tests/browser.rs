@@ -676,19 +676,25 @@ fn web_manifest(version: &str, image: &str, port: u16, marker: &str) -> String {
     )
 }
 
-/// Saves a screenshot under docs/img (shown in docs/dashboard.md) and in target/.
+/// Saves a screenshot of the documentation in `target/screenshots`, or over the one in
+/// `docs/img` (shown in docs/dashboard.md) when `ARCHIPELAGO_UPDATE_SCREENSHOTS=1`, so an
+/// ordinary run leaves the tree as it was.
 async fn doc_screenshot(b: &Browser, name: &str) {
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img");
-    std::fs::create_dir_all(&docs).unwrap();
-    b.screenshot(&docs.join(name)).await;
-    println!("screenshot: docs/img/{name}");
+    let dir = match std::env::var("ARCHIPELAGO_UPDATE_SCREENSHOTS").as_deref() {
+        Ok("1") => Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img"),
+        _ => target_dir().join("screenshots"),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    b.screenshot(&path).await;
+    println!("screenshot: {}", path.display());
 }
 
 /// What a node owner sees, on the real supervisor and engine: the Open link of a running
 /// app loads the app's own page; the memory bar of an app that allocates moves and stays
 /// under its limit; an update pulled from the loopback registry shows a progress bar that
 /// advances; the log viewer shows a line the app printed after it opened; and at phone
-/// width the cards stand in one column. Screenshots go to docs/img.
+/// width the cards stand in one column. Screenshots: see `doc_screenshot`.
 #[test]
 fn the_dashboard_opens_apps_and_shows_usage_progress_and_logs() {
     // The walk-through is one long async function whose frames outgrow a test thread's
