@@ -2,8 +2,10 @@
 //! a real `archipelago serve` and the test dockerd: log in through the form, press Start on
 //! a stopped app whose start waits about 3 s for its health check, and watch the primary
 //! button follow contract §8 from the event stream alone. A second test points the
-//! supervisor at an engine socket that does not exist and checks the banner. The
-//! page-driving helpers take any base URL.
+//! supervisor at an engine socket that does not exist and checks the banner. A third walks
+//! through what docs/dashboard.md shows (Open, memory bars, pull progress, the live log
+//! viewer, confirmations, phone width) and takes its screenshots. The page-driving
+//! helpers take any base URL.
 
 mod common;
 #[path = "web_stub/serve.rs"]
