@@ -172,8 +172,9 @@ pub struct Package {
     /// before the first sample and while the app has no container.
     #[serde(default)]
     pub usage: Option<Usage>,
-    /// Restarts of the app's container seen since archipelago started (every start of
-    /// it after the first, whoever asked).
+    /// Restarts of the app's container since archipelago started: every start of it
+    /// after the app had been seen running (a crash restart, a restart, a stop then a
+    /// start, an upgrade's new container), whoever asked.
     #[serde(default)]
     pub restarts: u64,
 }

@@ -155,8 +155,11 @@ struct Sampling {
     disk: BTreeMap<String, u64>,
     /// Free space where `data_dir` lives, from the last look.
     data_disk: Option<DiskStatus>,
-    /// App → container starts heard from the engine since the supervisor started.
-    starts: BTreeMap<String, u64>,
+    /// Apps seen `running` since the supervisor started: a start of their container
+    /// from then on is a restart (an adopted container counts from its first sighting).
+    seen_running: std::collections::HashSet<String>,
+    /// App → restarts of its container heard from the engine since then.
+    restarts: BTreeMap<String, u64>,
     /// A memory/CPU sample is running (never two at once).
     busy: bool,
     /// A disk walk is running on the blocking pool (never two at once).
@@ -707,8 +710,8 @@ impl StreamHandler<Heard> for Supervisor {
         match heard {
             Heard::Subscribed => self.tick(ctx),
             Heard::Event(ev) => {
-                if ev.action == "start" {
-                    *self.sampling.starts.entry(ev.app.clone()).or_default() += 1;
+                if ev.action == "start" && self.sampling.seen_running.contains(&ev.app) {
+                    *self.sampling.restarts.entry(ev.app.clone()).or_default() += 1;
                 }
                 if let Some(addr) = self.actors.get(&ev.app) {
                     addr.do_send(app::ContainerEvent(ev));
@@ -847,7 +850,10 @@ impl Handler<PackageChanged> for Supervisor {
         let mut pkg = msg.0;
         pkg.onion_address = self.onion.addresses.get(&pkg.id).cloned();
         pkg.usage = self.sampling.usage.get(&pkg.id).cloned();
-        pkg.restarts = self.restarts(&pkg.id);
+        if pkg.state == AppState::Running {
+            self.sampling.seen_running.insert(pkg.id.clone());
+        }
+        pkg.restarts = self.sampling.restarts.get(&pkg.id).copied().unwrap_or(0);
         let id = pkg.id.clone();
         let readiness_changed = self
             .packages
@@ -1134,15 +1140,6 @@ impl Supervisor {
             },
             disk: self.sampling.data_disk.clone(),
         }
-    }
-
-    /// Restarts of the app's container heard since the supervisor started: every start
-    /// after the first.
-    fn restarts(&self, app: &str) -> u64 {
-        self.sampling
-            .starts
-            .get(app)
-            .map_or(0, |n| n.saturating_sub(1))
     }
 
     /// Samples memory and CPU of every app with a container, off the actor's thread: an

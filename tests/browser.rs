@@ -1017,6 +1017,10 @@ async fn dashboard_walkthrough() {
     );
     let p = serve::get(&mut c, &web).await;
     assert_eq!(p["installed_version"], "2", "{p}");
+    // The new version's container is a restart of an app seen running; the install's
+    // first start of the other app is not.
+    assert_eq!(p["restarts"], 1, "{p}");
+    assert_eq!(serve::get(&mut c, &grow).await["restarts"], 0);
 
     // Phone width: one column, and the primary buttons still there.
     b.cmd(
