@@ -350,7 +350,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/rpc/v1", web::post().to(rpc_endpoint))
         .route("/api/events", web::get().to(events_endpoint))
-        .route("/api/logs/{id}", web::get().to(logs_endpoint))
+        .route("/api/logs/{id}", web::get().to(logs::endpoint))
         .route("/metrics", web::get().to(metrics_endpoint));
 }
 
@@ -516,71 +516,6 @@ async fn events_endpoint(req: HttpRequest, state: web::Data<State>) -> HttpRespo
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .insert_header(("X-Accel-Buffering", "no"))
             .streaming(stream),
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &RpcError::from(e)),
-    }
-}
-
-/// `GET /api/logs/{id}?tail=N`: the app's log, followed (see [`logs`]); bearer auth and
-/// the per-session stream limit as for `/api/events`.
-async fn logs_endpoint(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<State>,
-) -> HttpResponse {
-    let token = request_token(&req);
-    if let Err(e) = state.auth.check(token.as_deref(), Instant::now()) {
-        return json_error(StatusCode::UNAUTHORIZED, &RpcError::from(e));
-    }
-    let id = match rpc::AppId::parse(&path.into_inner()) {
-        Ok(id) => id.into_string(),
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &RpcError::from(e)),
-    };
-    let tail = match web::Query::<std::collections::HashMap<String, String>>::from_query(
-        req.query_string(),
-    )
-    .ok()
-    .and_then(|q| q.get("tail").cloned())
-    {
-        None => logs::DEFAULT_TAIL,
-        Some(t) => match t.parse::<usize>() {
-            Ok(n) if n <= logs::MAX_TAIL => n,
-            _ => {
-                return invalid(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid tail {t:?}: a number up to {}", logs::MAX_TAIL),
-                )
-            }
-        },
-    };
-    let token = token.unwrap_or_default();
-    let slot = match state.auth.open_stream(&token) {
-        Ok(slot) => slot,
-        Err(e) => return json_error(StatusCode::TOO_MANY_REQUESTS, &RpcError::from(e)),
-    };
-    let live_state = state.clone();
-    let alive = move || live_state.auth.is_live(&token, std::time::Instant::now());
-    let session = events::Session {
-        alive: Box::new(alive),
-        _slot: slot,
-    };
-    match logs::stream(
-        &state.backend,
-        id,
-        tail,
-        state.rpc_timeout,
-        state.events_keepalive,
-        session,
-    )
-    .await
-    {
-        Ok(stream) => HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header(("X-Accel-Buffering", "no"))
-            .streaming(stream),
-        Err(e @ crate::error::AppError::UnknownApp { .. }) => {
-            json_error(StatusCode::NOT_FOUND, &RpcError::from(e))
-        }
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &RpcError::from(e)),
     }
 }
