@@ -50,6 +50,20 @@ pub struct GetLogs {
     pub tail: usize,
 }
 
+/// `GET /api/logs/{id}`: the app's last `tail` log lines, then each new one as the
+/// container writes it. The stream comes from the engine; the supervisor only checks the
+/// app exists and names its container.
+#[derive(Message)]
+#[rtype(result = "Result<LogStream, AppError>")]
+pub struct FollowLogs {
+    pub id: String,
+    pub tail: usize,
+}
+
+/// Log lines as the engine sends them; ends with the container.
+pub type LogStream =
+    futures_util::stream::BoxStream<'static, Result<String, crate::engine::EngineError>>;
+
 /// `catalog.reload`: re-reads `apps_dir`; answers the number of apps.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<usize, AppError>")]
@@ -73,7 +87,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::admission::{self, Ledger};
-use crate::api::{AppState, EngineStatus, Health, MemoryStatus, ReconcileStatus};
+use crate::api::{
+    AppState, DiskStatus, EngineStatus, Health, MemoryStatus, ReconcileStatus, Usage,
+};
 use crate::app::{
     self, AppActor, Command, DepsChanged, FindOperation, Observe, PackageChanged, Shared,
 };
@@ -85,6 +101,7 @@ use crate::onion;
 use crate::ops::OpParams;
 use crate::planner::{CrashPolicy, Deps};
 use crate::store::Store;
+use crate::usage;
 
 /// How many apps may be starting at once.
 pub const START_PARALLELISM: usize = 4;
@@ -120,7 +137,48 @@ pub struct Supervisor {
     /// Onion services: the tor app, what was last written to its services file, and the
     /// addresses tor wrote.
     onion: OnionState,
+    /// What the apps use, as the background sampler last measured it.
+    sampling: Sampling,
 }
+
+/// The usage sampler's state (see [`crate::usage`] and [`Supervisor::sample_usage`]).
+#[derive(Debug, Default)]
+struct Sampling {
+    /// Container id → its cgroup files, or `None` when they are not visible (the
+    /// engine's one-shot stats are asked instead). Found once per container.
+    cgroups: HashMap<String, Option<usage::CgroupFiles>>,
+    /// App → when, CPU nanoseconds and container of its last reading, for CPU %.
+    cpu: HashMap<String, (Instant, u64, String)>,
+    /// App → the usage last published (figures move on only past [`usage::changed`]).
+    usage: BTreeMap<String, Usage>,
+    /// App → bytes in its volume folders, from the last walk.
+    disk: BTreeMap<String, u64>,
+    /// Free space where `data_dir` lives, from the last look.
+    data_disk: Option<DiskStatus>,
+    /// Apps seen `running` since the supervisor started: a start of their container
+    /// from then on is a restart (an adopted container counts from its first sighting).
+    seen_running: std::collections::HashSet<String>,
+    /// App → restarts of its container heard from the engine since then.
+    restarts: BTreeMap<String, u64>,
+    /// A memory/CPU sample is running (never two at once).
+    busy: bool,
+    /// A disk walk is running on the blocking pool (never two at once).
+    disk_busy: bool,
+    /// Memory/CPU rounds so far, for the rarer engine stats.
+    rounds: u64,
+    /// Engine reachability and memory reserved as last pushed in a `status` event.
+    status_pushed: Option<(bool, u64)>,
+}
+
+/// Containers whose cgroup is not visible are asked of the engine every this many
+/// sampling rounds (30 s): one-shot stats cost the engine about 2 ms of CPU each and can
+/// take a second to answer (docs/performance.md, "Usage sampling").
+const STATS_EVERY: u64 = 6;
+/// Engine stats asked at once.
+const STATS_PARALLEL: usize = 8;
+
+/// Where the cgroup file systems are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The supervisor's side of the onion services (see [`crate::onion`]).
 #[derive(Debug, Default)]
@@ -206,6 +264,7 @@ impl Supervisor {
                 tor_app: config.tor_app.to_string(),
                 ..OnionState::default()
             },
+            sampling: Sampling::default(),
         })
     }
 
@@ -651,6 +710,9 @@ impl StreamHandler<Heard> for Supervisor {
         match heard {
             Heard::Subscribed => self.tick(ctx),
             Heard::Event(ev) => {
+                if ev.action == "start" && self.sampling.seen_running.contains(&ev.app) {
+                    *self.sampling.restarts.entry(ev.app.clone()).or_default() += 1;
+                }
                 if let Some(addr) = self.actors.get(&ev.app) {
                     addr.do_send(app::ContainerEvent(ev));
                 }
@@ -757,6 +819,16 @@ impl Actor for Supervisor {
         }
         self.follow_events(ctx);
         ctx.run_interval(self.reconcile_interval, |act, ctx| act.tick(ctx));
+        // Usage: memory and CPU every few seconds, disk every few minutes (the first walk
+        // soon after start). A random offset keeps the samples off the reconcile ticks.
+        let jitter = Duration::from_millis(u64::from(rand_u16()) % 1000);
+        ctx.run_later(jitter, |_, ctx| {
+            ctx.run_interval(usage::SAMPLE_INTERVAL, |act, ctx| act.sample_usage(ctx));
+        });
+        ctx.run_later(Duration::from_secs(2) + jitter, |act, ctx| {
+            act.measure_disk(ctx);
+            ctx.run_interval(usage::DISK_INTERVAL, |act, ctx| act.measure_disk(ctx));
+        });
     }
 }
 
@@ -777,6 +849,11 @@ impl Handler<PackageChanged> for Supervisor {
     fn handle(&mut self, msg: PackageChanged, ctx: &mut Context<Self>) {
         let mut pkg = msg.0;
         pkg.onion_address = self.onion.addresses.get(&pkg.id).cloned();
+        pkg.usage = self.sampling.usage.get(&pkg.id).cloned();
+        if pkg.state == AppState::Running {
+            self.sampling.seen_running.insert(pkg.id.clone());
+        }
+        pkg.restarts = self.sampling.restarts.get(&pkg.id).copied().unwrap_or(0);
         let id = pkg.id.clone();
         let readiness_changed = self
             .packages
@@ -1023,7 +1100,37 @@ impl Supervisor {
 impl Handler<GetStatus> for Supervisor {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(ServerStatus {
+        MessageResult(self.status())
+    }
+}
+
+impl Handler<FollowLogs> for Supervisor {
+    type Result = Result<LogStream, AppError>;
+    fn handle(&mut self, msg: FollowLogs, _: &mut Context<Self>) -> Self::Result {
+        if !self.actors.contains_key(&msg.id) {
+            return Err(AppError::UnknownApp { id: msg.id });
+        }
+        Ok(self
+            .shared
+            .engine
+            .follow_logs(&crate::engine::container_name(&msg.id), msg.tail))
+    }
+}
+
+/// A random number from the OS, for jitter (0 should the source fail).
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    u16::from_le_bytes(b)
+}
+
+/// What one sample found for one app: its container, the reading (if any) and when.
+type Sample = (String, String, Option<usage::Reading>, Instant);
+
+impl Supervisor {
+    /// The node summary of `server.status` and the `status` event.
+    fn status(&self) -> ServerStatus {
+        ServerStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             engine: self.engine_status.clone(),
             last_reconcile: self.last_reconcile.clone(),
@@ -1031,7 +1138,219 @@ impl Handler<GetStatus> for Supervisor {
                 budget_bytes: self.memory_budget,
                 reserved_bytes: self.reserved_memory(""),
             },
-        })
+            disk: self.sampling.data_disk.clone(),
+        }
+    }
+
+    /// Samples memory and CPU of every app with a container, off the actor's thread: an
+    /// inspect the first time a container is seen (for its pid, hence its cgroup), then
+    /// a few small cgroup files per app on the blocking pool; the engine's one-shot
+    /// stats only for containers whose cgroup is not visible. Never two at once.
+    fn sample_usage(&mut self, ctx: &mut Context<Self>) {
+        // The node summary follows within one round when the engine comes or goes or the
+        // memory reserved changes (besides the stream's own keep-alive).
+        let key = (self.engine_status.reachable, self.reserved_memory(""));
+        if self.sampling.status_pushed != Some(key) {
+            self.sampling.status_pushed = Some(key);
+            let _ = self
+                .shared
+                .events
+                .send(Event::Status(Box::new(self.status())));
+        }
+        if self.sampling.busy {
+            return;
+        }
+        let targets: Vec<(String, String)> = self
+            .packages
+            .values()
+            .filter(|p| p.state == AppState::Running || p.state.is_transitional())
+            .filter_map(|p| Some((p.id.clone(), p.container_id.clone()?)))
+            .collect();
+        let live: std::collections::HashSet<&String> = targets.iter().map(|(_, c)| c).collect();
+        self.sampling.cgroups.retain(|c, _| live.contains(c));
+        // Apps without a container: memory and CPU are gone, disk stays.
+        let idle: Vec<String> = self
+            .sampling
+            .usage
+            .iter()
+            .filter(|(app, u)| u.memory_bytes.is_some() && !targets.iter().any(|(a, _)| a == *app))
+            .map(|(app, _)| app.clone())
+            .collect();
+        for app in idle {
+            self.sampling.cpu.remove(&app);
+            let disk = self.sampling.disk.get(&app).copied();
+            self.set_usage(&app, None, None, disk);
+        }
+        if targets.is_empty() {
+            return;
+        }
+        self.sampling.busy = true;
+        self.sampling.rounds += 1;
+        let with_stats = self.sampling.rounds % STATS_EVERY == 1;
+        let known: HashMap<String, Option<usage::CgroupFiles>> = self.sampling.cgroups.clone();
+        let engine = self.shared.engine.clone();
+        let fut = async move {
+            use futures_util::StreamExt;
+            let mut pids = HashMap::new();
+            for (_, c) in targets.iter().filter(|(_, c)| !known.contains_key(c)) {
+                if let Ok(Some(pid)) = engine.inspect(c).await.map(|d| d.pid) {
+                    pids.insert(c.clone(), pid);
+                }
+            }
+            let read = tokio::task::spawn_blocking(move || {
+                let mut files = known;
+                for (c, pid) in pids {
+                    files.insert(c, usage::cgroup_of(pid, std::path::Path::new(CGROUP_ROOT)));
+                }
+                let at = Instant::now();
+                let samples: Vec<Sample> = targets
+                    .into_iter()
+                    .map(|(app, c)| {
+                        let reading = match files.get(&c) {
+                            Some(Some(f)) => match usage::read(f) {
+                                Ok(r) => Some(r),
+                                // Gone with its container; found again next time.
+                                Err(_) => {
+                                    files.remove(&c);
+                                    None
+                                }
+                            },
+                            _ => None,
+                        };
+                        (app, c, reading, at)
+                    })
+                    .collect();
+                (files, samples)
+            })
+            .await;
+            let Ok((files, mut samples)) = read else {
+                return (HashMap::new(), vec![]);
+            };
+            // Containers whose cgroup is not visible: the engine's one-shot stats, a few
+            // at a time (an answer can take a second), and only every
+            // `STATS_EVERY` rounds, as they cost the engine far more than a file read.
+            if with_stats {
+                let asks = samples
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, c, r, _))| {
+                        r.is_none() && matches!(files.get(c.as_str()), Some(None))
+                    })
+                    .map(|(i, (_, c, _, _))| {
+                        let (engine, c) = (engine.clone(), c.clone());
+                        async move { (i, engine.stats(&c).await.ok(), Instant::now()) }
+                    })
+                    .collect::<Vec<_>>();
+                let answers: Vec<_> = futures_util::stream::iter(asks)
+                    .buffer_unordered(STATS_PARALLEL)
+                    .collect()
+                    .await;
+                for (i, reading, at) in answers {
+                    samples[i].2 = reading;
+                    samples[i].3 = at;
+                }
+            }
+            (files, samples)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(files, samples), act, _| {
+            act.sampling.busy = false;
+            act.sampling.cgroups.extend(files);
+            for (app, container, reading, at) in samples {
+                let Some(r) = reading else { continue };
+                let cpu = match act.sampling.cpu.get(&app) {
+                    Some((t, ns, c)) if *c == container => {
+                        usage::cpu_percent((*t, *ns), (at, r.cpu_ns))
+                    }
+                    _ => None,
+                };
+                act.sampling
+                    .cpu
+                    .insert(app.clone(), (at, r.cpu_ns, container));
+                let disk = act.sampling.disk.get(&app).copied();
+                act.set_usage(&app, Some(r.memory_bytes), cpu, disk);
+            }
+        }));
+    }
+
+    /// Records an app's usage and pushes its `Package` when a figure moved enough.
+    fn set_usage(
+        &mut self,
+        app: &str,
+        memory: Option<u64>,
+        cpu: Option<crate::api::Percent>,
+        disk: Option<u64>,
+    ) {
+        let Some(p) = self.packages.get_mut(app) else {
+            return;
+        };
+        // A CPU figure needs two readings: keep the last one until then.
+        let old = self.sampling.usage.get(app);
+        let cpu = cpu.or_else(|| memory.and(old.and_then(|u| u.cpu_percent)));
+        let new = Usage {
+            memory_bytes: memory,
+            cpu_percent: cpu,
+            disk_bytes: disk,
+            sampled_at: crate::api::now(),
+        };
+        if !usage::changed(old, &new, p.memory_limit_bytes) {
+            return;
+        }
+        self.sampling.usage.insert(app.to_string(), new.clone());
+        p.usage = Some(new);
+        let _ = self.shared.events.send(Event::Package(Box::new(p.clone())));
+    }
+
+    /// Walks the volume folders of every installed app, one app after the other on one
+    /// blocking thread, and reads the free space of `data_dir`; pushes what changed.
+    fn measure_disk(&mut self, ctx: &mut Context<Self>) {
+        if self.sampling.disk_busy {
+            return;
+        }
+        self.sampling.disk_busy = true;
+        let store = self.shared.store.clone();
+        let apps: Vec<String> = self
+            .packages
+            .values()
+            .filter(|p| p.installed_version.is_some())
+            .map(|p| p.id.clone())
+            .collect();
+        let walk = tokio::task::spawn_blocking(move || {
+            let sizes: Vec<(String, u64)> = apps
+                .into_iter()
+                .map(|app| {
+                    let size = usage::dir_size(&store.app_dir(&app), usage::DISK_WALK_LIMIT);
+                    (app, size)
+                })
+                .collect();
+            (sizes, usage::disk_status(store.data_dir()))
+        });
+        ctx.spawn(walk.into_actor(self).map(|walked, act, _| {
+            act.sampling.disk_busy = false;
+            let Ok((sizes, data_disk)) = walked else {
+                return;
+            };
+            act.sampling.disk = sizes.iter().cloned().collect();
+            for (app, size) in sizes {
+                let (memory, cpu) = act
+                    .sampling
+                    .usage
+                    .get(&app)
+                    .map_or((None, None), |u| (u.memory_bytes, u.cpu_percent));
+                act.set_usage(&app, memory, cpu, Some(size));
+            }
+            const STEP: u64 = 64 * 1024 * 1024;
+            let moved = match (&act.sampling.data_disk, &data_disk) {
+                (Some(a), Some(b)) => a.free_bytes.abs_diff(b.free_bytes) >= STEP,
+                (a, b) => a.is_some() != b.is_some(),
+            };
+            if moved {
+                act.sampling.data_disk = data_disk;
+                let _ = act
+                    .shared
+                    .events
+                    .send(Event::Status(Box::new(act.status())));
+            }
+        }));
     }
 }
 

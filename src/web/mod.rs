@@ -9,6 +9,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod events;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 pub mod rpc;
 pub mod tls;
@@ -31,8 +32,8 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::supervisor::{
-    GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog, RunOperation,
-    Subscribe,
+    FollowLogs, GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog,
+    RunOperation, Subscribe,
 };
 use crate::web::auth::{Auth, AuthPolicy};
 use crate::web::metrics::Metrics;
@@ -140,6 +141,8 @@ pub struct Backend {
     pub get_status: Recipient<GetStatus>,
     /// One subscription per `/api/events` client.
     pub subscribe: Recipient<Subscribe>,
+    /// One log stream per `/api/logs/{id}` client.
+    pub follow_logs: Recipient<FollowLogs>,
 }
 
 impl Backend {
@@ -154,7 +157,8 @@ impl Backend {
             + Handler<GetLogs>
             + Handler<ReloadCatalog>
             + Handler<GetStatus>
-            + Handler<Subscribe>,
+            + Handler<Subscribe>
+            + Handler<FollowLogs>,
     {
         Backend {
             list_packages: addr.clone().recipient(),
@@ -165,6 +169,7 @@ impl Backend {
             reload_catalog: addr.clone().recipient(),
             get_status: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
+            follow_logs: addr.clone().recipient(),
         }
     }
 }
@@ -345,6 +350,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/rpc/v1", web::post().to(rpc_endpoint))
         .route("/api/events", web::get().to(events_endpoint))
+        .route("/api/logs/{id}", web::get().to(logs::endpoint))
         .route("/metrics", web::get().to(metrics_endpoint));
 }
 

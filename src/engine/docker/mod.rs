@@ -16,13 +16,15 @@
 //!
 //! One concern per file: `calls` (the trait's calls), `errors` (error mapping), `convert`
 //! (our types to the engine's and back), `build_context` (the tar and `.dockerignore`),
-//! `network` (app networks), `podman` (Podman and rootless differences) and `events`.
+//! `network` (app networks), `podman` (Podman and rootless differences), `events`, and
+//! `follow` (a following log stream and one-shot stats).
 
 mod build_context;
 mod calls;
 mod convert;
 mod errors;
 mod events;
+mod follow;
 mod network;
 mod podman;
 #[cfg(test)]
