@@ -165,7 +165,7 @@ ip netns exec "$ns" dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-i
     --interface=tap0 --except-interface=lo --dhcp-range=10.0.2.15,10.0.2.15,255.255.255.0,1h \
     --dhcp-option=option:dns-server,10.0.2.2 --dhcp-option=option:ntp-server,10.0.2.2 \
     --dhcp-authoritative --log-dhcp --log-queries --log-facility="$out/dnsmasq.log" \
-    --pid-file="$run/dnsmasq.pid" &
+    --dhcp-leasefile="$run/dnsmasq.leases" --pid-file="$run/dnsmasq.pid" &
 lan_pids+=($!)
 ip netns exec "$ns" /usr/bin/python3 "$here/smoke-lan.py" ntp 10.0.2.2 "$((boot_timeout + 900))" \
     >"$out/ntp.log" 2>&1 &
