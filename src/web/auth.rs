@@ -948,4 +948,79 @@ mod tests {
             Err(AuthError::PasswordFile { .. })
         ));
     }
+
+    /// An Auth in onboarding: no password file yet, the code written to data_dir.
+    fn onboarding() -> (tempfile::TempDir, Auth, SetupCode) {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::new(dir.path().join("password"), AuthPolicy::default());
+        let code = setup::open(dir.path()).unwrap();
+        auth.open_onboarding(&code);
+        (dir, auth, code)
+    }
+
+    #[actix_web::test]
+    async fn setup_works_once_and_then_login_takes_over() {
+        let (dir, auth, code) = onboarding();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert!(auth.onboarding_open());
+        assert_eq!(
+            auth.login(ip, "whatever", Instant::now()),
+            Err(AuthError::SetupPending)
+        );
+        assert_eq!(
+            auth.setup(ip, &code.code, "short").await,
+            Err(AuthError::PasswordTooShort { min: 10 })
+        );
+        let token = auth.setup(ip, &code.code, "long enough pw").await.unwrap();
+        assert_eq!(auth.check(Some(&token), Instant::now()), Ok(()));
+        assert!(!auth.onboarding_open());
+        assert!(!code.file.exists());
+        assert!(is_hash(
+            read_password(&dir.path().join("password"))
+                .unwrap()
+                .as_str()
+        ));
+        assert_eq!(
+            auth.setup(ip, &code.code, "long enough pw").await,
+            Err(AuthError::SetupDone)
+        );
+        assert!(auth.login(ip, "long enough pw", Instant::now()).is_ok());
+    }
+
+    #[actix_web::test]
+    async fn wrong_codes_count_down_then_lock() {
+        let (_dir, auth, code) = onboarding();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for left in (1..setup::CODE_ATTEMPTS).rev() {
+            assert_eq!(
+                auth.setup(ip, "2222-2222-2222", "long enough pw").await,
+                Err(AuthError::WrongSetupCode { left })
+            );
+        }
+        assert_eq!(
+            auth.setup(ip, "2222-2222-2222", "long enough pw").await,
+            Err(AuthError::SetupLocked)
+        );
+        assert_eq!(
+            auth.setup(ip, &code.code, "long enough pw").await,
+            Err(AuthError::SetupLocked)
+        );
+        assert!(!code.file.exists());
+        assert!(auth.onboarding_open(), "still no password: the page stays");
+    }
+
+    #[test]
+    fn a_password_file_written_meanwhile_closes_onboarding() {
+        let (dir, auth, code) = onboarding();
+        write_password_file(&dir.path().join("password"), "set by passwd").unwrap();
+        assert!(!auth.onboarding_open());
+        assert!(!code.file.exists());
+        assert!(auth
+            .login(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                "set by passwd",
+                Instant::now()
+            )
+            .is_ok());
+    }
 }
