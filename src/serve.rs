@@ -49,9 +49,12 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     // A clear password is replaced by its argon2 hash, on a blocking thread (slow on purpose).
     let path = password.clone();
     let upgrade = setup.is_none();
-    match tokio::task::spawn_blocking(move || match upgrade {
-        true => crate::web::auth::upgrade_password_file(&path),
-        false => Ok(false),
+    match tokio::task::spawn_blocking(move || {
+        if upgrade {
+            crate::web::auth::upgrade_password_file(&path)
+        } else {
+            Ok(false)
+        }
     })
     .await
     {
