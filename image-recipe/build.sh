@@ -198,6 +198,7 @@ install -D -m 0644 "$here/archipelago-firstboot.service" \
 for script in firstboot.sh console.sh firewall.sh sysreport.sh; do
     install -D -m 0755 "$here/$script" "$root/usr/local/lib/archipelago/$script"
 done
+install -D -m 0644 "$here/archipelago-tmpfiles.conf" "$root/usr/lib/tmpfiles.d/archipelago.conf"
 for unit in archipelago-console.service archipelago-console.timer \
     archipelago-firewall.service archipelago-sysreport.service; do
     install -D -m 0644 "$here/$unit" "$root/etc/systemd/system/$unit"
