@@ -12,6 +12,7 @@ pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod rpc;
+pub mod setup;
 pub mod tls;
 
 use std::future::Future;
@@ -76,6 +77,8 @@ pub struct WebConfig {
     pub max_connection_rate: usize,
     /// Open and new connections per client address.
     pub per_client: limits::ConnPolicy,
+    /// First-run onboarding: no password file yet, this run's setup code.
+    pub setup: Option<setup::SetupCode>,
 }
 
 /// The HTTPS listener: where, and with which certificate.
@@ -117,6 +120,7 @@ impl WebConfig {
             max_connections: 256,
             max_connection_rate: 64,
             per_client: limits::ConnPolicy::default(),
+            setup: None,
         }
     }
 }
@@ -205,8 +209,12 @@ pub fn server(cfg: WebConfig, backend: Backend) -> io::Result<(Server, SocketAdd
 /// Like [`server`], answering the HTTPS address too.
 pub fn server_bound(cfg: WebConfig, backend: Backend) -> io::Result<(Server, Bound)> {
     let auth = Auth::new(cfg.password_file.clone(), cfg.auth.clone());
-    auth.check_password_file()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    match &cfg.setup {
+        Some(code) => auth.open_onboarding(code),
+        None => auth
+            .check_password_file()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+    }
     // The HTTPS socket is bound first so `server.status` can name its address.
     let tls = match &cfg.tls {
         Some(t) => {

@@ -66,6 +66,7 @@ impl From<AuthError> for RpcError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::PasswordFile { .. } => AppError::Internal(e.to_string()).into(),
+            AuthError::PasswordTooShort { .. } => RpcError::new(INVALID_PARAMS, e.to_string()),
             _ => RpcError::new(UNAUTHORIZED, e.to_string()),
         }
     }
@@ -76,6 +77,7 @@ impl From<AuthError> for RpcError {
 pub enum Method {
     AuthLogin,
     AuthLogout,
+    AuthSetup,
     ServerHealth,
     ServerStatus,
     PackageList,
@@ -88,9 +90,10 @@ pub enum Method {
 
 impl Method {
     /// Every method, for tests and the docs.
-    pub const ALL: [Method; 16] = [
+    pub const ALL: [Method; 17] = [
         Method::AuthLogin,
         Method::AuthLogout,
+        Method::AuthSetup,
         Method::ServerHealth,
         Method::ServerStatus,
         Method::PackageList,
@@ -112,6 +115,7 @@ impl Method {
         match self {
             Method::AuthLogin => "auth.login",
             Method::AuthLogout => "auth.logout",
+            Method::AuthSetup => "auth.setup",
             Method::ServerHealth => "server.health",
             Method::ServerStatus => "server.status",
             Method::PackageList => "package.list",
@@ -140,7 +144,7 @@ impl Method {
     fn needs_session(self) -> bool {
         !matches!(
             self,
-            Method::AuthLogin | Method::AuthLogout | Method::ServerHealth
+            Method::AuthLogin | Method::AuthLogout | Method::AuthSetup | Method::ServerHealth
         )
     }
 }
@@ -428,6 +432,11 @@ async fn call(
                 .map_err(refused)?;
             tracing::info!(client = %ctx.ip, "login");
             // No cookie: the page keeps the token in sessionStorage and sends it as a header.
+            Ok(json!({ "token": token }))
+        }
+        Method::AuthSetup => {
+            let p: crate::web::setup::SetupParams = params(raw)?;
+            let token = ctx.auth.setup(ctx.ip, &p.code, &p.password).await?;
             Ok(json!({ "token": token }))
         }
         Method::AuthLogout => {
