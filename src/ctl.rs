@@ -75,6 +75,11 @@ pub enum CtlCommand {
     Status,
     /// Check that the server answers (no password needed).
     Health,
+    /// `backup.run`, `backup.list` or `backup.status` (ACTION is `run`, `list` or `status`).
+    Backup {
+        #[arg(value_parser = ["run", "list", "status"])]
+        action: String,
+    },
 }
 
 impl CtlCommand {
@@ -100,6 +105,11 @@ impl CtlCommand {
             CtlCommand::Reload => ("catalog.reload", Value::Null),
             CtlCommand::Status => ("server.status", Value::Null),
             CtlCommand::Health => ("server.health", Value::Null),
+            CtlCommand::Backup { action } => match action.as_str() {
+                "run" => ("backup.run", Value::Null),
+                "list" => ("backup.list", Value::Null),
+                _ => ("backup.status", Value::Null),
+            },
         }
     }
 }

@@ -140,6 +140,8 @@ pub struct Backend {
     pub get_status: Recipient<GetStatus>,
     /// One subscription per `/api/events` client.
     pub subscribe: Recipient<Subscribe>,
+    /// `backup.*`; `None` when the config has no `backup:` section.
+    pub backup: Option<Recipient<crate::backup::BackupRequest>>,
 }
 
 impl Backend {
@@ -165,6 +167,7 @@ impl Backend {
             reload_catalog: addr.clone().recipient(),
             get_status: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
+            backup: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::OperationKind;
+use crate::backup::BackupRequest;
 use crate::error::AppError;
 use crate::supervisor::{
     GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog, RunOperation,
@@ -84,11 +85,14 @@ pub enum Method {
     PackageLogs,
     OperationGet,
     CatalogReload,
+    BackupRun,
+    BackupList,
+    BackupStatus,
 }
 
 impl Method {
     /// Every method, for tests and the docs.
-    pub const ALL: [Method; 16] = [
+    pub const ALL: [Method; 19] = [
         Method::AuthLogin,
         Method::AuthLogout,
         Method::ServerHealth,
@@ -105,6 +109,9 @@ impl Method {
         Method::PackageLogs,
         Method::OperationGet,
         Method::CatalogReload,
+        Method::BackupRun,
+        Method::BackupList,
+        Method::BackupStatus,
     ];
 
     /// The wire name.
@@ -128,6 +135,9 @@ impl Method {
             Method::PackageLogs => "package.logs",
             Method::OperationGet => "operation.get",
             Method::CatalogReload => "catalog.reload",
+            Method::BackupRun => "backup.run",
+            Method::BackupList => "backup.list",
+            Method::BackupStatus => "backup.status",
         }
     }
 
@@ -497,6 +507,25 @@ async fn call(
             no_params(raw)?;
             let apps = ask(&b.reload_catalog, ReloadCatalog, t).await??;
             Ok(json!({ "apps": apps }))
+        }
+        Method::BackupRun | Method::BackupList | Method::BackupStatus => {
+            no_params(raw)?;
+            let request = match method {
+                Method::BackupRun => BackupRequest::Run,
+                Method::BackupList => BackupRequest::List,
+                _ => BackupRequest::Status,
+            };
+            match &b.backup {
+                Some(to) => Ok(ask(to, request, t).await??),
+                None if matches!(request, BackupRequest::Status) => {
+                    Ok(crate::backup::unconfigured_status())
+                }
+                None => Err(AppError::InvalidParams {
+                    reason: "backup is not configured: add a `backup:` section to the config"
+                        .to_string(),
+                }
+                .into()),
+            }
         }
     }
 }

@@ -1,0 +1,436 @@
+//! The repository, through the restic program: encrypted, deduplicated, incremental, in
+//! restic's own format, so an owner can read it with restic alone.
+//!
+//! Every call runs restic as a child process on tokio (never on an actor's thread), with
+//! the repository and the password file in its environment — the password itself never
+//! appears on a command line or in a log. A child dies with the supervisor
+//! (`PR_SET_PDEATHSIG`), as it would on a power cut; the repository stays readable and
+//! the next run removes the dead run's lock (`restic unlock` removes stale locks only).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+use super::config::{BackupConfig, Retention, Target};
+use super::BackupError;
+
+/// The host name written in every snapshot: a restore on a new machine finds the old
+/// machine's snapshots whatever the new one is called.
+pub const HOST: &str = "archipelago";
+/// Tag of the scheduled (and requested) runs.
+pub const TAG_NODE: &str = "node";
+/// Tag of the channel-backup copies.
+pub const TAG_CHANNEL: &str = "channel-backup";
+
+/// restic's exit code for a snapshot made with some files unreadable.
+const EXIT_PARTIAL: i32 = 3;
+/// Longest stderr tail kept in an error.
+const STDERR_TAIL: usize = 2000;
+
+/// One repository, as restic reaches it.
+#[derive(Debug, Clone)]
+pub struct Restic {
+    program: PathBuf,
+    repository: String,
+    password_file: PathBuf,
+    /// Besides the repository and password: S3 credentials.
+    env: Vec<(String, String)>,
+    /// `-o sftp.command=…` for SFTP targets.
+    options: Vec<String>,
+}
+
+/// restic's `--json` summary of a backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Summary {
+    pub snapshot_id: String,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    /// Bytes the run added to the repository (after deduplication, before encryption
+    /// overhead): what an incremental run moves.
+    pub data_added: u64,
+    pub total_files_processed: u64,
+    pub total_bytes_processed: u64,
+}
+
+/// One snapshot, as `backup.list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub short_id: String,
+    pub time: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// A line of `restic backup --json`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "message_type", rename_all = "lowercase")]
+enum BackupLine {
+    Status {
+        #[serde(default)]
+        bytes_done: u64,
+        #[serde(default)]
+        total_bytes: u64,
+    },
+    Summary(Summary),
+    Error {
+        #[serde(default)]
+        error: serde_json::Value,
+        #[serde(default)]
+        item: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+impl Restic {
+    /// The repository of `config` (password file already resolved). Reads S3 credential
+    /// files; makes no call yet.
+    pub fn new(config: &BackupConfig) -> Result<Restic, BackupError> {
+        let password_file = config
+            .password_file
+            .clone()
+            .ok_or_else(|| BackupError::Config("backup.password_file is not set".into()))?;
+        let mut env = Vec::new();
+        let mut options = Vec::new();
+        let repository = match &config.target {
+            Target::Local(path) => path.display().to_string(),
+            Target::Sftp(s) => {
+                let mut ssh = format!(
+                    "ssh -p {} -i {} -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes",
+                    s.port,
+                    s.key.display()
+                );
+                if let Some(known) = &s.known_hosts {
+                    ssh.push_str(&format!(" -o UserKnownHostsFile={}", known.display()));
+                }
+                ssh.push_str(&format!(" {}@{} -s sftp", s.user, s.host));
+                options.push("-o".to_string());
+                options.push(format!("sftp.command={ssh}"));
+                format!("sftp:{}@{}:{}", s.user, s.host, s.path)
+            }
+            Target::S3(s) => {
+                let key = first_line(&s.access_key_file, "backup.target.s3.access_key_file")?;
+                let secret = first_line(&s.secret_key_file, "backup.target.s3.secret_key_file")?;
+                env.push(("AWS_ACCESS_KEY_ID".to_string(), key));
+                env.push(("AWS_SECRET_ACCESS_KEY".to_string(), secret));
+                if let Some(region) = &s.region {
+                    env.push(("AWS_DEFAULT_REGION".to_string(), region.clone()));
+                }
+                let base = s.endpoint.trim_end_matches('/');
+                match &s.prefix {
+                    Some(p) => format!("s3:{base}/{}/{}", s.bucket, p.trim_matches('/')),
+                    None => format!("s3:{base}/{}", s.bucket),
+                }
+            }
+        };
+        Ok(Restic {
+            program: config.restic.clone(),
+            repository,
+            password_file,
+            env,
+            options,
+        })
+    }
+
+    /// The repository as restic names it (no secret in it).
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// Makes the password file (32 random bytes, hex, mode 0600) when it is missing.
+    pub fn ensure_password(&self) -> Result<bool, BackupError> {
+        let path = &self.password_file;
+        if path.exists() {
+            return Ok(false);
+        }
+        let io = |source| BackupError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        writeln!(file, "{}", hex::encode(bytes)).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(true)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.options)
+            .args(args)
+            .env("RESTIC_REPOSITORY", &self.repository)
+            .env("RESTIC_PASSWORD_FILE", &self.password_file)
+            .env_remove("RESTIC_PASSWORD")
+            .env_remove("RESTIC_PASSWORD_COMMAND")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // async-signal-safe system call (prctl).
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        cmd
+    }
+
+    /// Runs restic to its end and answers its stdout; a non-zero exit is an error with the
+    /// tail of stderr.
+    async fn run(&self, args: &[&str], cwd: Option<&Path>) -> Result<String, BackupError> {
+        let mut cmd = self.command(args);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let out = cmd.output().await.map_err(|e| self.spawn_error(args, e))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(self.failed(args, out.status.code(), &out.stderr))
+        }
+    }
+
+    fn spawn_error(&self, args: &[&str], e: std::io::Error) -> BackupError {
+        BackupError::Restic {
+            command: args.first().copied().unwrap_or_default().to_string(),
+            reason: format!("cannot run {}: {e}", self.program.display()),
+        }
+    }
+
+    fn failed(&self, args: &[&str], code: Option<i32>, stderr: &[u8]) -> BackupError {
+        let text = String::from_utf8_lossy(stderr);
+        let text = text.trim();
+        let start = text.len().saturating_sub(STDERR_TAIL);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        BackupError::Restic {
+            command: args.first().copied().unwrap_or_default().to_string(),
+            reason: match code {
+                Some(c) => format!("exit {c}: {}", &text[start..]),
+                None => format!("killed by a signal: {}", &text[start..]),
+            },
+        }
+    }
+
+    /// Opens the repository, creating it when there is none. Answers true when created.
+    pub async fn ensure_repository(&self) -> Result<bool, BackupError> {
+        if self.run(&["cat", "config"], None).await.is_ok() {
+            return Ok(false);
+        }
+        self.run(&["init"], None).await?;
+        Ok(true)
+    }
+
+    /// Removes locks left by runs that died (restic's own rule: same host and the process
+    /// is gone, or older than 30 minutes).
+    pub async fn unlock(&self) -> Result<(), BackupError> {
+        self.run(&["unlock"], None).await.map(|_| ())
+    }
+
+    /// Backs up `paths` (relative to `cwd`, stored so) with `tags`, leaving out `excludes`
+    /// (restic patterns); `progress(done, total)` sees the bytes as they go. A snapshot
+    /// made with unreadable files is an error: a partial backup is not a success.
+    pub async fn backup(
+        &self,
+        cwd: &Path,
+        paths: &[String],
+        excludes: &[String],
+        tags: &[&str],
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Summary, BackupError> {
+        let mut args: Vec<String> = vec![
+            "backup".into(),
+            "--json".into(),
+            "--host".into(),
+            HOST.into(),
+        ];
+        for tag in tags {
+            args.push("--tag".into());
+            args.push((*tag).to_string());
+        }
+        for ex in excludes {
+            args.push("--exclude".into());
+            args.push(ex.clone());
+        }
+        args.push("--".into());
+        args.extend(paths.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = self
+            .command(&refs)
+            .current_dir(cwd)
+            .spawn()
+            .map_err(|e| self.spawn_error(&refs, e))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let err_task = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf).await;
+            buf
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let mut summary = None;
+        let mut errors = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<BackupLine>(&line) {
+                Ok(BackupLine::Status {
+                    bytes_done,
+                    total_bytes,
+                }) => progress(bytes_done, total_bytes),
+                Ok(BackupLine::Summary(s)) => summary = Some(s),
+                Ok(BackupLine::Error { error, item }) => errors.push(format!("{item}: {error}")),
+                _ => {}
+            }
+        }
+        let status = child.wait().await.map_err(|e| self.spawn_error(&refs, e))?;
+        let stderr = err_task.await.unwrap_or_default();
+        match (status.code(), summary) {
+            (Some(0), Some(s)) => Ok(s),
+            (Some(EXIT_PARTIAL), _) => Err(BackupError::Partial {
+                unreadable: if errors.is_empty() {
+                    String::from_utf8_lossy(&stderr).trim().to_string()
+                } else {
+                    errors.join("; ")
+                },
+            }),
+            (Some(0), None) => Err(BackupError::Restic {
+                command: "backup".into(),
+                reason: "restic ended without a summary".into(),
+            }),
+            (code, _) => Err(self.failed(&refs, code, &stderr)),
+        }
+    }
+
+    /// Drops the snapshots tagged `tag` that `keep` does not keep, and prunes their data.
+    pub async fn forget(&self, tag: &str, keep: &Retention) -> Result<(), BackupError> {
+        let (h, d, w) = (
+            keep.hourly.to_string(),
+            keep.daily.to_string(),
+            keep.weekly.to_string(),
+        );
+        self.run(
+            &[
+                "forget",
+                "--tag",
+                tag,
+                "--host",
+                HOST,
+                "--keep-hourly",
+                &h,
+                "--keep-daily",
+                &d,
+                "--keep-weekly",
+                &w,
+                "--prune",
+            ],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Keeps the last `n` snapshots tagged `tag` (per set of paths), without pruning.
+    pub async fn forget_keep_last(&self, tag: &str, n: u32) -> Result<(), BackupError> {
+        let n = n.max(1).to_string();
+        self.run(
+            &["forget", "--tag", tag, "--host", HOST, "--keep-last", &n],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Checks the repository's structure and reads back `subset` of its data.
+    pub async fn check(&self, subset: &str) -> Result<(), BackupError> {
+        let arg = format!("--read-data-subset={subset}");
+        self.run(&["check", &arg], None).await.map(|_| ())
+    }
+
+    /// Snapshots, oldest first; with `tag`, only those carrying it.
+    pub async fn snapshots(&self, tag: Option<&str>) -> Result<Vec<Snapshot>, BackupError> {
+        let mut args = vec!["snapshots", "--json"];
+        if let Some(tag) = tag {
+            args.extend(["--tag", tag]);
+        }
+        let out = self.run(&args, None).await?;
+        serde_json::from_str(out.trim()).map_err(|e| BackupError::Restic {
+            command: "snapshots".into(),
+            reason: format!("unreadable answer: {e}"),
+        })
+    }
+
+    /// Every path in a snapshot (as stored: relative to `data_dir`, with a leading `/`).
+    pub async fn ls(&self, snapshot: &str) -> Result<Vec<String>, BackupError> {
+        let out = self.run(&["ls", "--json", snapshot], None).await?;
+        #[derive(Deserialize)]
+        struct Node {
+            path: Option<String>,
+        }
+        Ok(out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Node>(l).ok())
+            .filter_map(|n| n.path)
+            .collect())
+    }
+
+    /// Restores `snapshot` under `target`, leaving out `excludes`; with `include`, only
+    /// those paths.
+    pub async fn restore(
+        &self,
+        snapshot: &str,
+        target: &Path,
+        include: &[String],
+        excludes: &[String],
+    ) -> Result<(), BackupError> {
+        let target = target.display().to_string();
+        let mut args: Vec<String> =
+            vec!["restore".into(), snapshot.into(), "--target".into(), target];
+        for i in include {
+            args.push("--include".into());
+            args.push(i.clone());
+        }
+        for e in excludes {
+            args.push("--exclude".into());
+            args.push(e.clone());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&refs, None).await.map(|_| ())
+    }
+}
+
+/// The first line of a credential file, trimmed.
+fn first_line(path: &Path, field: &str) -> Result<String, BackupError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BackupError::Config(format!("{field}: {}: {e}", path.display())))?;
+    let line = text.lines().next().unwrap_or_default().trim().to_string();
+    if line.is_empty() {
+        return Err(BackupError::Config(format!(
+            "{field}: {}: the first line is empty",
+            path.display()
+        )));
+    }
+    Ok(line)
+}
