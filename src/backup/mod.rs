@@ -349,7 +349,16 @@ impl Handler<RunProgress> for BackupActor {
 
     fn handle(&mut self, msg: RunProgress, _: &mut Context<Self>) {
         if let Some(run) = self.running.as_mut().filter(|r| r.id == msg.id) {
-            run.progress = msg.progress;
+            // A step without figures keeps the bytes copied so far.
+            let (done, total) = match msg.progress.done {
+                Some(_) => (msg.progress.done, msg.progress.total),
+                None => (run.progress.done, run.progress.total),
+            };
+            run.progress = OperationProgress {
+                message: msg.progress.message,
+                done,
+                total,
+            };
             if let Some(apps) = msg.apps {
                 run.apps = apps;
             }

@@ -40,6 +40,9 @@ pub struct Restic {
     env: Vec<(String, String)>,
     /// `-o sftp.command=…` for SFTP targets.
     options: Vec<String>,
+    /// The password file and the repository were found or made: set once, under this lock,
+    /// so a run and the channel watcher never both make them.
+    prepared: std::sync::Arc<tokio::sync::Mutex<bool>>,
 }
 
 /// restic's `--json` summary of a backup.
@@ -136,6 +139,7 @@ impl Restic {
             password_file,
             env,
             options,
+            prepared: Default::default(),
         })
     }
 
@@ -234,6 +238,21 @@ impl Restic {
                 None => format!("killed by a signal: {}", &text[start..]),
             },
         }
+    }
+
+    /// Makes sure the password file and the repository exist (once per process; callers
+    /// in parallel wait for the first). Answers whether the password file was made.
+    pub async fn prepare(&self) -> Result<bool, BackupError> {
+        let mut prepared = self.prepared.lock().await;
+        if *prepared {
+            return Ok(false);
+        }
+        let made = self.ensure_password()?;
+        if self.ensure_repository().await? {
+            tracing::info!(repository = %self.repository, "backup: repository created");
+        }
+        *prepared = true;
+        Ok(made)
     }
 
     /// Opens the repository, creating it when there is none. Answers true when created.

@@ -85,17 +85,13 @@ async fn run_inner(
     channel: &mut Option<Vec<(String, PathBuf)>>,
 ) -> Result<Done, BackupError> {
     let restic = &job.restic;
-    let created = restic.ensure_password()?;
-    if created {
+    say(job, "opening the repository", None, None, None);
+    if restic.prepare().await? {
         tracing::warn!(
             path = ?job.config.password_file,
             "backup: made a new repository password: keep a copy of this file off the node, \
              no backup can be read without it"
         );
-    }
-    say(job, "opening the repository", None, None, None);
-    if restic.ensure_repository().await? {
-        tracing::info!(repository = %restic.repository(), "backup: repository created");
     }
     restic.unlock().await?;
 
@@ -297,7 +293,6 @@ pub(super) async fn channel_pass(
     keep: u32,
 ) -> Vec<(String, (SystemTime, u64), ChannelCopy)> {
     let mut copies = Vec::new();
-    let mut ready = false;
     for (app, file) in apps {
         let Ok(meta) = tokio::fs::metadata(&file).await else {
             continue;
@@ -310,11 +305,7 @@ pub(super) async fn channel_pass(
             continue;
         }
         let result = async {
-            if !ready {
-                restic.ensure_password()?;
-                restic.ensure_repository().await?;
-                ready = true;
-            }
+            restic.prepare().await?;
             let relative = relative_to(&file, &data_dir)?;
             let tag = format!("app:{app}");
             let summary = restic
