@@ -251,8 +251,46 @@ impl Restic {
         if self.ensure_repository().await? {
             tracing::info!(repository = %self.repository, "backup: repository created");
         }
+        let cleared = self.clear_dead_locks().await?;
+        if cleared > 0 {
+            tracing::warn!(
+                locks = cleared,
+                "backup: removed the locks of runs that died with an earlier supervisor"
+            );
+        }
         *prepared = true;
         Ok(made)
+    }
+
+    /// Removes the locks left by restic processes of this machine that are gone, when
+    /// every lock in the repository is such a one; answers how many. restic's own
+    /// `unlock` takes a dead process's lock for live while its zombie is not reaped yet
+    /// (a supervisor killed with its children, under an init that reaps late), and a
+    /// stale exclusive-lock conflict would fail every later run's retention.
+    async fn clear_dead_locks(&self) -> Result<usize, BackupError> {
+        let out = self.run(&["list", "locks", "--no-lock"], None).await?;
+        let ids: Vec<&str> = out.split_whitespace().collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        #[derive(Deserialize)]
+        struct Lock {
+            hostname: String,
+            pid: u32,
+        }
+        for id in &ids {
+            let text = self.run(&["cat", "lock", "--no-lock", id], None).await?;
+            let lock: Lock = serde_json::from_str(&text).map_err(|e| BackupError::Restic {
+                command: "cat".into(),
+                reason: format!("lock {id}: {e}"),
+            })?;
+            if lock.hostname != host.trim() || process_alive(lock.pid) {
+                return Ok(0); // someone else's, or a live run: restic's rules apply
+            }
+        }
+        self.run(&["unlock", "--remove-all"], None).await?;
+        Ok(ids.len())
     }
 
     /// Opens the repository, creating it when there is none. Answers true when created.
@@ -390,7 +428,8 @@ impl Restic {
 
     /// Snapshots, oldest first; with `tag`, only those carrying it.
     pub async fn snapshots(&self, tag: Option<&str>) -> Result<Vec<Snapshot>, BackupError> {
-        let mut args = vec!["snapshots", "--json"];
+        // Reading needs no lock: a listing never waits on a prune.
+        let mut args = vec!["snapshots", "--no-lock", "--json"];
         if let Some(tag) = tag {
             args.extend(["--tag", tag]);
         }
@@ -403,7 +442,9 @@ impl Restic {
 
     /// Every path in a snapshot (as stored: relative to `data_dir`, with a leading `/`).
     pub async fn ls(&self, snapshot: &str) -> Result<Vec<String>, BackupError> {
-        let out = self.run(&["ls", "--json", snapshot], None).await?;
+        let out = self
+            .run(&["ls", "--no-lock", "--json", snapshot], None)
+            .await?;
         #[derive(Deserialize)]
         struct Node {
             path: Option<String>,
@@ -437,6 +478,18 @@ impl Restic {
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run(&refs, None).await.map(|_| ())
+    }
+}
+
+/// True when `pid` is a running process (a zombie is not).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 
