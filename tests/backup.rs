@@ -279,7 +279,7 @@ fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     // xorshift: incompressible enough for restic, reproducible, no extra crate.
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
             x ^= x << 13;
@@ -608,4 +608,72 @@ fn restic_children_alive(repository: &str) -> bool {
         String::from_utf8_lossy(&cmdline).starts_with("restic")
             && String::from_utf8_lossy(&environ).contains(repository)
     })
+}
+
+/// The second run of a 1 GiB volume with 10 MiB rewritten adds about 10 MiB to the
+/// repository (restic's `data_added`): deduplication, not timing, is asserted; the
+/// figures are printed for docs/performance.md.
+#[actix_web::test]
+async fn an_incremental_run_moves_about_what_changed() {
+    use archipelago::backup::restic::Restic;
+    use archipelago::backup::BackupConfig;
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let volume = data.join("apps/big/data");
+    std::fs::create_dir_all(&volume).unwrap();
+    let file = volume.join("blob.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&file).unwrap();
+        for i in 0..64u64 {
+            f.write_all(&random_bytes(16 * MIB, 1000 + i)).unwrap();
+        }
+    }
+    let mut config: BackupConfig = serde_yaml::from_str(&format!(
+        "target: {{local: {}}}\npassword_file: {}",
+        dir.path().join("repo").display(),
+        dir.path().join("password").display()
+    ))
+    .unwrap();
+    config.check().unwrap();
+    config.resolve(dir.path(), &data);
+    let restic = Restic::new(&config).unwrap();
+    restic.prepare().await.unwrap();
+    let paths = vec!["apps/big/data".to_string()];
+    let started = Instant::now();
+    let first = restic
+        .backup(&data, &paths, &[], &["node"], |_, _| {})
+        .await
+        .unwrap();
+    let first_took = started.elapsed();
+    // Rewrite 10 MiB in the middle of the file.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start(500 * MIB as u64)).unwrap();
+        f.write_all(&random_bytes(10 * MIB, 4242)).unwrap();
+    }
+    let started = Instant::now();
+    let second = restic
+        .backup(&data, &paths, &[], &["node"], |_, _| {})
+        .await
+        .unwrap();
+    let second_took = started.elapsed();
+    eprintln!(
+        "incremental: first run {} bytes processed, {} added in {:?}; second run {} processed, {} added in {:?}",
+        first.total_bytes_processed,
+        first.data_added,
+        first_took,
+        second.total_bytes_processed,
+        second.data_added,
+        second_took
+    );
+    assert_eq!(first.total_bytes_processed, 1 << 30);
+    assert!(first.data_added >= 1 << 30, "{first:?}");
+    assert!(
+        second.data_added >= (10 * MIB) as u64 && second.data_added <= (30 * MIB) as u64,
+        "the second run added {} bytes for a 10 MiB change",
+        second.data_added
+    );
 }
