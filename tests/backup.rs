@@ -35,13 +35,13 @@ fn lightning_app(node: &ServeNode) -> String {
     )
 }
 
-/// A plain app copied live, its cache left out.
-fn web_app(node: &ServeNode) -> String {
-    let top = "backup:\n  consistency: live\n  exclude: [\"cache/**\"]\n";
+/// A plain app copied live (or as `consistency` says), its cache left out.
+fn web_app(node: &ServeNode, consistency: &str) -> String {
+    let top = format!("backup:\n  consistency: {consistency}\n  exclude: [\"cache/**\"]\n");
     let extra = "  volumes: [\"data:/data\", \"conf:/conf\"]\n  stop_timeout: 1s\n";
     node.manifest(
         "web",
-        &busybox_manifest("{id}", "Web", "1", "sleep 100000", top, extra),
+        &busybox_manifest("{id}", "Web", "1", "sleep 100000", &top, extra),
     )
 }
 
@@ -329,7 +329,7 @@ async fn rewrite_channel_backup(data: &Path, ln: &str, marker: &str) -> (Vec<u8>
 async fn backup_and_restore(target: Target) {
     require_engine().await;
     let node = ServeNode::new("bk");
-    let web = web_app(&node);
+    let web = web_app(&node, "live");
     let ln = lightning_app(&node);
     let config = node.config(
         &common::docker_host(),
@@ -517,7 +517,7 @@ async fn a_backup_cut_off_by_a_kill_leaves_a_readable_repository() {
     require_engine().await;
     let target = local_target();
     let node = ServeNode::new("bkk");
-    let web = web_app(&node);
+    let web = web_app(&node, "stop");
     let config = node.config(
         &common::docker_host(),
         "none",
@@ -575,9 +575,11 @@ async fn a_backup_cut_off_by_a_kill_leaves_a_readable_repository() {
     );
     target.restic(&password, &["cat", "config", "--no-lock"]);
 
-    // The next run completes.
+    // The app the cut-off run had stopped runs again, and the next run completes.
     let server = TestNode::start(&config);
     let mut c = server.client().await;
+    wait_state(&mut c, &web, "running", Duration::from_secs(60)).await;
+    assert!(!data.join("backup/stopped-for-backup").exists());
     let run = c.call("backup.run", json!({})).await.unwrap();
     let started = run["operation"]["started_at"].as_str().unwrap().to_string();
     let before = (started.as_str()[..started.len() - 1]).to_string();

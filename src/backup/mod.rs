@@ -313,6 +313,10 @@ impl Actor for BackupActor {
         ctx.spawn(load.into_actor(self).map(|files, act, _| {
             act.channel_apps = files;
         }));
+        actix::spawn(run::resume_stopped(
+            self.data_dir.clone(),
+            self.supervisor.clone(),
+        ));
         ctx.run_interval(CHANNEL_POLL, |act, ctx| act.channel_pass(ctx));
         if let Some(every) = self.config.schedule {
             self.schedule_next();

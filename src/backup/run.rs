@@ -165,6 +165,7 @@ async fn run_inner(
         }
     }
     let mut stopped = Vec::new();
+    let marker = job.data_dir.join(STOPPED_MARKER);
     let result = async {
         for id in &set.stop {
             let running = installed
@@ -187,6 +188,9 @@ async fn run_inner(
                 .unwrap_or_default()
                 + STOP_GRACE;
             stopped.push(id.clone());
+            // Written before the stop: a supervisor that dies mid-run starts them at its
+            // next boot.
+            write_stopped(&marker, &stopped).await?;
             stop_app(&job.supervisor, id, timeout).await?;
         }
         back_up(job, &set).await
@@ -206,6 +210,9 @@ async fn run_inner(
             }
             _ => tracing::error!(app = %id, "backup: the supervisor did not take the start"),
         }
+    }
+    if !stopped.is_empty() {
+        let _ = tokio::fs::remove_file(&marker).await;
     }
     let summary = result?;
 
@@ -242,6 +249,55 @@ async fn back_up(job: &Job, set: &BackupSet) -> Result<Summary, BackupError> {
         None,
     );
     Ok(summary)
+}
+
+/// `<data_dir>/backup/stopped-for-backup`: the apps a run in flight has stopped, as a JSON
+/// list; present only while they are down.
+pub(super) const STOPPED_MARKER: &str = "backup/stopped-for-backup";
+
+async fn write_stopped(path: &Path, apps: &[String]) -> Result<(), BackupError> {
+    let io = |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec(apps).unwrap_or_default();
+    tokio::fs::write(&tmp, text).await.map_err(io)?;
+    tokio::fs::rename(&tmp, path).await.map_err(io)
+}
+
+/// At boot: starts again the apps that a run of a dead supervisor had stopped, then drops
+/// the marker. The supervisor may not know its apps yet: each start is retried for a while.
+pub(super) async fn resume_stopped(data_dir: PathBuf, link: SupervisorLink) {
+    let marker = data_dir.join(STOPPED_MARKER);
+    let Ok(text) = tokio::fs::read(&marker).await else {
+        return;
+    };
+    let apps: Vec<String> = serde_json::from_slice(&text).unwrap_or_default();
+    for id in &apps {
+        let mut started = false;
+        for _ in 0..30 {
+            let start = RunOperation {
+                id: id.clone(),
+                kind: OperationKind::Start,
+                purge: false,
+            };
+            if let Ok(Ok(Ok(_))) = tokio::time::timeout(ASK_TIMEOUT, link.run.send(start)).await {
+                started = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if started {
+            tracing::info!(app = %id, "backup: started again after a run cut off by a supervisor stop");
+        } else {
+            tracing::error!(app = %id, "backup: could not start again the app a cut-off run had stopped");
+        }
+    }
+    let _ = tokio::fs::remove_file(&marker).await;
 }
 
 /// Stops an app through the supervisor's normal stop operation and waits until it is
