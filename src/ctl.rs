@@ -80,6 +80,13 @@ pub enum CtlCommand {
         #[arg(value_parser = ["run", "list", "status"])]
         action: String,
     },
+    /// `backup.restore`: put one installed app's volumes and secrets back from a snapshot.
+    BackupRestore {
+        id: String,
+        /// A snapshot id (default: the newest node snapshot).
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
 }
 
 impl CtlCommand {
@@ -109,6 +116,10 @@ impl CtlCommand {
                 "run" => ("backup.run", Value::Null),
                 "list" => ("backup.list", Value::Null),
                 _ => ("backup.status", Value::Null),
+            },
+            CtlCommand::BackupRestore { id, snapshot } => match snapshot {
+                Some(s) => ("backup.restore", json!({ "id": id, "snapshot": s })),
+                None => ("backup.restore", json!({ "id": id })),
             },
         }
     }

@@ -518,6 +518,7 @@ async fn a_backup_cut_off_by_a_kill_leaves_a_readable_repository() {
     let target = local_target();
     let node = ServeNode::new("bkk");
     let web = web_app(&node, "stop");
+    let ln = lightning_app(&node); // in the catalog, not installed
     let config = node.config(
         &common::docker_host(),
         "none",
@@ -587,9 +588,45 @@ async fn a_backup_cut_off_by_a_kill_leaves_a_readable_repository() {
     assert_eq!(last["status"], "succeeded");
     assert!(target.snapshots(&password, Some("node")).len() == 1);
     target.restic(&password, &["check", "--read-data"]);
+
+    // backup.restore puts one app's data back on the running node, byte for byte.
+    let volume = data.join("apps").join(&web).join("data");
+    let before = files(&volume);
+    std::fs::write(volume.join("blobs/0.bin"), "overwritten").unwrap();
+    std::fs::write(volume.join("added-later.txt"), "not in the snapshot").unwrap();
+    let last = restore_one(&mut c, &web).await;
+    assert_eq!(last["status"], "succeeded", "{last}");
+    assert_eq!(files(&volume), before);
+    wait_state(&mut c, &web, "running", Duration::from_secs(60)).await;
+    // A Lightning app is never restored over a running node.
+    let last = restore_one(&mut c, &ln).await;
+    assert_eq!(last["status"], "failed", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("archipelago backup restore"),
+        "{last}"
+    );
     drop(c);
     drop(server);
     remove_containers(&node.prefix);
+}
+
+/// `backup.restore` of one app; answers the finished run.
+async fn restore_one(c: &mut RpcClient, id: &str) -> Value {
+    let op = c.call("backup.restore", json!({ "id": id })).await.unwrap();
+    let op_id = op["operation"]["id"].as_str().unwrap().to_string();
+    assert_eq!(op["operation"]["kind"], "restore", "{op}");
+    wait_until("the restore to end", Duration::from_secs(120), async || {
+        let s = status(c).await;
+        if s["last"]["id"] == op_id.as_str() {
+            Ok(s["last"].clone())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await
 }
 
 /// True while a restic process works on `repository`.

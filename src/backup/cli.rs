@@ -34,6 +34,17 @@ pub enum BackupCommand {
     List(Remote),
     /// Show the run in flight, the last result and the channel-backup copies.
     Status(Remote),
+    /// Put one installed app's volumes and secrets back from a snapshot, on the running
+    /// node (`backup.restore`); the app is stopped meanwhile. Lightning apps are refused.
+    RestoreApp {
+        /// The app.
+        id: String,
+        /// A snapshot id (default: the newest node snapshot).
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Restore the newest (or a named) snapshot onto an empty data_dir, before `serve`.
     ///
     /// Every app comes back installed and wanted running with its data and secrets.
@@ -51,19 +62,25 @@ pub enum BackupCommand {
 
 /// Runs one `archipelago backup` command.
 pub fn run(command: BackupCommand) -> ExitCode {
-    let (remote, action) = match command {
+    let backup = |action: &str| CtlCommand::Backup {
+        action: action.to_string(),
+    };
+    let (remote, command) = match command {
         BackupCommand::Restore { config, snapshot } => return restore(&config, snapshot),
-        BackupCommand::Run(r) => (r, "run"),
-        BackupCommand::List(r) => (r, "list"),
-        BackupCommand::Status(r) => (r, "status"),
+        BackupCommand::Run(r) => (r, backup("run")),
+        BackupCommand::List(r) => (r, backup("list")),
+        BackupCommand::Status(r) => (r, backup("status")),
+        BackupCommand::RestoreApp {
+            id,
+            snapshot,
+            remote,
+        } => (remote, CtlCommand::BackupRestore { id, snapshot }),
     };
     crate::ctl::run(CtlArgs {
         url: remote.url,
         password_file: remote.password_file,
         timeout: remote.timeout,
-        command: CtlCommand::Backup {
-            action: action.to_string(),
-        },
+        command,
     })
 }
 

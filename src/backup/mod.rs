@@ -64,7 +64,7 @@ pub enum BackupError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupRun {
     pub id: String,
-    /// Always `backup`.
+    /// `backup`, or `restore` for a `backup.restore` of one app.
     pub kind: &'static str,
     pub status: OperationStatus,
     /// `schedule` or `request`.
@@ -116,6 +116,13 @@ pub enum BackupRequest {
     Status,
     /// `backup.list`: the repository's snapshots.
     List,
+    /// `backup.restore`: one installed app's volumes and secrets from a node snapshot
+    /// (the newest, or `snapshot`), with the app stopped; refused for apps with `never`
+    /// paths or a channel backup (Lightning), which are restored onto a new node only.
+    Restore {
+        app: String,
+        snapshot: Option<String>,
+    },
 }
 
 /// How the backup actor reaches the supervisor.
@@ -194,23 +201,30 @@ impl BackupActor {
         }
     }
 
-    /// Starts a run unless one is in flight; answers the run.
+    /// Starts a backup run (or, with `restore`, the restore of one app) unless a run is in
+    /// flight; answers the run.
     fn start_run(
         &mut self,
         trigger: &'static str,
+        restore: Option<(String, Option<String>)>,
         ctx: &mut Context<Self>,
     ) -> Result<BackupRun, AppError> {
         if let Some(run) = &self.running {
             return Err(AppError::Conflict {
                 app: "backup".to_string(),
                 operation: run.id.clone(),
-                kind: "backup".to_string(),
+                kind: run.kind.to_string(),
             });
         }
+        let kind = if restore.is_some() {
+            "restore"
+        } else {
+            "backup"
+        };
         self.seq += 1;
         let started = SystemTime::now();
         let id = format!(
-            "backup-{}-{}",
+            "{kind}-{}-{}",
             self.seq,
             started
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -219,7 +233,7 @@ impl BackupActor {
         );
         let run = BackupRun {
             id: id.clone(),
-            kind: "backup",
+            kind,
             status: OperationStatus::Running,
             trigger,
             started_at: crate::api::timestamp(started),
@@ -230,7 +244,7 @@ impl BackupActor {
                 done: None,
                 total: None,
             },
-            apps: Vec::new(),
+            apps: restore.iter().map(|(app, _)| app.clone()).collect(),
             snapshot_id: None,
             data_added: None,
             bytes_processed: None,
@@ -247,7 +261,10 @@ impl BackupActor {
             engine: self.engine.clone(),
             me: ctx.address(),
         };
-        actix::spawn(run::run(job));
+        match restore {
+            Some((app, snapshot)) => actix::spawn(run::restore_app(job, app, snapshot)),
+            None => actix::spawn(run::run(job)),
+        };
         Ok(run)
     }
 
@@ -323,7 +340,7 @@ impl Actor for BackupActor {
             ctx.run_interval(every, |act, ctx| {
                 act.schedule_next();
                 if act.running.is_none() {
-                    let _ = act.start_run("schedule", ctx);
+                    let _ = act.start_run("schedule", None, ctx);
                 } else {
                     tracing::info!("backup: the scheduled run is skipped, one is still running");
                 }
@@ -388,20 +405,21 @@ impl Handler<RunEnded> for BackupActor {
                 run.snapshot_id = Some(done.summary.snapshot_id.clone());
                 run.data_added = Some(done.summary.data_added);
                 run.bytes_processed = Some(done.summary.total_bytes_processed);
-                run.checked = true;
+                run.checked = done.checked;
                 run.progress.message = "done".to_string();
                 tracing::info!(
                     run = %run.id,
                     snapshot = %done.summary.snapshot_id,
                     data_added = done.summary.data_added,
-                    "backup succeeded"
+                    "{} succeeded",
+                    run.kind
                 );
             }
             Err(e) => {
                 run.status = OperationStatus::Failed;
                 run.error = Some(e.to_string());
                 run.progress.message = "failed".to_string();
-                tracing::error!(run = %run.id, error = %e, "backup failed");
+                tracing::error!(run = %run.id, error = %e, "{} failed", run.kind);
             }
         }
         self.last = Some(run);
@@ -415,7 +433,13 @@ impl Handler<BackupRequest> for BackupActor {
         match msg {
             BackupRequest::Run => {
                 let answer = self
-                    .start_run("request", ctx)
+                    .start_run("request", None, ctx)
+                    .and_then(|run| Ok(json!({ "operation": to_value(&run)? })));
+                Box::pin(async move { answer })
+            }
+            BackupRequest::Restore { app, snapshot } => {
+                let answer = self
+                    .start_run("request", Some((app, snapshot)), ctx)
                     .and_then(|run| Ok(json!({ "operation": to_value(&run)? })));
                 Box::pin(async move { answer })
             }

@@ -45,6 +45,8 @@ pub(super) struct Job {
 #[derive(Debug)]
 pub(super) struct Done {
     pub summary: Summary,
+    /// The repository was checked after the run (backups; a restore is not).
+    pub checked: bool,
 }
 
 /// How a run ended, for the actor.
@@ -220,7 +222,10 @@ async fn run_inner(
     restic.forget(TAG_NODE, &job.config.keep).await?;
     say(job, "checking the repository", None, None, None);
     restic.check(&job.config.check_subset).await?;
-    Ok(Done { summary })
+    Ok(Done {
+        summary,
+        checked: true,
+    })
 }
 
 async fn back_up(job: &Job, set: &BackupSet) -> Result<Summary, BackupError> {
@@ -249,6 +254,165 @@ async fn back_up(job: &Job, set: &BackupSet) -> Result<Summary, BackupError> {
         None,
     );
     Ok(summary)
+}
+
+/// Restores one app's volumes and secrets from a node snapshot and reports to the actor.
+pub(super) async fn restore_app(job: Job, app: String, snapshot: Option<String>) {
+    let me = job.me.clone();
+    let result = restore_inner(&job, &app, snapshot.as_deref()).await;
+    me.do_send(RunEnded {
+        run: Outcome {
+            result,
+            channel_files: None,
+        },
+    });
+}
+
+async fn restore_inner(job: &Job, id: &str, wanted: Option<&str>) -> Result<Done, BackupError> {
+    let refuse = |reason: String| BackupError::App {
+        app: id.to_string(),
+        reason,
+    };
+    let apps_dir = job.apps_dir.clone();
+    let catalog = tokio::task::spawn_blocking(move || Catalog::load(&apps_dir).0)
+        .await
+        .map_err(|e| BackupError::Refused(format!("catalog: {e}")))?;
+    let manifest = catalog
+        .apps
+        .values()
+        .map(|a| &a.manifest)
+        .find(|m| m.id.as_str() == id)
+        .ok_or_else(|| refuse("not in the catalog".into()))?;
+    if !manifest.backup.never.is_empty() || manifest.backup.channel_backup.is_some() {
+        return Err(refuse(
+            "holds state that must never go back in time (Lightning channels): restore it \
+             onto a new node with `archipelago backup restore`, never over a running one"
+                .into(),
+        ));
+    }
+    let get = GetPackage { id: id.to_string() };
+    let package = tokio::time::timeout(ASK_TIMEOUT, job.supervisor.get.send(get))
+        .await
+        .map_err(|_| refuse("the supervisor did not answer".into()))?
+        .map_err(|e| refuse(e.to_string()))?
+        .map_err(|e| refuse(e.to_string()))?;
+    if package.installed_version.is_none() {
+        return Err(refuse("is not installed".into()));
+    }
+    let restic = &job.restic;
+    say(job, "opening the repository", None, None, None);
+    restic.prepare().await?;
+    restic.unlock().await?;
+    let snapshots = restic.snapshots(Some(TAG_NODE)).await?;
+    let snapshot = match wanted {
+        Some(w) => snapshots
+            .iter()
+            .find(|s| s.id == w || s.short_id == w)
+            .ok_or_else(|| BackupError::Refused(format!("no node snapshot {w}")))?,
+        None => snapshots
+            .last()
+            .ok_or_else(|| BackupError::Refused("the repository holds no node snapshot".into()))?,
+    };
+    // Into a staging folder first: the live data is only touched once the copy is whole.
+    let stage = job.data_dir.join("backup").join("restore-staging");
+    remove_tree(&stage).await?;
+    say(
+        job,
+        &format!("restoring from {}", snapshot.short_id),
+        None,
+        None,
+        None,
+    );
+    let include = vec![format!("/apps/{id}"), format!("/secrets/{id}")];
+    restic.restore(&snapshot.id, &stage, &include, &[]).await?;
+    let staged_app = stage.join("apps").join(id);
+    if !staged_app.exists() {
+        remove_tree(&stage).await?;
+        return Err(refuse(format!(
+            "snapshot {} does not hold it",
+            snapshot.short_id
+        )));
+    }
+
+    let was_running = !matches!(package.state, AppState::Stopped | AppState::Failed);
+    let marker = job.data_dir.join(STOPPED_MARKER);
+    if was_running {
+        write_stopped(&marker, &[id.to_string()]).await?;
+        let timeout = manifest.container.stop_timeout + STOP_GRACE;
+        say(
+            job,
+            &format!("{id}: stopping for the restore"),
+            None,
+            None,
+            None,
+        );
+        stop_app(&job.supervisor, id, timeout).await?;
+    }
+    say(job, "putting the data in place", None, None, None);
+    let swapped = swap_in(&job.data_dir, &stage, id).await;
+    if was_running {
+        let start = RunOperation {
+            id: id.to_string(),
+            kind: OperationKind::Start,
+            purge: false,
+        };
+        let _ = tokio::time::timeout(ASK_TIMEOUT, job.supervisor.run.send(start)).await;
+        let _ = tokio::fs::remove_file(&marker).await;
+    }
+    swapped?;
+    remove_tree(&stage).await?;
+    Ok(Done {
+        summary: Summary {
+            snapshot_id: snapshot.id.clone(),
+            ..Summary::default()
+        },
+        checked: false,
+    })
+}
+
+/// Replaces each of the app's restored folders (volumes, secrets) by its staged copy; the
+/// old ones go to the staging folder and are deleted with it.
+async fn swap_in(data_dir: &Path, stage: &Path, id: &str) -> Result<(), BackupError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BackupError::Io { path, source }
+    };
+    let mut pairs = Vec::new();
+    let staged_app = stage.join("apps").join(id);
+    let mut volumes = tokio::fs::read_dir(&staged_app)
+        .await
+        .map_err(io(&staged_app))?;
+    while let Some(e) = volumes.next_entry().await.map_err(io(&staged_app))? {
+        pairs.push((e.path(), data_dir.join("apps").join(id).join(e.file_name())));
+    }
+    let staged_secrets = stage.join("secrets").join(id);
+    if staged_secrets.exists() {
+        pairs.push((staged_secrets, data_dir.join("secrets").join(id)));
+    }
+    let old = stage.join("old");
+    tokio::fs::create_dir_all(&old).await.map_err(io(&old))?;
+    for (i, (from, to)) in pairs.iter().enumerate() {
+        if tokio::fs::try_exists(to).await.unwrap_or(false) {
+            let aside = old.join(i.to_string());
+            tokio::fs::rename(to, &aside).await.map_err(io(to))?;
+        }
+        tokio::fs::rename(from, to).await.map_err(io(to))?;
+    }
+    Ok(())
+}
+
+async fn remove_tree(path: &Path) -> Result<(), BackupError> {
+    let owned = path.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&owned) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    result.map_err(|source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// `<data_dir>/backup/stopped-for-backup`: the apps a run in flight has stopped, as a JSON

@@ -88,11 +88,12 @@ pub enum Method {
     BackupRun,
     BackupList,
     BackupStatus,
+    BackupRestore,
 }
 
 impl Method {
     /// Every method, for tests and the docs.
-    pub const ALL: [Method; 19] = [
+    pub const ALL: [Method; 20] = [
         Method::AuthLogin,
         Method::AuthLogout,
         Method::ServerHealth,
@@ -112,6 +113,7 @@ impl Method {
         Method::BackupRun,
         Method::BackupList,
         Method::BackupStatus,
+        Method::BackupRestore,
     ];
 
     /// The wire name.
@@ -138,6 +140,7 @@ impl Method {
             Method::BackupRun => "backup.run",
             Method::BackupList => "backup.list",
             Method::BackupStatus => "backup.status",
+            Method::BackupRestore => "backup.restore",
         }
     }
 
@@ -189,6 +192,15 @@ impl AppId {
 #[serde(deny_unknown_fields)]
 struct IdParams {
     id: String,
+}
+
+/// `backup.restore` params.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreParams {
+    id: String,
+    #[serde(default)]
+    snapshot: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -508,12 +520,27 @@ async fn call(
             let apps = ask(&b.reload_catalog, ReloadCatalog, t).await??;
             Ok(json!({ "apps": apps }))
         }
-        Method::BackupRun | Method::BackupList | Method::BackupStatus => {
-            no_params(raw)?;
+        Method::BackupRun | Method::BackupList | Method::BackupStatus | Method::BackupRestore => {
             let request = match method {
-                Method::BackupRun => BackupRequest::Run,
-                Method::BackupList => BackupRequest::List,
-                _ => BackupRequest::Status,
+                Method::BackupRestore => {
+                    let p: RestoreParams = params(raw)?;
+                    BackupRequest::Restore {
+                        app: app_id(&p.id)?,
+                        snapshot: p.snapshot,
+                    }
+                }
+                Method::BackupRun => {
+                    no_params(raw)?;
+                    BackupRequest::Run
+                }
+                Method::BackupList => {
+                    no_params(raw)?;
+                    BackupRequest::List
+                }
+                _ => {
+                    no_params(raw)?;
+                    BackupRequest::Status
+                }
             };
             match &b.backup {
                 Some(to) => Ok(ask(to, request, t).await??),
