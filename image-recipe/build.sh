@@ -37,7 +37,8 @@ packages=(
     systemd systemd-sysv udev kmod dbus
     linux-image-amd64 initramfs-tools
     docker.io apparmor
-    iproute2 procps ca-certificates curl jq less
+    iproute2 procps ca-certificates curl jq less openssl
+    systemd-resolved systemd-timesyncd nftables unattended-upgrades
 )
 
 log() { echo "build: $*" >&2; }
@@ -140,24 +141,68 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\tarchipelago\n::1\tlocalhost ip6-localho
 # Empty machine-id: each booted copy of the image makes its own (systemd first boot).
 : >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
-printf 'deb %s %s main\n' "$MIRROR" "$suite" >"$root/etc/apt/sources.list"
+# apt: Debian's public mirrors (whatever mirror built the image), with the updates and
+# security suites; unattended-upgrades applies security updates only and never reboots.
+cat >"$root/etc/apt/sources.list" <<EOF
+deb http://deb.debian.org/debian $suite main
+deb http://deb.debian.org/debian $suite-updates main
+deb http://security.debian.org/debian-security $suite-security main
+EOF
+cat >"$root/etc/apt/apt.conf.d/20auto-upgrades" <<'EOF'
+APT::Periodic::Update-Package-Lists "1";
+APT::Periodic::Unattended-Upgrade "1";
+EOF
+cat >"$root/etc/apt/apt.conf.d/52archipelago-unattended-upgrades" <<'EOF'
+// archipelago: security updates only (docs/operations.md, "Updates"); reboots are the owner's.
+#clear Unattended-Upgrade::Origins-Pattern;
+Unattended-Upgrade::Origins-Pattern {
+        "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";
+        "origin=Debian,codename=${distro_codename},label=Debian-Security";
+};
+Unattended-Upgrade::Automatic-Reboot "false";
+EOF
 
-# Network: DHCP on every wired interface (QEMU user networking gives 10.0.2.15).
-mkdir -p "$root/etc/systemd/network"
+# Network: DHCP on every wired interface (QEMU user networking gives 10.0.2.15), DNS from
+# DHCP through systemd-resolved (never the build machine's resolv.conf), <hostname>.local
+# answered by resolved's mDNS responder, clock from systemd-timesyncd.
+mkdir -p "$root/etc/systemd/network" "$root/etc/systemd/resolved.conf.d"
 cat >"$root/etc/systemd/network/80-wired.network" <<'EOF'
 [Match]
 Name=en* eth*
 
 [Network]
 DHCP=yes
+MulticastDNS=yes
+
+[DHCPv4]
+UseDNS=yes
+UseNTP=yes
 EOF
+cat >"$root/etc/systemd/resolved.conf.d/archipelago.conf" <<'EOF'
+[Resolve]
+MulticastDNS=yes
+LLMNR=no
+EOF
+ln -sfn ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
+
+# Firewall: nftables, our own table only (Docker keeps its iptables-nft tables).
+install -m 0755 "$here/nftables.conf" "$root/etc/nftables.conf"
+install -D -m 0644 "$here/nftables-keep-docker.conf" \
+    "$root/etc/systemd/system/nftables.service.d/archipelago.conf"
 
 # archipelago: binary, units, config, catalog, docs.
 install -D -m 0755 "$binary" "$root/usr/local/bin/archipelago"
 install -D -m 0644 "$here/archipelago.service" "$root/etc/systemd/system/archipelago.service"
 install -D -m 0644 "$here/archipelago-firstboot.service" \
     "$root/etc/systemd/system/archipelago-firstboot.service"
-install -D -m 0755 "$here/firstboot.sh" "$root/usr/local/lib/archipelago/firstboot.sh"
+for script in firstboot.sh console.sh firewall.sh sysreport.sh; do
+    install -D -m 0755 "$here/$script" "$root/usr/local/lib/archipelago/$script"
+done
+install -D -m 0644 "$here/archipelago-tmpfiles.conf" "$root/usr/lib/tmpfiles.d/archipelago.conf"
+for unit in archipelago-console.service archipelago-console.timer \
+    archipelago-firewall.service archipelago-sysreport.service; do
+    install -D -m 0644 "$here/$unit" "$root/etc/systemd/system/$unit"
+done
 install -D -m 0644 "$here/config.yml" "$root/etc/archipelago/config.yml"
 install -d -m 0755 "$root/usr/share/archipelago/apps"
 if [ -d "$repo/apps" ]; then
@@ -171,8 +216,12 @@ for doc in operations.md dev-setup.md; do
     fi
 done
 
-systemctl --root="$root" enable systemd-networkd.service archipelago-firstboot.service \
-    archipelago.service docker.service >/dev/null 2>&1 || die "systemctl enable failed"
+systemctl --root="$root" enable systemd-networkd.service systemd-resolved.service \
+    systemd-timesyncd.service nftables.service archipelago-firstboot.service \
+    archipelago-firewall.service archipelago.service archipelago-console.service \
+    archipelago-console.timer archipelago-sysreport.service docker.service \
+    >/dev/null 2>&1 || die "systemctl enable failed"
+[ -L "$root/etc/resolv.conf" ] || die "/etc/resolv.conf is not resolved's stub link"
 
 # Smaller image: no package cache or lists.
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*

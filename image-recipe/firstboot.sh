@@ -1,6 +1,13 @@
 #!/bin/sh
 # First-boot machine set-up for an archipelago node (run by archipelago-firstboot.service).
 # Idempotent: every step checks before it acts, so a boot cut short just runs it again.
+#
+# The dashboard password: by default none is made. archipelago then opens first-run
+# onboarding (a setup code on the console, the password chosen in the browser). For a
+# headless install, either put a password file at /etc/archipelago/password before the
+# first boot (a clear first line is replaced by its argon2 hash), or create
+# /etc/archipelago/headless: then a random password is generated here and a root-only
+# copy is left in /etc/archipelago/initial-password.
 set -eu
 
 DATA_DIR=/var/lib/archipelago
@@ -15,9 +22,9 @@ for sub in state secrets apps snapshots; do
     install -d -m 0700 -o root -g root "$DATA_DIR/$sub"
 done
 
-# Dashboard password: 24 characters (18 random bytes, base64 without / and +), made once.
 install -d -m 0755 -o root -g root "$CONF_DIR"
-if [ ! -s "$PASSWORD_FILE" ]; then
+if [ -e "$CONF_DIR/headless" ] && [ ! -s "$PASSWORD_FILE" ]; then
+    # 24 characters (18 random bytes, base64 without / and +).
     tmp="$PASSWORD_FILE.tmp.$$"
     pw=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')
     printf '%s\n' "$pw" >"$tmp"
@@ -26,7 +33,7 @@ if [ ! -s "$PASSWORD_FILE" ]; then
     # root-only copy is how the owner learns it. Delete it after `archipelago passwd`.
     cp -p "$tmp" "$CONF_DIR/initial-password"
     mv -f "$tmp" "$PASSWORD_FILE"
-    echo "archipelago: dashboard password written to $CONF_DIR/initial-password"
+    echo "archipelago: headless install: dashboard password written to $CONF_DIR/initial-password"
 fi
 
 touch "$DATA_DIR/.firstboot-done"

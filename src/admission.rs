@@ -159,6 +159,9 @@ mod tests {
                 progress: Default::default(),
             }),
             onion_address: None,
+            ui: None,
+            usage: None,
+            restarts: 0,
         }
     }
 

@@ -165,6 +165,55 @@ pub struct Package {
     /// no onion ports, is not installed, or tor has not written it yet.
     #[serde(default)]
     pub onion_address: Option<String>,
+    /// Where the app's own web page is, from the manifest's `ui`; null when it has none.
+    #[serde(default)]
+    pub ui: Option<UiAddress>,
+    /// What the app's container uses, as the background sampler last measured it; null
+    /// before the first sample and while the app has no container.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// Restarts of the app's container since archipelago started: every start of it
+    /// after the app had been seen running (a crash restart, a restart, a stop then a
+    /// start, an upgrade's new container), whoever asked.
+    #[serde(default)]
+    pub restarts: u64,
+}
+
+/// An app's web page. The supervisor does not know the name the owner typed to reach the
+/// node, so it gives the port and path and the dashboard puts them after the host the
+/// browser used: `http://<host>:<port><path>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiAddress {
+    /// The host port the page is published on (a `ports` mapping of `ui.port`, or
+    /// `ui.port` itself on the host network); null when the page is not reachable from
+    /// the LAN.
+    pub port: Option<u16>,
+    /// The path of the page, e.g. `/`.
+    pub path: String,
+    /// The onion port that reaches `ui.port`, when the app declares one: the page is then
+    /// at `http://<onion_address>:<onion_port><path>`.
+    pub onion_port: Option<u16>,
+}
+
+/// A percentage (100 = one full CPU core), rounded to a tenth.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Percent(pub f64);
+
+// Sampled percentages are finite (rounded from finite figures), so equality is total.
+impl Eq for Percent {}
+
+/// What an app's container uses, sampled in the background (see [`crate::usage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Memory in use, page cache that can be dropped left out (as `docker stats` counts).
+    pub memory_bytes: Option<u64>,
+    /// CPU over the last sampling interval; 100 is one full core.
+    pub cpu_percent: Option<Percent>,
+    /// Bytes in the app's own volume folders, measured every few minutes.
+    pub disk_bytes: Option<u64>,
+    /// When memory and CPU were last measured (RFC 3339).
+    pub sampled_at: String,
 }
 
 /// `server.status` engine part.
@@ -189,6 +238,13 @@ pub struct MemoryStatus {
     pub reserved_bytes: u64,
 }
 
+/// `server.status` disk part: the file system holding `data_dir`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
 /// `server.status` (contract §6).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
@@ -196,6 +252,9 @@ pub struct ServerStatus {
     pub engine: EngineStatus,
     pub last_reconcile: ReconcileStatus,
     pub memory: MemoryStatus,
+    /// Free space where `data_dir` lives, as last measured; null before the first look.
+    #[serde(default)]
+    pub disk: Option<DiskStatus>,
 }
 
 /// A change pushed to `/api/events` subscribers.
@@ -203,6 +262,8 @@ pub struct ServerStatus {
 pub enum Event {
     Package(Box<Package>),
     Operation(Box<Operation>),
+    /// The node summary changed (disk free, engine reachability, memory reserved).
+    Status(Box<ServerStatus>),
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, as used in every API time field.

@@ -97,6 +97,32 @@ pub fn app_of_operation(id: &str) -> Option<&str> {
     Some(app)
 }
 
+/// Where the manifest's `ui` page is reachable: the host port publishing `ui.port` (the
+/// port itself on the host network) and the onion port forwarded to it.
+fn ui_address(m: &crate::manifest::AppManifest) -> Option<api::UiAddress> {
+    let ui = m.ui.as_ref()?;
+    let c = &m.container;
+    let published = c
+        .ports
+        .iter()
+        .find(|p| p.container == ui.port && p.protocol == crate::manifest::Protocol::Tcp)
+        .map(|p| p.host);
+    let port = match c.network.as_deref() {
+        Some("host") => Some(ui.port),
+        _ => published,
+    };
+    let onion_port = m
+        .onion
+        .as_ref()
+        .and_then(|o| o.ports.iter().find(|p| p.target == ui.port))
+        .map(|p| p.onion);
+    Some(api::UiAddress {
+        port,
+        path: ui.path.clone(),
+        onion_port,
+    })
+}
+
 pub struct AppActor {
     app: CatalogApp,
     shared: Arc<Shared>,
@@ -262,6 +288,10 @@ impl AppActor {
             operation: self.op.clone().or_else(|| self.finished.back().cloned()),
             // Filled in by the supervisor, which follows the tor app's hostname files.
             onion_address: None,
+            ui: ui_address(m),
+            // Filled in by the supervisor, whose sampler measures every container.
+            usage: None,
+            restarts: 0,
         }
     }
 
@@ -1097,6 +1127,53 @@ impl AppActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ui_address_is_the_published_port_or_the_host_networks() {
+        let ui = |extra: &str, tail: &str| {
+            let text = format!(
+                "id: web\nname: Web\nversion: '1'\ncontainer:\n  image: busybox\n  memory_limit: 64Mi\n{extra}{tail}"
+            );
+            let m = crate::manifest::AppManifest::from_yaml(
+                std::path::Path::new("apps/web/manifest.yml"),
+                &text,
+            )
+            .unwrap();
+            ui_address(&m).map(|u| (u.port, u.path, u.onion_port))
+        };
+        let page = "ui: {port: 8080, path: /app}\n";
+        let cases = [
+            (
+                "  ports: [\"8081:8080\"]\n",
+                page,
+                Some((Some(8081), "/app".to_string(), None)),
+            ),
+            (
+                "  network: host\n",
+                page,
+                Some((Some(8080), "/app".to_string(), None)),
+            ),
+            (
+                "  ports: [\"9000:9000\"]\n",
+                page,
+                Some((None, "/app".to_string(), None)),
+            ),
+            (
+                "  ports: [\"8081:8080/udp\"]\n",
+                page,
+                Some((None, "/app".to_string(), None)),
+            ),
+            (
+                "",
+                "ui: {port: 8080}\nonion: {ports: [\"80:8080\"]}\n",
+                Some((None, "/".to_string(), Some(80))),
+            ),
+            ("  ports: [\"8081:8080\"]\n", "", None),
+        ];
+        for (extra, tail, want) in cases {
+            assert_eq!(ui(extra, tail), want, "{extra}{tail}");
+        }
+    }
 
     #[test]
     fn an_operation_id_names_its_app() {

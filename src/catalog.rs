@@ -7,6 +7,8 @@
 //! catalog, and so is every app that depends on it (each gets one problem saying so), so
 //! that what remains is consistent: every dependency of a catalog app is in the catalog.
 //! This module reads manifests only; it never touches the engine or the data folder.
+//!
+//! Over 600 lines only with its table tests; the catalog itself is about 410.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};

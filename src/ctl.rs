@@ -1,6 +1,6 @@
 //! `archipelago ctl`: a thin command-line client of the JSON-RPC endpoint, over hyper's
 //! HTTP/1.1 client (plain HTTP to the local supervisor; no TLS, no pooling). The health
-//! probes share [`send`].
+//! probes share `send`.
 //!
 //! It logs in with the password from `--password-file` or `ARCHIPELAGO_PASSWORD`, sends one
 //! call, and prints a table for `list` and JSON otherwise. It keeps no state between runs.

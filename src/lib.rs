@@ -27,4 +27,5 @@ pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
+pub mod usage;
 pub mod web;

@@ -4,6 +4,8 @@
 //! The app actor gathers the facts (its persisted record, the container the engine
 //! listed, the operation in flight, its dependencies' readiness, its crash history),
 //! calls [`plan`], and carries the actions out as operations.
+//!
+//! Over 600 lines only with its table tests; the planner itself is under 300.
 
 use std::time::{Duration, SystemTime};
 

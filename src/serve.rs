@@ -40,14 +40,26 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         path: password.display().to_string(),
         reason,
     };
+    // No password file yet: first-run onboarding, guarded by a one-time setup code.
+    let setup = web::setup::open_if_no_password(password, &config.data_dir)
+        .map_err(|e| bad(format!("cannot open onboarding: {e}")))?;
     match std::fs::read_to_string(password) {
+        _ if setup.is_some() => {}
         Ok(text) if text.lines().next().is_some_and(|l| !l.trim().is_empty()) => {}
         Ok(_) => return Err(bad("the first line is empty".into())),
         Err(e) => return Err(bad(e.to_string())),
     }
     // A clear password is replaced by its argon2 hash, on a blocking thread (slow on purpose).
     let path = password.clone();
-    match tokio::task::spawn_blocking(move || crate::web::auth::upgrade_password_file(&path)).await
+    let upgrade = setup.is_none();
+    match tokio::task::spawn_blocking(move || {
+        if upgrade {
+            crate::web::auth::upgrade_password_file(&path)
+        } else {
+            Ok(false)
+        }
+    })
+    .await
     {
         Ok(Ok(true)) => {
             tracing::info!(path = %password.display(), "password file now holds an argon2 hash")
@@ -123,6 +135,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     web_config.allowed_hosts = allowed_hosts;
     web_config.trusted_proxy = config.trusted_proxy;
     web_config.metrics_token = config.metrics_token.clone();
+    web_config.setup = setup;
     let fingerprints = tls.as_ref().map(|t| {
         (
             t.identity.fingerprint_sha256.clone(),

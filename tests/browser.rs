@@ -2,8 +2,10 @@
 //! a real `archipelago serve` and the test dockerd: log in through the form, press Start on
 //! a stopped app whose start waits about 3 s for its health check, and watch the primary
 //! button follow contract §8 from the event stream alone. A second test points the
-//! supervisor at an engine socket that does not exist and checks the banner. The
-//! page-driving helpers take any base URL.
+//! supervisor at an engine socket that does not exist and checks the banner. A third walks
+//! through what docs/dashboard.md shows (Open, memory bars, pull progress, the live log
+//! viewer, confirmations, phone width) and takes its screenshots. The page-driving
+//! helpers take any base URL.
 
 mod common;
 #[path = "web_stub/serve.rs"]
@@ -619,4 +621,471 @@ async fn the_card_shows_the_apps_onion_address() {
     );
     b.screenshot(&target_dir().join("browser-screenshot-onion.png"))
         .await;
+}
+
+/// Builds `<registry>/<repo>:2`, three layers of 20 MB random bytes over busybox, pushes
+/// it to the loopback registry and removes the local copy, so installing it is a real
+/// multi-layer pull whose progress the dashboard shows.
+async fn publish_layers(repo: &str) -> String {
+    use archipelago::engine::{BuildRequest, ContainerRuntime};
+    use futures_util::StreamExt;
+    let engine = archipelago::engine::DockerRuntime::connect(&docker_host())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dockerfile = format!("FROM {}\n", common::BUSYBOX_IMAGE);
+    // Version 2 waits 4 s before it serves, so the update's health wait can be seen.
+    dockerfile.push_str("RUN echo 4 > /delay\n");
+    for layer in 1..=3 {
+        dockerfile.push_str(&format!(
+            "RUN head -c 20000000 /dev/urandom > /layer{layer}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    let image = format!("{}/{repo}:2", common::registry());
+    let req = BuildRequest {
+        context: dir.path().to_path_buf(),
+        dockerfile: "Dockerfile".into(),
+        args: Default::default(),
+        tag: image.clone(),
+    };
+    engine.build(&req, &|_| {}).await.unwrap();
+    let docker = common::connect(&docker_host()).await;
+    let opts = bollard::query_parameters::PushImageOptionsBuilder::new()
+        .tag("2")
+        .build();
+    let name = format!("{}/{repo}", common::registry());
+    let mut push = docker.push_image(&name, Some(opts), None);
+    while let Some(item) = push.next().await {
+        let info = item.unwrap();
+        assert!(info.error_detail.is_none(), "push {image}: {info:?}");
+    }
+    engine.image_remove(&image).await.unwrap();
+    image
+}
+
+/// The manifest of the app with a web page: busybox httpd on loopback port `port` of the
+/// host network, serving `marker`, healthy once it serves (after the seconds the image's
+/// `/delay` says, none without it). Versions differ in version and image only.
+fn web_manifest(version: &str, image: &str, port: u16, marker: &str) -> String {
+    let cmd = format!(
+        "trap 'exit 0' TERM; sleep $(cat /delay 2>/dev/null || echo 0) & wait $!; mkdir -p /www; \
+         echo '<h1>{marker}</h1>' > /www/index.html; \
+         httpd -f -p 127.0.0.1:{port} -h /www & wait $!"
+    );
+    format!(
+        "id: {{id}}\nname: Web\nversion: \"{version}\"\ncontainer:\n  image: {image}\n  command: [\"sh\", \"-c\", {cmd:?}]\n  network: host\n  memory_limit: 64MiB\n  stop_timeout: 2s\n  volumes: [\"data:/data\"]\n  health:\n    http: {{port: {port}, path: /}}\n    interval: 200ms\n    start_period: 30s\nui: {{port: {port}, path: /}}\n"
+    )
+}
+
+/// Saves a screenshot of the documentation in `target/screenshots`, or over the one in
+/// `docs/img` (shown in docs/dashboard.md) when `ARCHIPELAGO_UPDATE_SCREENSHOTS=1`, so an
+/// ordinary run leaves the tree as it was.
+async fn doc_screenshot(b: &Browser, name: &str) {
+    let dir = match std::env::var("ARCHIPELAGO_UPDATE_SCREENSHOTS").as_deref() {
+        Ok("1") => Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img"),
+        _ => target_dir().join("screenshots"),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    b.screenshot(&path).await;
+    println!("screenshot: {}", path.display());
+}
+
+/// What a node owner sees, on the real supervisor and engine: the Open link of a running
+/// app loads the app's own page; the memory bar of an app that allocates moves and stays
+/// under its limit; an update pulled from the loopback registry shows a progress bar that
+/// advances; the log viewer shows a line the app printed after it opened; and at phone
+/// width the cards stand in one column. Screenshots: see `doc_screenshot`.
+#[test]
+fn the_dashboard_opens_apps_and_shows_usage_progress_and_logs() {
+    // The walk-through is one long async function whose frames outgrow a test thread's
+    // 2 MiB stack in a debug build: it runs on a thread of its own with a larger one.
+    let walk = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| actix_web::rt::System::new().block_on(dashboard_walkthrough()))
+        .unwrap();
+    if let Err(panic) = walk.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn dashboard_walkthrough() {
+    require_engine().await;
+    let node = ServeNode::new("dash");
+    let port = free_port();
+    let marker = format!("page of {}", node.prefix);
+    let web = node.manifest(
+        "web",
+        &web_manifest("1", common::BUSYBOX_IMAGE, port, &marker),
+    );
+    // Grows by 4 MiB in /dev/shm (charged to its memory cgroup) every 3 s up to 48 MiB,
+    // under its 128 MiB limit, and prints a numbered line every second; bounded to 10 min.
+    let grow = node.manifest(
+        "grow",
+        &format!(
+            "id: {{id}}\nname: Grow\nversion: \"1\"\ncontainer:\n  image: {}\n  command: [\"sh\", \"-c\", {:?}]\n  network: none\n  memory_limit: 128MiB\n  stop_timeout: 1s\n  volumes: [\"data:/data\"]\n",
+            common::BUSYBOX_IMAGE,
+            "trap 'exit 0' TERM; n=0; i=0; while [ $n -lt 600 ]; do n=$((n+1)); echo \"line $n\"; \
+             if [ $i -lt 12 ] && [ $((n % 3)) -eq 0 ]; then dd if=/dev/zero of=/dev/shm/m$i bs=1M count=4 2>/dev/null; i=$((i+1)); fi; \
+             sleep 1 & wait $!; done"
+        ),
+    );
+    let image2 = publish_layers(&format!("archipelago-test/{web}")).await;
+    let server = node.serve_tls(&docker_host(), &[]);
+    let https = server
+        .https
+        .clone()
+        .unwrap_or_else(|| panic!("no HTTPS line in the log:\n{}", server.log().join("\n")));
+    let mut c = server.client().await;
+    c.call("package.install", json!({ "id": web }))
+        .await
+        .unwrap();
+    wait_state(&mut c, &web, "running", Duration::from_secs(60)).await;
+
+    let b = Browser::start(Some(&https.spki)).await;
+    log_in(&b, &https.base, PASSWORD).await;
+    let card = |id: &str| format!("document.querySelector('[data-app=\"{id}\"]')");
+    let role = |id: &str, role: &str| {
+        format!("document.querySelector('[data-app=\"{id}\"] [data-role=\"{role}\"]')")
+    };
+
+    // Install through the confirmation, which says what the app needs.
+    wait_primary(&b, &grow, "Install", true, T).await;
+    let install = b.find(&primary_selector(&grow)).await;
+    b.click(&install).await;
+    b.wait_for(
+        "the install dialog",
+        "document.getElementById('confirm').open",
+        T,
+    )
+    .await;
+    let facts = b
+        .exec("return document.getElementById('confirm-facts').textContent")
+        .await;
+    let facts = facts.as_str().unwrap().to_string();
+    assert!(facts.contains("128 MiB"), "{facts}");
+    assert!(facts.contains("Depends on no other app"), "{facts}");
+    let ok = b.find("#confirm-ok").await;
+    b.click(&ok).await;
+    wait_primary(&b, &grow, "Stop", true, Duration::from_secs(60)).await;
+
+    // Open: the link of the running app goes to its page on the host the browser used.
+    let href = b
+        .wait_for(
+            "the Open link",
+            &format!("(e => !e.hidden && e.href)({})", role(&web, "open")),
+            T,
+        )
+        .await;
+    assert_eq!(href, json!(format!("http://127.0.0.1:{port}/")));
+    let main = b.cmd("GET", "/window", None).await;
+    let open = b
+        .find(&format!("[data-app=\"{web}\"] [data-role=\"open\"]"))
+        .await;
+    b.click(&open).await;
+    let deadline = Instant::now() + T;
+    let handles = loop {
+        let handles = b.cmd("GET", "/window/handles", None).await;
+        if handles.as_array().unwrap().len() == 2 {
+            break handles;
+        }
+        assert!(Instant::now() < deadline, "Open made no new tab: {handles}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let tab = handles
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| **h != main)
+        .unwrap()
+        .clone();
+    b.cmd("POST", "/window", Some(json!({ "handle": tab })))
+        .await;
+    b.wait_for(
+        "the app's own page",
+        &format!("document.body && document.body.textContent.includes('{marker}')"),
+        T,
+    )
+    .await;
+    b.cmd("DELETE", "/window", None).await;
+    b.cmd("POST", "/window", Some(json!({ "handle": main })))
+        .await;
+
+    // The memory bar of the app that allocates: record what it shows for a while.
+    let mut seen: Vec<u64> = vec![];
+    let limit = 128 * 1024 * 1024u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let used = b
+            .exec(&format!(
+                "const e = {}; return e && !e.closest('[data-role=\"usage\"]').hidden ? e.dataset.used : null",
+                role(&grow, "memory-bar")
+            ))
+            .await;
+        if let Some(v) = used.as_str().and_then(|s| s.parse::<u64>().ok()) {
+            if seen.last() != Some(&v) {
+                seen.push(v);
+            }
+        }
+        let grew = seen.len() >= 3 && seen.last().unwrap() - seen[0] >= 12 * 1024 * 1024;
+        if grew {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("memory bar values: {seen:?}");
+    assert!(seen.len() >= 3, "the memory bar did not move: {seen:?}");
+    assert!(
+        seen.last().unwrap() - seen[0] >= 12 * 1024 * 1024,
+        "the memory bar did not grow: {seen:?}"
+    );
+    assert!(seen.iter().all(|v| *v < limit), "over the limit: {seen:?}");
+    let width = b
+        .exec(&format!(
+            "return parseFloat({}.firstChild.style.width)",
+            role(&grow, "memory-bar")
+        ))
+        .await;
+    assert!(
+        width.as_f64().is_some_and(|w| w > 0.0 && w < 100.0),
+        "bar width {width}"
+    );
+    let text = b
+        .exec(&format!(
+            "return {}.textContent",
+            role(&grow, "memory-text")
+        ))
+        .await;
+    assert!(text.as_str().unwrap().ends_with("/ 128 MiB"), "{text}");
+    let summary = b
+        .wait_for(
+            "the node summary with disk free",
+            "(t => t.includes('free of') && t.includes('in use') && t)(document.getElementById('summary').textContent)",
+            T,
+        )
+        .await;
+    println!("summary: {summary}");
+    doc_screenshot(&b, "dashboard-main.png").await;
+
+    // The log viewer: the last lines at once, then a line printed after it opened.
+    let logs = b
+        .find(&format!("[data-app=\"{grow}\"] [data-role=\"logs\"]"))
+        .await;
+    b.click(&logs).await;
+    let first = b
+        .wait_for(
+            "the last lines in the viewer",
+            "(t => /line \\d+/.test(t) && t)(document.getElementById('logs-text').textContent)",
+            T,
+        )
+        .await;
+    let last_at_open = first
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.parse::<u32>().ok())
+        .max()
+        .unwrap();
+    let later = last_at_open + 2;
+    b.wait_for(
+        &format!("line {later} in the viewer"),
+        &format!(
+            "document.getElementById('logs-text').textContent.split('\\n').includes('line {later}')"
+        ),
+        T,
+    )
+    .await;
+    // Pause holds the view; Resume shows what came meanwhile.
+    let pause = b.find("#logs-pause").await;
+    b.click(&pause).await;
+    b.wait_for(
+        "lines held while paused",
+        "/paused, \\d+ new lines/.test(document.getElementById('logs-status').textContent)",
+        T,
+    )
+    .await;
+    b.click(&pause).await;
+    doc_screenshot(&b, "dashboard-logs.png").await;
+    let close = b.find("#logs-close").await;
+    b.click(&close).await;
+
+    // Uninstall asks, keeping data by default and saying how much deleting would free.
+    let uninstall = b
+        .find(&format!("[data-app=\"{grow}\"] [data-role=\"uninstall\"]"))
+        .await;
+    b.click(&uninstall).await;
+    b.wait_for(
+        "the uninstall dialog",
+        "document.getElementById('confirm').open",
+        T,
+    )
+    .await;
+    let choice = b
+        .exec("return [document.querySelector('#confirm input[value=\"keep\"]').checked, document.getElementById('confirm-delete-label').textContent]")
+        .await;
+    assert_eq!(choice[0], true, "{choice}");
+    assert!(
+        choice[1].as_str().unwrap().starts_with("Delete data ("),
+        "{choice}"
+    );
+    let cancel = b.find("#confirm-cancel").await;
+    b.click(&cancel).await;
+    b.wait_for(
+        "the dialog closed",
+        "!document.getElementById('confirm').open",
+        T,
+    )
+    .await;
+    assert_eq!(primary(&b, &grow).await, ("Stop".to_string(), true));
+
+    // An update pulled from the loopback registry: its progress bar advances.
+    node.manifest("web", &web_manifest("2", &image2, port, &marker));
+    c.call("catalog.reload", Value::Null).await.unwrap();
+    let update = b
+        .find(&format!("[data-app=\"{web}\"] [data-role=\"update\"]"))
+        .await;
+    b.wait_for(
+        "the Update button with the new version",
+        &format!(
+            "(e => !e.hidden && e.textContent === 'Update to 2')({})",
+            role(&web, "update")
+        ),
+        T,
+    )
+    .await;
+    b.exec(&format!(
+        "window.__progress = [];
+         const bar = {};
+         new MutationObserver(() => window.__progress.push([bar.value, bar.max, bar.hasAttribute('value')]))
+           .observe(bar, {{attributes: true}});
+         return true;",
+        role(&web, "progress-bar")
+    ))
+    .await;
+    b.click(&update).await;
+    b.wait_for(
+        "the update dialog",
+        "document.getElementById('confirm').open",
+        T,
+    )
+    .await;
+    let title = b
+        .exec("return document.getElementById('confirm-title').textContent")
+        .await;
+    assert_eq!(title, json!("Update Web to 2?"));
+    let ok = b.find("#confirm-ok").await;
+    b.click(&ok).await;
+    b.wait_for(
+        "the health wait of the new version",
+        &format!(
+            "(c => c.dataset.state === 'upgrading' && !c.querySelector('[data-role=\"progress\"]').hidden \
+             && c.querySelector('[data-role=\"progress-text\"]').textContent.includes('healthy'))({})",
+            card(&web)
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    doc_screenshot(&b, "dashboard-upgrade.png").await;
+    wait_primary(&b, &web, "Stop", true, Duration::from_secs(60)).await;
+    let series = b.exec("return window.__progress").await;
+    let values: Vec<(f64, f64)> = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v[2] == true && v[1].as_f64().unwrap_or(0.0) > 1.0)
+        .map(|v| (v[0].as_f64().unwrap(), v[1].as_f64().unwrap()))
+        .collect();
+    println!("progress bar (value, max) during the pull: {values:?}");
+    let mut distinct: Vec<f64> = values.iter().map(|(v, _)| *v).collect();
+    distinct.dedup();
+    assert!(
+        distinct.len() >= 2,
+        "the progress bar did not advance: {values:?}"
+    );
+    assert!(values.iter().all(|(v, m)| *v <= *m), "{values:?}");
+    let fractions: Vec<f64> = values.iter().map(|(v, m)| v / m).collect();
+    assert!(
+        values
+            .windows(2)
+            .all(|w| w[1].0 >= w[0].0 || w[1].1 > w[0].1),
+        "the progress bar went back: {values:?}"
+    );
+    assert!(
+        fractions.iter().any(|f| *f < 0.9) && fractions.iter().any(|f| *f > 0.5),
+        "no progress between start and end: {fractions:?}"
+    );
+    let p = serve::get(&mut c, &web).await;
+    assert_eq!(p["installed_version"], "2", "{p}");
+    // The new version's container is a restart of an app seen running; the install's
+    // first start of the other app is not.
+    assert_eq!(p["restarts"], 1, "{p}");
+    assert_eq!(serve::get(&mut c, &grow).await["restarts"], 0);
+
+    // Phone width: one column, and the primary buttons still there.
+    b.cmd(
+        "POST",
+        "/window/rect",
+        Some(json!({"width": 390, "height": 844})),
+    )
+    .await;
+    b.wait_for(
+        "a single column",
+        "getComputedStyle(document.getElementById('apps')).gridTemplateColumns.split(' ').length === 1",
+        T,
+    )
+    .await;
+    let lefts = b
+        .exec("return [...document.querySelectorAll('[data-app]')].map(e => e.getBoundingClientRect().left)")
+        .await;
+    let lefts: Vec<f64> = lefts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        lefts.windows(2).all(|w| (w[0] - w[1]).abs() < 1.0),
+        "cards side by side at phone width: {lefts:?}"
+    );
+    let overflow = b
+        .exec("return document.documentElement.scrollWidth <= window.innerWidth")
+        .await;
+    assert_eq!(overflow, true, "the page scrolls sideways at phone width");
+    doc_screenshot(&b, "dashboard-phone.png").await;
+
+    // Prometheus has the same figures and a restart counter.
+    let metrics = http_request("GET", &format!("{}/metrics", server.base), &[], b"", T)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    for want in [
+        format!("archipelago_app_memory_bytes{{app=\"{grow}\"}}"),
+        format!("archipelago_app_restarts_total{{app=\"{web}\"}}"),
+        "archipelago_data_dir_free_bytes".to_string(),
+    ] {
+        assert!(text.contains(&want), "no {want} in /metrics:\n{text}");
+    }
+    // The log stream wants a session, like the event stream.
+    let anonymous = http_request(
+        "GET",
+        &format!("{}/api/logs/{grow}", server.base),
+        &[],
+        b"",
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(anonymous.status, 401);
+    for line in server.warnings() {
+        println!("supervisor: {line}");
+    }
+    // The pulled image goes once the node's containers are gone.
+    drop(b);
+    drop(server);
+    drop(node);
+    if let Ok(engine) = archipelago::engine::DockerRuntime::connect(&docker_host()).await {
+        use archipelago::engine::ContainerRuntime;
+        let _ = engine.image_remove(&image2).await;
+    }
 }

@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use archipelago::engine::{
-    container_name, BuildRequest, ContainerRuntime, ContainerSpec, DockerRuntime, EngineErrorKind,
-    Progress, RunState, LABEL_APP,
+    container_name, BuildRequest, ContainerRuntime, ContainerSpec, DockerRuntime, EngineError,
+    EngineErrorKind, Progress, RunState, LABEL_APP,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
@@ -31,6 +31,11 @@ async fn runtime(engine: &str, host: &str) -> DockerRuntime {
     DockerRuntime::connect(host).await.unwrap_or_else(|e| {
         panic!("{engine}: cannot connect at {host} ({e}); start it with `{SETUP_COMMAND}`")
     })
+}
+
+/// Asserts that `err` is of `kind`, naming the engine and the error.
+fn assert_kind(engine: &str, err: &EngineError, kind: EngineErrorKind) {
+    assert_eq!(err.kind(), kind, "{engine}: {err}");
 }
 
 /// Removes the containers and images a test made, on drop, even after a failed assert.
@@ -198,11 +203,7 @@ async fn memory_limit_is_applied_and_listed() {
             .await
             .unwrap_or_else(|e| panic!("{engine}: {e}"));
         let err = rt.inspect(&name).await.expect_err("removed");
-        assert_eq!(
-            err.kind(),
-            EngineErrorKind::ContainerNotFound,
-            "{engine}: {err}"
-        );
+        assert_kind(engine, &err, EngineErrorKind::ContainerNotFound);
     }
 }
 
@@ -327,7 +328,7 @@ async fn build_honours_dockerignore() {
             ..req
         };
         let err = rt.build(&req, &|_| {}).await.expect_err("bad build");
-        assert_eq!(err.kind(), EngineErrorKind::BuildFailed, "{engine}: {err}");
+        assert_kind(engine, &err, EngineErrorKind::BuildFailed);
         assert!(err.to_string().contains(&bad_tag), "{engine}: {err}");
     }
 }
@@ -422,29 +423,17 @@ async fn error_kinds() {
             .inspect("archipelago-no-such-container")
             .await
             .expect_err("missing");
-        assert_eq!(
-            err.kind(),
-            EngineErrorKind::ContainerNotFound,
-            "{engine}: {err}"
-        );
+        assert_kind(engine, &err, EngineErrorKind::ContainerNotFound);
         let err = rt
             .stop("archipelago-no-such-container", Duration::from_secs(1))
             .await
             .expect_err("missing");
-        assert_eq!(
-            err.kind(),
-            EngineErrorKind::ContainerNotFound,
-            "{engine}: {err}"
-        );
+        assert_kind(engine, &err, EngineErrorKind::ContainerNotFound);
         let err = rt
             .remove("archipelago-no-such-container")
             .await
             .expect_err("missing");
-        assert_eq!(
-            err.kind(),
-            EngineErrorKind::ContainerNotFound,
-            "{engine}: {err}"
-        );
+        assert_kind(engine, &err, EngineErrorKind::ContainerNotFound);
 
         let s = spec(&common::unique("dup"), "sleep 60");
         guard.container(&container_name(&s.app));
@@ -452,17 +441,13 @@ async fn error_kinds() {
             .await
             .unwrap_or_else(|e| panic!("{engine}: {e}"));
         let err = rt.create(&s).await.expect_err("duplicate");
-        assert_eq!(err.kind(), EngineErrorKind::NameConflict, "{engine}: {err}");
+        assert_kind(engine, &err, EngineErrorKind::NameConflict);
 
         let mut s = spec(&common::unique("noimage"), "true");
         s.image = "archipelago-test/no-such-image:1".into();
         guard.container(&container_name(&s.app));
         let err = rt.create(&s).await.expect_err("no image");
-        assert_eq!(
-            err.kind(),
-            EngineErrorKind::ImageNotFound,
-            "{engine}: {err}"
-        );
+        assert_kind(engine, &err, EngineErrorKind::ImageNotFound);
         assert!(err.to_string().contains(&s.image), "{engine}: {err}");
 
         assert!(
@@ -476,11 +461,7 @@ async fn error_kinds() {
             .image_remove("archipelago-test/no-such-image:1")
             .await
             .expect_err("missing");
-        assert_eq!(
-            err.kind(),
-            EngineErrorKind::ImageNotFound,
-            "{engine}: {err}"
-        );
+        assert_kind(engine, &err, EngineErrorKind::ImageNotFound);
     }
 }
 
@@ -571,7 +552,7 @@ async fn exec_returns_exit_code_and_output() {
             )
             .await
             .expect_err("times out");
-        assert_eq!(err.kind(), EngineErrorKind::Timeout, "{engine}: {err}");
+        assert_kind(engine, &err, EngineErrorKind::Timeout);
         assert!(
             t0.elapsed() < Duration::from_secs(3),
             "{engine}: {:?}",

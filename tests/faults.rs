@@ -40,6 +40,37 @@ fn serve_config(node: &Node, default_apps: &[String], host: &str) -> PathBuf {
     config
 }
 
+/// Kills `serve` with SIGKILL after `d`, starts it again on `config` and waits until `id`
+/// settles: a client of the new process, the package, and how long recovery took.
+async fn kill_after(
+    serve: &mut TestNode,
+    d: Duration,
+    config: &Path,
+    id: &str,
+) -> (RpcClient, Package, Duration) {
+    tokio::time::sleep(d).await;
+    serve.kill9();
+    let killed = Instant::now();
+    *serve = TestNode::start(config);
+    let mut c = serve.client().await;
+    let p = settle(&mut c, id, Duration::from_secs(40)).await;
+    (c, p, killed.elapsed())
+}
+
+/// A busybox command that runs until SIGTERM, then exits 0 at once.
+const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+
+/// Starts `serve` on `node` with `id` as its one default app, on the engine at `host`, and
+/// waits until the app runs.
+async fn serve_running(node: &Node, id: &str, host: &str) -> (TestNode, RpcClient) {
+    let config = serve_config(node, &[id.to_string()], host);
+    let serve = TestNode::start(&config);
+    let mut c = serve.client().await;
+    let p = settle(&mut c, id, Duration::from_secs(40)).await;
+    assert_eq!(p.state, AppState::Running);
+    (serve, c)
+}
+
 async fn package(c: &mut RpcClient, id: &str) -> Package {
     let v = c.call("package.get", json!({ "id": id })).await.unwrap();
     serde_json::from_value(v).unwrap()
@@ -185,13 +216,7 @@ async fn kill_9_inside_install_and_uninstall_leaves_a_consistent_node() {
         c.call("package.install", json!({ "id": id }))
             .await
             .unwrap();
-        tokio::time::sleep(d).await;
-        serve.kill9();
-        let killed = Instant::now();
-        serve = TestNode::start(&config);
-        let mut c = serve.client().await;
-        let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-        let recovered = killed.elapsed();
+        let (mut c, p, recovered) = kill_after(&mut serve, d, &config, &id).await;
         let when = format!("install killed after {d:?}");
         assert_no_orphans(&docker, &node.prefix, &p, &when).await;
         outcomes.push(format!(
@@ -207,13 +232,7 @@ async fn kill_9_inside_install_and_uninstall_leaves_a_consistent_node() {
         c.call("package.uninstall", json!({ "id": id }))
             .await
             .unwrap();
-        tokio::time::sleep(d).await;
-        serve.kill9();
-        let killed = Instant::now();
-        serve = TestNode::start(&config);
-        let mut c = serve.client().await;
-        let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-        let recovered = killed.elapsed();
+        let (mut c, p, recovered) = kill_after(&mut serve, d, &config, &id).await;
         let when = format!("uninstall killed after {d:?}");
         assert_no_orphans(&docker, &node.prefix, &p, &when).await;
         assert_eq!(
@@ -247,14 +266,7 @@ async fn a_corrupt_or_truncated_state_file_falls_back_to_the_last_good_copy() {
     let node = Node::new("cs");
     let ids: Vec<String> = ["garbled", "truncated"]
         .iter()
-        .map(|name| {
-            node.app(
-                name,
-                "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
-                "  network: none\n  restart: always\n",
-                "",
-            )
-        })
+        .map(|name| node.app(name, SLEEPER, "  network: none\n  restart: always\n", ""))
         .collect();
     let config = serve_config(&node, &ids, &common::docker_host());
     let mut serve = TestNode::start(&config);
@@ -348,17 +360,13 @@ async fn a_full_data_dir_fails_the_write_cleanly_and_recovers() {
     let node = Node::new("full");
     let id = node.app(
         "app",
-        "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
+        SLEEPER,
         "  network: none\n  restart: always\n  volumes: [\"data:/data\"]\n",
         "",
     );
     let data = node.dir.path().join("data");
     let _tmpfs = Tmpfs::mount(&data, "1m");
-    let config = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
-    let serve = TestNode::start(&config);
-    let mut c = serve.client().await;
-    let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-    assert_eq!(p.state, AppState::Running);
+    let (serve, mut c) = serve_running(&node, &id, &common::docker_host()).await;
     let before = std::fs::read(data.join("state").join(format!("{id}.json"))).unwrap();
 
     let filler = fill(&data);
@@ -428,17 +436,13 @@ async fn an_upgrade_whose_snapshot_would_not_fit_is_refused_and_the_app_runs_on(
     let node = Node::new("nospace");
     let id = node.app(
         "app",
-        "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
+        SLEEPER,
         "  network: none\n  volumes: [\"data:/data\"]\n",
         "",
     );
     let data = node.dir.path().join("data");
     let _tmpfs = Tmpfs::mount(&data, "96m");
-    let config = serve_config(&node, std::slice::from_ref(&id), &common::docker_host());
-    let serve = TestNode::start(&config);
-    let mut c = serve.client().await;
-    let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-    assert_eq!(p.state, AppState::Running);
+    let (serve, mut c) = serve_running(&node, &id, &common::docker_host()).await;
     // 60 MiB of data on a 96 MiB disk: a copy cannot fit.
     let blob = data.join("apps").join(&id).join("data").join("blob");
     std::fs::write(&blob, vec![7u8; 60 << 20]).unwrap();
@@ -645,11 +649,7 @@ async fn the_engine_restarted_under_the_supervisor_gets_its_app_back() {
         "  network: none\n  stop_timeout: 1s\n",
         "",
     );
-    let config = serve_config(&node, std::slice::from_ref(&id), &engine.host());
-    let serve = TestNode::start(&config);
-    let mut c = serve.client().await;
-    let p = settle(&mut c, &id, Duration::from_secs(40)).await;
-    assert_eq!(p.state, AppState::Running);
+    let (serve, mut c) = serve_running(&node, &id, &engine.host()).await;
     assert!(engine_reachable(&mut c).await);
     let name = format!("archipelago-{id}");
     let started_before = docker

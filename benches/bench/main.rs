@@ -32,6 +32,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use archipelago::ctl::RpcClient;
 
+mod sampling;
 mod support;
 use support::*;
 
@@ -116,6 +117,15 @@ struct Args {
     /// Only the responsiveness runs (slow stops, upgrades); not boot, hot swap and the rest.
     #[arg(long)]
     responsiveness_only: bool,
+    /// Only the usage sampling cost (`--apps` apps, see `sampling.rs`).
+    #[arg(long)]
+    sampling_only: bool,
+    /// How long the supervisor's CPU is measured in the sampling run.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    sampling_window: Duration,
+    /// `reconcile_interval` of the sampling run (the config's default).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    sampling_reconcile: Duration,
     /// Passed by `cargo bench` to every bench program; means nothing here.
     #[arg(long, hide = true)]
     bench: bool,
@@ -1440,17 +1450,19 @@ async fn run(args: Args) -> Result<()> {
         notes: Vec::new(),
         clk_tck: clock_ticks_per_second(),
     };
-    let mut outcome = if args.responsiveness_only {
+    let mut outcome = if args.sampling_only {
+        bench.sampling(args.apps).await
+    } else if args.responsiveness_only {
         Ok(())
     } else {
         bench
             .scenario(args.apps, args.boot_runs, args.swap_runs, args.ticks, true)
             .await
     };
-    if outcome.is_ok() {
+    if outcome.is_ok() && !args.sampling_only {
         outcome = bench.responsiveness().await;
     }
-    if outcome.is_ok() && args.scale_apps > 0 && !args.responsiveness_only {
+    if outcome.is_ok() && args.scale_apps > 0 && !args.responsiveness_only && !args.sampling_only {
         outcome = bench
             .scenario(
                 args.scale_apps,

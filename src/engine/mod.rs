@@ -295,6 +295,32 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> Result<ExecOutput, EngineError>;
     /// The last `tail` lines of stdout and stderr.
     async fn logs(&self, container: &str, tail: usize) -> Result<Vec<String>, EngineError>;
+    /// The last `tail` lines, then every new line as the container writes it (stdout
+    /// and stderr); ends when the container stops or the engine goes away.
+    fn follow_logs(
+        &self,
+        container: &str,
+        tail: usize,
+    ) -> BoxStream<'static, Result<String, EngineError>> {
+        use futures_util::StreamExt;
+        let _ = tail;
+        let target = container.to_string();
+        futures_util::stream::once(async move {
+            Err(EngineError::Other {
+                target,
+                reason: "this engine cannot follow logs".to_string(),
+            })
+        })
+        .boxed()
+    }
+    /// One sample of a container's memory and CPU counters, asked of the engine once
+    /// (no stream): the fallback when its cgroup is not visible to the supervisor.
+    async fn stats(&self, container: &str) -> Result<crate::usage::Reading, EngineError> {
+        Err(EngineError::Other {
+            target: container.to_string(),
+            reason: "this engine gives no stats".to_string(),
+        })
+    }
     /// The engine's event stream, filtered to our label. Ends or errors when the engine
     /// goes away; the caller resubscribes with backoff.
     fn events(&self) -> BoxStream<'static, Result<EngineEvent, EngineError>>;

@@ -109,6 +109,24 @@ impl ContainerRuntime for ReconnectingRuntime {
     async fn logs(&self, container: &str, tail: usize) -> Result<Vec<String>, EngineError> {
         forward!(self, c => c.logs(container, tail))
     }
+    async fn stats(&self, container: &str) -> Result<crate::usage::Reading, EngineError> {
+        forward!(self, c => c.stats(container))
+    }
+    fn follow_logs(
+        &self,
+        container: &str,
+        tail: usize,
+    ) -> BoxStream<'static, Result<String, EngineError>> {
+        let (conn, host, container) = (self.conn.clone(), self.host.clone(), container.to_string());
+        stream::once(async move {
+            match Self::get(&conn, &host).await {
+                Ok(c) => c.follow_logs(&container, tail),
+                Err(e) => stream::once(async move { Err(e) }).boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
     fn events(&self) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
         let conn = self.conn.clone();
         let host = self.host.clone();

@@ -101,7 +101,7 @@ pub enum SnapshotPolicy {
 
 /// A volume: `NAME:PATH[:ro|:rw]`, a folder under `<data_dir>/apps/<id>/`, or
 /// `APP/NAME:PATH:ro`, volume NAME of the dependency APP mounted read-only.
-/// [`AppManifest::validate`] refuses names with `/` or `..` and writable dependency volumes.
+/// [`AppManifest::validate`](super::AppManifest::validate) refuses names with `/` or `..` and writable dependency volumes.
 ///
 /// The long form `{name, path, read_only, snapshot}` also sets the [`SnapshotPolicy`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -130,7 +130,7 @@ impl VolumeMount {
     }
 
     /// Splits `APP/NAME` into the dependency and the name; anything else stays a plain
-    /// name, for [`check_volume_name`] to judge (so `../data` is still reported as such).
+    /// name, for `check_volume_name` (`rules.rs`) to judge (so `../data` is still reported as such).
     fn split_source(source: &str) -> (Option<AppId>, String) {
         if let Some((app, name)) = source.split_once('/') {
             if let Ok(app) = app.parse::<AppId>() {

@@ -19,6 +19,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use sha2::{Digest, Sha256};
 
+use crate::web::setup::{self, SetupCode};
+
 /// Password checks (argon2) run at once; further logins wait for a slot.
 const PASSWORD_CHECKS: usize = 2;
 
@@ -42,6 +44,20 @@ pub enum AuthError {
     PasswordFile { path: PathBuf, reason: String },
     #[error("cross-origin request refused: origin {origin} does not match host {host}")]
     CrossOrigin { origin: String, host: String },
+    #[error("unauthorized: no password is set yet: open the dashboard and choose one with the setup code shown on the node's console (auth.setup)")]
+    SetupPending,
+    #[error("unauthorized: a password is already set: log in with auth.login (auth.setup only works once)")]
+    SetupDone,
+    #[error(
+        "unauthorized: wrong setup code ({left} attempts left); it is shown on the node's console"
+    )]
+    WrongSetupCode { left: u32 },
+    #[error("unauthorized: too many wrong setup codes: restart archipelago (or the node) for a new code")]
+    SetupLocked,
+    #[error("unauthorized: another setup is in progress")]
+    SetupBusy,
+    #[error("invalid params: password: at least {min} characters")]
+    PasswordTooShort { min: usize },
 }
 
 /// Rules for sessions and failed logins.
@@ -127,6 +143,25 @@ pub struct Auth {
     /// Password checks allowed at once: each argon2 check takes 19 MiB and a core for a
     /// moment, so a burst of logins queues here instead of filling the blocking pool.
     checks: Arc<tokio::sync::Semaphore>,
+    /// First-run onboarding (see [`crate::web::setup`]).
+    onboarding: Mutex<Onboarding>,
+}
+
+/// Where first-run onboarding stands.
+#[derive(Debug)]
+enum Onboarding {
+    /// A password is set (or onboarding never opened): `auth.setup` is refused.
+    Closed,
+    /// No password yet; the code (normalized) lets one `auth.setup` through.
+    Open {
+        code: String,
+        file: PathBuf,
+        failures: u32,
+        /// A right code was given and its password is being written.
+        busy: bool,
+    },
+    /// Too many wrong codes: closed until the next start, which makes a new code.
+    Locked,
 }
 
 /// One open event stream of a session; the count goes down when it drops.
@@ -168,7 +203,105 @@ impl Auth {
             global_failures: Mutex::new(VecDeque::new()),
             streams: Arc::new(Mutex::new(HashMap::new())),
             checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
+            onboarding: Mutex::new(Onboarding::Closed),
         }
+    }
+
+    /// Opens first-run onboarding with this run's setup code (no password file yet).
+    pub fn open_onboarding(&self, code: &SetupCode) {
+        *lock(&self.onboarding) = Onboarding::Open {
+            code: setup::normalize(&code.code),
+            file: code.file.clone(),
+            failures: 0,
+            busy: false,
+        };
+    }
+
+    /// Whether no password is set yet and the dashboard should offer onboarding.
+    /// A password file written meanwhile by other means (`archipelago passwd`) closes it.
+    pub fn onboarding_open(&self) -> bool {
+        let mut state = lock(&self.onboarding);
+        if let Onboarding::Open { file, busy, .. } = &*state {
+            if !*busy && self.password_file.exists() {
+                let _ = std::fs::remove_file(file);
+                *state = Onboarding::Closed;
+                tracing::info!("a password file appeared: onboarding closed");
+            }
+        }
+        !matches!(*state, Onboarding::Closed)
+    }
+
+    /// `auth.setup`: checks the setup code (constant time, [`setup::CODE_ATTEMPTS`] wrong
+    /// ones at most), writes the password's argon2 hash to the password file, deletes the
+    /// code and opens a session, answering its token. Works once.
+    pub async fn setup(&self, ip: IpAddr, code: &str, password: &str) -> Result<String, AuthError> {
+        self.begin_setup(code, password)?;
+        let (path, pw) = (self.password_file.clone(), password.to_string());
+        let written =
+            match tokio::task::spawn_blocking(move || write_password_file(&path, &pw)).await {
+                Ok(r) => r,
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+        if let Err(e) = written {
+            if let Onboarding::Open { busy, .. } = &mut *lock(&self.onboarding) {
+                *busy = false;
+            }
+            return Err(AuthError::PasswordFile {
+                path: self.password_file.clone(),
+                reason: format!("cannot write: {e}"),
+            });
+        }
+        let old = std::mem::replace(&mut *lock(&self.onboarding), Onboarding::Closed);
+        if let Onboarding::Open { file, .. } = old {
+            if let Err(e) = std::fs::remove_file(&file) {
+                tracing::warn!(path = %file.display(), "cannot delete the setup code: {e}");
+            }
+        }
+        tracing::info!(client = %ip, path = %self.password_file.display(), "onboarding done: password set");
+        self.finish_login(ip, true, Instant::now())
+    }
+
+    /// The checks of `auth.setup` before anything is written; a right code marks the
+    /// setup busy so that a second one cannot race it.
+    fn begin_setup(&self, code: &str, password: &str) -> Result<(), AuthError> {
+        let mut state = lock(&self.onboarding);
+        let Onboarding::Open {
+            code: want,
+            file,
+            failures,
+            busy,
+        } = &mut *state
+        else {
+            return Err(match *state {
+                Onboarding::Locked => AuthError::SetupLocked,
+                _ => AuthError::SetupDone,
+            });
+        };
+        if *busy {
+            return Err(AuthError::SetupBusy);
+        }
+        if password.chars().count() < setup::MIN_PASSWORD_CHARS {
+            return Err(AuthError::PasswordTooShort {
+                min: setup::MIN_PASSWORD_CHARS,
+            });
+        }
+        if constant_time_eq(setup::normalize(code).as_bytes(), want.as_bytes()) {
+            *busy = true;
+            return Ok(());
+        }
+        *failures += 1;
+        tracing::warn!(failures = *failures, "onboarding: wrong setup code");
+        if *failures < setup::CODE_ATTEMPTS {
+            return Err(AuthError::WrongSetupCode {
+                left: setup::CODE_ATTEMPTS - *failures,
+            });
+        }
+        let _ = std::fs::remove_file(&*file);
+        *state = Onboarding::Locked;
+        tracing::warn!(
+            "onboarding locked after too many wrong setup codes: restart for a new code"
+        );
+        Err(AuthError::SetupLocked)
     }
 
     /// Waits for one of the few password-check slots.
@@ -216,6 +349,9 @@ impl Auth {
     /// The rate-limit half of a login: refuses a client (or everyone) still waiting after
     /// failures, else answers what to check the password against.
     pub fn begin_login(&self, ip: IpAddr, now: Instant) -> Result<PendingLogin, AuthError> {
+        if self.onboarding_open() {
+            return Err(AuthError::SetupPending);
+        }
         let retry = |wait: Duration| AuthError::TooManyAttempts {
             retry_in_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         };
@@ -811,5 +947,80 @@ mod tests {
             missing.login(IpAddr::V4(Ipv4Addr::LOCALHOST), "", Instant::now()),
             Err(AuthError::PasswordFile { .. })
         ));
+    }
+
+    /// An Auth in onboarding: no password file yet, the code written to data_dir.
+    fn onboarding() -> (tempfile::TempDir, Auth, SetupCode) {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::new(dir.path().join("password"), AuthPolicy::default());
+        let code = setup::open(dir.path()).unwrap();
+        auth.open_onboarding(&code);
+        (dir, auth, code)
+    }
+
+    #[actix_web::test]
+    async fn setup_works_once_and_then_login_takes_over() {
+        let (dir, auth, code) = onboarding();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert!(auth.onboarding_open());
+        assert_eq!(
+            auth.login(ip, "whatever", Instant::now()),
+            Err(AuthError::SetupPending)
+        );
+        assert_eq!(
+            auth.setup(ip, &code.code, "short").await,
+            Err(AuthError::PasswordTooShort { min: 10 })
+        );
+        let token = auth.setup(ip, &code.code, "long enough pw").await.unwrap();
+        assert_eq!(auth.check(Some(&token), Instant::now()), Ok(()));
+        assert!(!auth.onboarding_open());
+        assert!(!code.file.exists());
+        assert!(is_hash(
+            read_password(&dir.path().join("password"))
+                .unwrap()
+                .as_str()
+        ));
+        assert_eq!(
+            auth.setup(ip, &code.code, "long enough pw").await,
+            Err(AuthError::SetupDone)
+        );
+        assert!(auth.login(ip, "long enough pw", Instant::now()).is_ok());
+    }
+
+    #[actix_web::test]
+    async fn wrong_codes_count_down_then_lock() {
+        let (_dir, auth, code) = onboarding();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for left in (1..setup::CODE_ATTEMPTS).rev() {
+            assert_eq!(
+                auth.setup(ip, "2222-2222-2222", "long enough pw").await,
+                Err(AuthError::WrongSetupCode { left })
+            );
+        }
+        assert_eq!(
+            auth.setup(ip, "2222-2222-2222", "long enough pw").await,
+            Err(AuthError::SetupLocked)
+        );
+        assert_eq!(
+            auth.setup(ip, &code.code, "long enough pw").await,
+            Err(AuthError::SetupLocked)
+        );
+        assert!(!code.file.exists());
+        assert!(auth.onboarding_open(), "still no password: the page stays");
+    }
+
+    #[test]
+    fn a_password_file_written_meanwhile_closes_onboarding() {
+        let (dir, auth, code) = onboarding();
+        write_password_file(&dir.path().join("password"), "set by passwd").unwrap();
+        assert!(!auth.onboarding_open());
+        assert!(!code.file.exists());
+        assert!(auth
+            .login(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                "set by passwd",
+                Instant::now()
+            )
+            .is_ok());
     }
 }

@@ -34,6 +34,7 @@ pub fn event_frame(event: &Event) -> Bytes {
     match event {
         Event::Package(p) => frame("package", p),
         Event::Operation(o) => frame("operation", o),
+        Event::Status(s) => frame("status", s),
     }
 }
 

@@ -158,6 +158,7 @@ fn render_packages(out: &mut String, packages: &[Package]) {
             p.memory_limit_bytes
         );
     }
+    render_usage(out, packages);
     let _ = writeln!(out, "# HELP archipelago_app_update_available 1 when the catalog holds a newer version than the installed one.");
     let _ = writeln!(out, "# TYPE archipelago_app_update_available gauge");
     for p in packages {
@@ -171,6 +172,50 @@ fn render_packages(out: &mut String, packages: &[Package]) {
 }
 
 /// Engine reachability, the last reconcile and the memory budget.
+/// Reads one figure of a package.
+type Figure<'a> = &'a dyn Fn(&Package) -> Option<f64>;
+
+/// What each app uses, as the sampler last measured it (apps without a figure are left
+/// out of that metric), and its restarts.
+fn render_usage(out: &mut String, packages: &[Package]) {
+    let usage = |p: &Package| p.usage.clone();
+    let metrics: [(&str, &str, &str, Figure); 4] = [
+        (
+            "archipelago_app_memory_bytes",
+            "Memory in use by each app's container, inactive file cache left out.",
+            "gauge",
+            &|p| usage(p)?.memory_bytes.map(|b| b as f64),
+        ),
+        (
+            "archipelago_app_cpu_percent",
+            "CPU of each app over the last sampling interval (100 = one core).",
+            "gauge",
+            &|p| usage(p)?.cpu_percent.map(|c| c.0),
+        ),
+        (
+            "archipelago_app_disk_bytes",
+            "Bytes in each app's volume folders, from the last walk.",
+            "gauge",
+            &|p| usage(p)?.disk_bytes.map(|b| b as f64),
+        ),
+        (
+            "archipelago_app_restarts_total",
+            "Restarts of each app's container since archipelago started.",
+            "counter",
+            &|p| Some(p.restarts as f64),
+        ),
+    ];
+    for (name, help, kind, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for p in packages {
+            if let Some(v) = value(p) {
+                let _ = writeln!(out, "{name}{{app=\"{}\"}} {v}", label(&p.id));
+            }
+        }
+    }
+}
+
 fn render_status(out: &mut String, s: &ServerStatus) {
     let gauges: [(&str, &str, f64); 5] = [
         (
@@ -203,6 +248,24 @@ fn render_status(out: &mut String, s: &ServerStatus) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
         let _ = writeln!(out, "{name} {value}");
+    }
+    if let Some(disk) = &s.disk {
+        for (name, help, value) in [
+            (
+                "archipelago_data_dir_free_bytes",
+                "Free space on the file system of data_dir.",
+                disk.free_bytes,
+            ),
+            (
+                "archipelago_data_dir_size_bytes",
+                "Size of the file system of data_dir.",
+                disk.total_bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
 }
 

@@ -9,8 +9,10 @@ pub mod auth;
 pub mod dashboard;
 pub mod events;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 pub mod rpc;
+pub mod setup;
 pub mod tls;
 
 use std::future::Future;
@@ -31,8 +33,8 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::supervisor::{
-    GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog, RunOperation,
-    Subscribe,
+    FollowLogs, GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog,
+    RunOperation, Subscribe,
 };
 use crate::web::auth::{Auth, AuthPolicy};
 use crate::web::metrics::Metrics;
@@ -75,6 +77,8 @@ pub struct WebConfig {
     pub max_connection_rate: usize,
     /// Open and new connections per client address.
     pub per_client: limits::ConnPolicy,
+    /// First-run onboarding: no password file yet, this run's setup code.
+    pub setup: Option<setup::SetupCode>,
 }
 
 /// The HTTPS listener: where, and with which certificate.
@@ -116,6 +120,7 @@ impl WebConfig {
             max_connections: 256,
             max_connection_rate: 64,
             per_client: limits::ConnPolicy::default(),
+            setup: None,
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct Backend {
     pub get_status: Recipient<GetStatus>,
     /// One subscription per `/api/events` client.
     pub subscribe: Recipient<Subscribe>,
+    /// One log stream per `/api/logs/{id}` client.
+    pub follow_logs: Recipient<FollowLogs>,
     /// `backup.*`; `None` when the config has no `backup:` section.
     pub backup: Option<Recipient<crate::backup::BackupRequest>>,
 }
@@ -156,7 +163,8 @@ impl Backend {
             + Handler<GetLogs>
             + Handler<ReloadCatalog>
             + Handler<GetStatus>
-            + Handler<Subscribe>,
+            + Handler<Subscribe>
+            + Handler<FollowLogs>,
     {
         Backend {
             list_packages: addr.clone().recipient(),
@@ -167,6 +175,7 @@ impl Backend {
             reload_catalog: addr.clone().recipient(),
             get_status: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
+            follow_logs: addr.clone().recipient(),
             backup: None,
         }
     }
@@ -203,8 +212,12 @@ pub fn server(cfg: WebConfig, backend: Backend) -> io::Result<(Server, SocketAdd
 /// Like [`server`], answering the HTTPS address too.
 pub fn server_bound(cfg: WebConfig, backend: Backend) -> io::Result<(Server, Bound)> {
     let auth = Auth::new(cfg.password_file.clone(), cfg.auth.clone());
-    auth.check_password_file()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    match &cfg.setup {
+        Some(code) => auth.open_onboarding(code),
+        None => auth
+            .check_password_file()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+    }
     // The HTTPS socket is bound first so `server.status` can name its address.
     let tls = match &cfg.tls {
         Some(t) => {
@@ -348,6 +361,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/rpc/v1", web::post().to(rpc_endpoint))
         .route("/api/events", web::get().to(events_endpoint))
+        .route("/api/logs/{id}", web::get().to(logs::endpoint))
         .route("/metrics", web::get().to(metrics_endpoint));
 }
 

@@ -67,6 +67,7 @@ impl From<AuthError> for RpcError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::PasswordFile { .. } => AppError::Internal(e.to_string()).into(),
+            AuthError::PasswordTooShort { .. } => RpcError::new(INVALID_PARAMS, e.to_string()),
             _ => RpcError::new(UNAUTHORIZED, e.to_string()),
         }
     }
@@ -77,6 +78,7 @@ impl From<AuthError> for RpcError {
 pub enum Method {
     AuthLogin,
     AuthLogout,
+    AuthSetup,
     ServerHealth,
     ServerStatus,
     PackageList,
@@ -93,9 +95,10 @@ pub enum Method {
 
 impl Method {
     /// Every method, for tests and the docs.
-    pub const ALL: [Method; 20] = [
+    pub const ALL: [Method; 21] = [
         Method::AuthLogin,
         Method::AuthLogout,
+        Method::AuthSetup,
         Method::ServerHealth,
         Method::ServerStatus,
         Method::PackageList,
@@ -121,6 +124,7 @@ impl Method {
         match self {
             Method::AuthLogin => "auth.login",
             Method::AuthLogout => "auth.logout",
+            Method::AuthSetup => "auth.setup",
             Method::ServerHealth => "server.health",
             Method::ServerStatus => "server.status",
             Method::PackageList => "package.list",
@@ -153,7 +157,7 @@ impl Method {
     fn needs_session(self) -> bool {
         !matches!(
             self,
-            Method::AuthLogin | Method::AuthLogout | Method::ServerHealth
+            Method::AuthLogin | Method::AuthLogout | Method::AuthSetup | Method::ServerHealth
         )
     }
 }
@@ -450,6 +454,11 @@ async fn call(
                 .map_err(refused)?;
             tracing::info!(client = %ctx.ip, "login");
             // No cookie: the page keeps the token in sessionStorage and sends it as a header.
+            Ok(json!({ "token": token }))
+        }
+        Method::AuthSetup => {
+            let p: crate::web::setup::SetupParams = params(raw)?;
+            let token = ctx.auth.setup(ctx.ip, &p.code, &p.password).await?;
             Ok(json!({ "token": token }))
         }
         Method::AuthLogout => {

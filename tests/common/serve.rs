@@ -269,6 +269,10 @@ impl Drop for TestNode {
                 eprintln!("{l}");
             }
         }
+        // Already reaped (after `kill9`): its pid may belong to another process by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // Graceful first (as systemd would), then by force; both by this child's own pid.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

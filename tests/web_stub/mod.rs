@@ -16,8 +16,8 @@ use archipelago::api::{
 };
 use archipelago::error::AppError;
 use archipelago::supervisor::{
-    GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog, RunOperation,
-    Subscribe,
+    FollowLogs, GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog,
+    RunOperation, Subscribe,
 };
 use archipelago::web::{self, Backend, WebConfig};
 use tokio::sync::broadcast;
@@ -64,6 +64,9 @@ fn package(id: &str, name: &str, state: AppState, memory: u64) -> Package {
         last_error: None,
         operation: None,
         onion_address: None,
+        ui: None,
+        usage: None,
+        restarts: 0,
     }
 }
 
@@ -330,7 +333,21 @@ impl Handler<GetStatus> for Stub {
                 budget_bytes: Some(8 * 1024 * MIB),
                 reserved_bytes: 2048 * MIB,
             },
+            disk: None,
         })
+    }
+}
+
+/// The stub has no engine: a followed log is one line and its end.
+impl Handler<FollowLogs> for Stub {
+    type Result = Result<archipelago::supervisor::LogStream, AppError>;
+    fn handle(&mut self, msg: FollowLogs, _: &mut Context<Self>) -> Self::Result {
+        use futures_util::StreamExt;
+        let p = self
+            .packages
+            .get(&msg.id)
+            .ok_or_else(|| AppError::UnknownApp { id: msg.id.clone() })?;
+        Ok(futures_util::stream::iter([Ok(format!("{} line 1", p.id))]).boxed())
     }
 }
 

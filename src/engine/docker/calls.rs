@@ -25,6 +25,7 @@ use super::convert::{
 };
 use super::errors::{map_error, Target};
 use super::events::map_event;
+use super::follow::{follow_logs, stats_once};
 use super::podman::retry_transient_state;
 use super::{DockerRuntime, EXEC_EXIT_WAIT};
 use crate::engine::{
@@ -407,6 +408,20 @@ impl ContainerRuntime for DockerRuntime {
             Ok(lines.into_iter().skip(skip).collect())
         };
         self.bounded(|| format!("logs of {container}"), self.call_timeout, fut)
+            .await
+    }
+
+    fn follow_logs(
+        &self,
+        container: &str,
+        tail: usize,
+    ) -> BoxStream<'static, Result<String, EngineError>> {
+        follow_logs(self.docker.clone(), self.host.clone(), container, tail)
+    }
+
+    async fn stats(&self, container: &str) -> Result<crate::usage::Reading, EngineError> {
+        let fut = stats_once(&self.docker, &self.host, container);
+        self.bounded(|| format!("stats of {container}"), self.call_timeout, fut)
             .await
     }
 

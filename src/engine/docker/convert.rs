@@ -156,7 +156,7 @@ pub(super) fn network_aliases(spec: &ContainerSpec) -> Option<NetworkingConfig> 
     })
 }
 
-/// The largest file [`ContainerRuntime::read_file`] reads.
+/// The largest file [`ContainerRuntime::read_file`](crate::engine::ContainerRuntime::read_file) reads.
 pub(super) const MAX_READ_FILE: usize = 1 << 20;
 
 /// The content of the first regular file in a tar archive (the archive endpoint answers
@@ -203,11 +203,19 @@ impl PullProgress {
         if let Some(t) = total.filter(|t| *t > 0) {
             entry.1 = Some(t as u64);
         }
-        if let Some(c) = current.filter(|c| *c >= 0) {
-            entry.0 = c as u64;
+        // Bytes downloaded per layer, never going back: extraction reports a current of
+        // its own, which would move the bar backwards, so only downloads count; a layer
+        // downloaded (or already present) counts as whole.
+        if let Some(c) = current.filter(|c| *c >= 0 && status.starts_with("Downloading")) {
+            entry.0 = entry.0.max(c as u64);
         }
-        // Extraction reports its own current/total; a finished layer counts as whole.
-        if status.starts_with("Pull complete") || status.starts_with("Download complete") {
+        let whole = [
+            "Pull complete",
+            "Download complete",
+            "Already exists",
+            "Extracting",
+        ];
+        if whole.iter().any(|w| status.starts_with(w)) {
             if let Some(t) = entry.1 {
                 entry.0 = t;
             }

@@ -1,9 +1,9 @@
-//! The real engine: [`ContainerRuntime`] over the Docker Engine API with bollard.
+//! The real engine: [`ContainerRuntime`](crate::engine::ContainerRuntime) over the Docker Engine API with bollard.
 //!
 //! Speaks to Docker (20.10 and later) and to Podman's Docker-compatible API (4.x) through
 //! one code path; where the two differ (event names, exit-code attributes, error wording)
 //! the difference is absorbed here, never in the callers. Every failure goes through
-//! [`map_error`], the one place that decides which [`EngineError`] a bollard error is.
+//! `map_error` (`errors.rs`), the one place that decides which [`EngineError`] a bollard error is.
 //!
 //! Choices worth knowing:
 //! - A missing image on pull is [`EngineError::ImageNotFound`] when the engine or the
@@ -16,13 +16,15 @@
 //!
 //! One concern per file: `calls` (the trait's calls), `errors` (error mapping), `convert`
 //! (our types to the engine's and back), `build_context` (the tar and `.dockerignore`),
-//! `network` (app networks), `podman` (Podman and rootless differences) and `events`.
+//! `network` (app networks), `podman` (Podman and rootless differences), `events`, and
+//! `follow` (a following log stream and one-shot stats).
 
 mod build_context;
 mod calls;
 mod convert;
 mod errors;
 mod events;
+mod follow;
 mod network;
 mod podman;
 #[cfg(test)]
@@ -76,7 +78,7 @@ pub struct DockerRuntime {
     podman: bool,
     /// Limits set live on Podman, by container id, with the `StartedAt` of the run they
     /// apply to. Podman 4.3 changes the cgroup but keeps reporting the old limit in
-    /// inspect; this is what [`ContainerRuntime::inspect`] reports instead while the run
+    /// inspect; this is what [`ContainerRuntime::inspect`](crate::engine::ContainerRuntime::inspect) reports instead while the run
     /// lasts. A restart of the container (or of the supervisor) forgets it, which is
     /// right: Podman then applies its stored, old limit again, inspect shows that, and the
     /// caller updates again.

@@ -81,7 +81,7 @@ impl DockerRuntime {
     }
 }
 
-/// What [`DockerRuntime::ensure_network`] knows of one network of the wanted name.
+/// What [`ContainerRuntime::ensure_network`](crate::engine::ContainerRuntime::ensure_network) knows of one network of the wanted name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct NetworkFacts {
     pub(super) id: String,

@@ -319,6 +319,10 @@ fn pull_progress_sums_layers() {
     assert_eq!(p.totals(), (Some(105), Some(150)));
     p.update(None, "Digest: sha256:x", None, None);
     assert_eq!(p.totals(), (Some(105), Some(150)));
+    // Extraction of b reports its own smaller current: the bar does not go back.
+    p.update(Some("b"), "Downloading", Some(30), Some(50));
+    p.update(Some("b"), "Extracting", Some(2), Some(50));
+    assert_eq!(p.totals(), (Some(150), Some(150)));
 }
 
 #[test]
