@@ -716,3 +716,186 @@ async fn an_incremental_run_moves_about_what_changed() {
         second.data_added
     );
 }
+
+/// chromedriver and one headless Chromium session (fresh profile); both end on drop.
+struct Page {
+    driver: Child,
+    url: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Page {
+    async fn open() -> Page {
+        for path in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+            assert!(
+                Path::new(path).exists(),
+                "{path} is missing: run `scripts/test-env.sh up`"
+            );
+        }
+        let port = free_port();
+        let driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let profile = tempfile::tempdir().unwrap();
+        let mut page = Page {
+            driver,
+            url: format!("http://127.0.0.1:{port}"),
+            session: String::new(),
+            _profile: profile,
+        };
+        wait_port(port, "chromedriver");
+        let args = json!([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            format!("--user-data-dir={}", page._profile.path().display()),
+        ]);
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
+        let v = page.raw("POST", "/session", caps).await;
+        page.session = v["sessionId"].as_str().expect("a session").to_string();
+        page
+    }
+
+    async fn raw(&self, method: &str, path: &str, body: Value) -> Value {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let res = archipelago::ctl::http_request(
+            method,
+            &format!("{}{path}", self.url),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"));
+        let v: Value = serde_json::from_slice(&res.body).unwrap();
+        assert!(res.status < 300, "webdriver {method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        let path = format!("/session/{}/url", self.session);
+        self.raw("POST", &path, json!({ "url": url })).await;
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        let path = format!("/session/{}/execute/sync", self.session);
+        self.raw("POST", &path, json!({"script": script, "args": []}))
+            .await
+    }
+
+    /// Polls the JS expression until truthy; answers its value.
+    async fn wait_for(&self, what: &str, expr: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.js(&format!("return ({expr});")).await;
+            if !(v.is_null() || v == false || v == "") {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page did not show {what} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = Command::new("curl")
+                .args(["-s", "-m", "10", "-X", "DELETE"])
+                .arg(format!("{}/session/{}", self.url, self.session))
+                .stdout(Stdio::null())
+                .status();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The dashboard's Backup section: "Back up now" runs a backup and the section shows its
+/// success with the bytes added; a run that fails is shown as failed, with restic's error.
+#[actix_web::test]
+async fn the_dashboard_shows_the_last_backup_result() {
+    require_engine().await;
+    let target = local_target();
+    let node = ServeNode::new("bkd");
+    let web = web_app(&node, "live");
+    let config = node.config(
+        &common::docker_host(),
+        "none",
+        std::slice::from_ref(&web),
+        &format!("backup:\n  target:\n{}", target.yaml),
+    );
+    let data = node.dir.path().join("data");
+    let server = TestNode::start(&config);
+    let mut c = server.client().await;
+    wait_state(&mut c, &web, "running", Duration::from_secs(60)).await;
+    std::fs::write(data.join("apps").join(&web).join("data/page.txt"), "x").unwrap();
+    let token = c
+        .call("auth.login", json!({"password": common::serve::PASSWORD}))
+        .await
+        .unwrap();
+    let page = Page::open().await;
+    page.goto(&format!("{}/", server.base)).await;
+    page.js(&format!(
+        "sessionStorage.setItem('archipelago.token', {}); location.reload(); return true;",
+        token["token"]
+    ))
+    .await;
+    page.wait_for(
+        "the Backup section",
+        "!document.getElementById('backup').hidden",
+        Duration::from_secs(20),
+    )
+    .await;
+    let summary = page
+        .js("return document.getElementById('backup-summary').textContent;")
+        .await;
+    assert_eq!(summary, "no backup yet");
+    page.js("document.getElementById('backup-run').click(); return true;")
+        .await;
+    let text = page
+        .wait_for(
+            "a succeeded backup",
+            "document.getElementById('backup-summary').textContent.includes('succeeded') && document.getElementById('backup-summary').textContent",
+            Duration::from_secs(90),
+        )
+        .await;
+    assert!(text.as_str().unwrap().contains("added"), "{text}");
+    // A wrong password makes the next run fail; the section says so.
+    std::fs::write(data.join("backup/password"), "not the password\n").unwrap();
+    page.js("document.getElementById('backup-run').click(); return true;")
+        .await;
+    let text = page
+        .wait_for(
+            "a failed backup",
+            "document.getElementById('backup-summary').textContent.includes('FAILED') && document.getElementById('backup-summary').textContent",
+            Duration::from_secs(90),
+        )
+        .await;
+    assert!(text.as_str().unwrap().contains("restic"), "{text}");
+    let failed = page
+        .js("return document.getElementById('backup').classList.contains('failed');")
+        .await;
+    assert_eq!(failed, true);
+    drop(page);
+    drop(c);
+    drop(server);
+    remove_containers(&node.prefix);
+}
