@@ -292,3 +292,47 @@ mod tests {
         assert!(serde_yaml::from_str::<BackupConfig>(both).is_err());
     }
 }
+
+#[cfg(test)]
+mod config_file_tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    const BASE: &str = "apps_dir: apps\ndata_dir: data\nauth:\n  password_file: pw\n";
+
+    #[test]
+    fn the_section_resolves_against_the_config_folder() {
+        let text = format!("{BASE}backup:\n  target:\n    sftp: {{host: h, user: u, path: /b, key: key}}\n  schedule: 1h\n");
+        let c = Config::from_yaml(Path::new("/etc/archipelago/config.yml"), &text).unwrap();
+        let b = c.backup.unwrap();
+        assert_eq!(
+            b.password_file.unwrap(),
+            Path::new("/etc/archipelago/data/backup/password")
+        );
+        match b.target {
+            super::Target::Sftp(s) => assert_eq!(s.key, Path::new("/etc/archipelago/key")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_the_file_and_field() {
+        let text = format!("{BASE}backup:\n  target: {{local: x}}\n  schedule: 0s\n");
+        let err = Config::from_yaml(Path::new("/etc/a/config.yml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/a/config.yml: backup.schedule: must be at least 1s"
+        );
+        let text = format!("{BASE}backup:\n  target: {{local: x}}\n  shedule: 1h\n");
+        let err = Config::from_yaml(Path::new("/etc/a/config.yml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("backup.shedule") || err.contains("shedule"),
+            "{err}"
+        );
+    }
+}

@@ -506,3 +506,111 @@ fn first_line(path: &Path, field: &str) -> Result<String, BackupError> {
     }
     Ok(line)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_lines_parse() {
+        let status = r#"{"message_type":"status","percent_done":0.5,"total_files":2,"bytes_done":10,"total_bytes":20}"#;
+        assert!(matches!(
+            serde_json::from_str::<BackupLine>(status).unwrap(),
+            BackupLine::Status {
+                bytes_done: 10,
+                total_bytes: 20
+            }
+        ));
+        let summary = r#"{"message_type":"summary","files_new":2,"files_changed":0,"files_unmodified":0,"dirs_new":4,"dirs_changed":0,"dirs_unmodified":0,"data_blobs":2,"tree_blobs":5,"data_added":2115,"total_files_processed":2,"total_bytes_processed":6,"total_duration":0.24,"snapshot_id":"9470ab25"}"#;
+        match serde_json::from_str::<BackupLine>(summary).unwrap() {
+            BackupLine::Summary(s) => {
+                assert_eq!(s.snapshot_id, "9470ab25");
+                assert_eq!(s.data_added, 2115);
+                assert_eq!(s.total_bytes_processed, 6);
+            }
+            other => panic!("{other:?}"),
+        }
+        let error = r#"{"message_type":"error","error":{"Op":"open","Path":"x"},"during":"archival","item":"/d/x"}"#;
+        assert!(matches!(
+            serde_json::from_str::<BackupLine>(error).unwrap(),
+            BackupLine::Error { .. }
+        ));
+        let verbose = r#"{"message_type":"verbose_status","action":"new","item":"/d/x"}"#;
+        assert!(matches!(
+            serde_json::from_str::<BackupLine>(verbose).unwrap(),
+            BackupLine::Other
+        ));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_free_pid_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX - 1));
+    }
+
+    fn config(yaml: &str) -> BackupConfig {
+        let mut c: BackupConfig = serde_yaml::from_str(yaml).unwrap();
+        c.resolve(
+            Path::new("/etc/archipelago"),
+            Path::new("/var/lib/archipelago"),
+        );
+        c
+    }
+
+    #[test]
+    fn repositories_are_named_as_restic_wants_them() {
+        let r = Restic::new(&config("target: {local: /mnt/usb/node}")).unwrap();
+        assert_eq!(r.repository(), "/mnt/usb/node");
+        assert_eq!(
+            r.password_file,
+            Path::new("/var/lib/archipelago/backup/password")
+        );
+        let r = Restic::new(&config(
+            "target:\n  sftp: {host: h, port: 2222, user: u, path: /srv/b, key: k, known_hosts: kh}",
+        ))
+        .unwrap();
+        assert_eq!(r.repository(), "sftp:u@h:/srv/b");
+        assert_eq!(r.options[0], "-o");
+        assert!(r.options[1].starts_with("sftp.command=ssh -p 2222 -i /etc/archipelago/k "));
+        assert!(r.options[1].contains("-o UserKnownHostsFile=/etc/archipelago/kh"));
+        assert!(r.options[1].ends_with(" u@h -s sftp"));
+    }
+
+    #[test]
+    fn s3_credentials_come_from_their_files_and_missing_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "AKID\n").unwrap();
+        std::fs::write(dir.path().join("s"), "SECRET\nignored\n").unwrap();
+        let yaml = format!(
+            "target:\n  s3: {{endpoint: 'http://127.0.0.1:9000/', bucket: b, prefix: /node/, access_key_file: {0}/a, secret_key_file: {0}/s}}",
+            dir.path().display()
+        );
+        let r = Restic::new(&config(&yaml)).unwrap();
+        assert_eq!(r.repository(), "s3:http://127.0.0.1:9000/b/node");
+        assert!(r.env.contains(&("AWS_ACCESS_KEY_ID".into(), "AKID".into())));
+        assert!(r
+            .env
+            .contains(&("AWS_SECRET_ACCESS_KEY".into(), "SECRET".into())));
+        let missing = "target:\n  s3: {endpoint: 'http://h', bucket: b, access_key_file: /nope/a, secret_key_file: /nope/s}";
+        let err = Restic::new(&config(missing)).unwrap_err().to_string();
+        assert!(err.contains("backup.target.s3.access_key_file"), "{err}");
+    }
+
+    #[test]
+    fn a_new_password_file_is_random_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "target: {{local: /x}}\npassword_file: {}/sub/pw",
+            dir.path().display()
+        );
+        let r = Restic::new(&config(&yaml)).unwrap();
+        assert!(r.ensure_password().unwrap());
+        assert!(!r.ensure_password().unwrap(), "made twice");
+        let path = dir.path().join("sub/pw");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.trim().len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
