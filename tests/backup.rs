@@ -835,7 +835,13 @@ async fn the_dashboard_shows_the_last_backup_result() {
     require_engine().await;
     let target = local_target();
     let node = ServeNode::new("bkd");
-    let web = web_app(&node, "live");
+    // Consistency `exec`: a pre-backup command dumps into the volume before the copy.
+    let top = "backup:\n  consistency: exec\n  pre: {exec: [\"sh\", \"-c\", \"echo dumped > /data/dump.txt\"], timeout: 30s}\n";
+    let extra = "  volumes: [\"data:/data\"]\n  stop_timeout: 1s\n";
+    let web = node.manifest(
+        "web",
+        &busybox_manifest("{id}", "Web", "1", "sleep 100000", top, extra),
+    );
     let config = node.config(
         &common::docker_host(),
         "none",
@@ -878,6 +884,11 @@ async fn the_dashboard_shows_the_last_backup_result() {
         )
         .await;
     assert!(text.as_str().unwrap().contains("added"), "{text}");
+    let dump = data.join("apps").join(&web).join("data/dump.txt");
+    assert_eq!(std::fs::read_to_string(&dump).unwrap(), "dumped\n");
+    let password = data.join("backup/password");
+    let listing = target.restic(&password, &["ls", "--no-lock", "latest"]);
+    assert!(listing.contains("/data/dump.txt"), "{listing}");
     // A wrong password makes the next run fail; the section says so.
     std::fs::write(data.join("backup/password"), "not the password\n").unwrap();
     page.js("document.getElementById('backup-run').click(); return true;")
