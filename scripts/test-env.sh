@@ -5,6 +5,8 @@
 # archipelago-test/busybox:latest and archipelago-test/servers:latest, a Debian bookworm root
 # file system with the real tor, redis, postgresql and nginx packages (built with debootstrap
 # and cached under /var/cache/archipelago-test; ARCHIPELAGO_TEST_REBUILD_SERVERS=1 rebuilds it).
+# The backup tests' targets are installed here too (restic, openssh-server for a private
+# sshd that each test starts, moto's S3 server in a venv); the tests start and stop them.
 #
 # usage: scripts/test-env.sh up|down|status|env
 #
