@@ -380,6 +380,11 @@ async fn backup_and_restore(target: Target) {
             let id = latest["id"].as_str().unwrap();
             let dumped = target.restic(&password, &["dump", "--no-lock", id, &file]);
             if dumped.as_bytes() == new_cb.as_slice() {
+                eprintln!(
+                    "channel backup on {} within {:?} of its rewrite",
+                    target.repository,
+                    written.elapsed()
+                );
                 break;
             }
         }

@@ -531,7 +531,11 @@ pub(super) async fn channel_pass(
             let summary = restic
                 .backup(&data_dir, &[relative], &[], &[TAG_CHANNEL, &tag], |_, _| {})
                 .await?;
-            restic.forget_keep_last(&tag, keep).await?;
+            // The copy is on the target; dropping old copies needs the exclusive lock, which
+            // a scheduled run may hold: it is tried again with the next copy.
+            if let Err(e) = restic.forget_keep_last(&tag, keep).await {
+                tracing::info!(%app, error = %e, "old channel-backup copies not dropped yet");
+            }
             Ok::<_, BackupError>(summary.snapshot_id)
         }
         .await;
