@@ -19,6 +19,7 @@ use super::{
 use crate::api::{AppState, OperationKind, OperationProgress};
 use crate::catalog::Catalog;
 use crate::engine::ContainerRuntime;
+use crate::error::AppError;
 use crate::manifest::AppManifest;
 use crate::supervisor::{GetPackage, ListPackages, RunOperation};
 
@@ -199,20 +200,7 @@ async fn run_inner(
     }
     .await;
     // Whatever happened, what was stopped starts again.
-    for id in &stopped {
-        let start = RunOperation {
-            id: id.clone(),
-            kind: OperationKind::Start,
-            purge: false,
-        };
-        match tokio::time::timeout(ASK_TIMEOUT, job.supervisor.run.send(start)).await {
-            Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(e))) => {
-                tracing::error!(app = %id, error = %e, "backup: could not start the app again")
-            }
-            _ => tracing::error!(app = %id, "backup: the supervisor did not take the start"),
-        }
-    }
+    start_again(&job.supervisor, &stopped).await;
     if !stopped.is_empty() {
         let _ = tokio::fs::remove_file(&marker).await;
     }
@@ -441,27 +429,51 @@ pub(super) async fn resume_stopped(data_dir: PathBuf, link: SupervisorLink) {
         return;
     };
     let apps: Vec<String> = serde_json::from_slice(&text).unwrap_or_default();
-    for id in &apps {
-        let mut started = false;
-        for _ in 0..30 {
+    tracing::info!(
+        ?apps,
+        "backup: starting again the apps a cut-off run had stopped"
+    );
+    start_again(&link, &apps).await;
+    let _ = tokio::fs::remove_file(&marker).await;
+}
+
+/// How long [`start_again`] keeps asking.
+const START_AGAIN_FOR: Duration = Duration::from_secs(60);
+
+/// Asks the supervisor to start `apps`, in rounds a second apart: a start refused because a
+/// dependency is not running yet (both were stopped) or because the supervisor does not
+/// know the app yet (just booted) is asked again in the next round, for at most a minute.
+async fn start_again(link: &SupervisorLink, apps: &[String]) {
+    let deadline = Instant::now() + START_AGAIN_FOR;
+    let mut pending: Vec<String> = apps.to_vec();
+    while !pending.is_empty() {
+        let mut later = Vec::new();
+        for id in pending {
             let start = RunOperation {
                 id: id.clone(),
                 kind: OperationKind::Start,
                 purge: false,
             };
-            if let Ok(Ok(Ok(_))) = tokio::time::timeout(ASK_TIMEOUT, link.run.send(start)).await {
-                started = true;
-                break;
+            match tokio::time::timeout(ASK_TIMEOUT, link.run.send(start)).await {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(AppError::DependencyNotReady { .. } | AppError::UnknownApp { .. })))
+                | Ok(Err(_))
+                | Err(_)
+                    if Instant::now() < deadline =>
+                {
+                    later.push(id)
+                }
+                Ok(Ok(Err(e))) => {
+                    tracing::error!(app = %id, error = %e, "backup: could not start the app again")
+                }
+                _ => tracing::error!(app = %id, "backup: the supervisor did not take the start"),
             }
+        }
+        pending = later;
+        if !pending.is_empty() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if started {
-            tracing::info!(app = %id, "backup: started again after a run cut off by a supervisor stop");
-        } else {
-            tracing::error!(app = %id, "backup: could not start again the app a cut-off run had stopped");
-        }
     }
-    let _ = tokio::fs::remove_file(&marker).await;
 }
 
 /// Stops an app through the supervisor's normal stop operation and waits until it is
