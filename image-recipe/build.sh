@@ -39,6 +39,7 @@ packages=(
     docker.io apparmor
     iproute2 procps ca-certificates curl jq less openssl
     systemd-resolved systemd-timesyncd nftables unattended-upgrades
+    restic openssh-client
 )
 
 log() { echo "build: $*" >&2; }

@@ -5,6 +5,8 @@
 # archipelago-test/busybox:latest and archipelago-test/servers:latest, a Debian bookworm root
 # file system with the real tor, redis, postgresql and nginx packages (built with debootstrap
 # and cached under /var/cache/archipelago-test; ARCHIPELAGO_TEST_REBUILD_SERVERS=1 rebuilds it).
+# The backup tests' targets are installed here too (restic, openssh-server for a private
+# sshd that each test starts, moto's S3 server in a venv); the tests start and stop them.
 #
 # usage: scripts/test-env.sh up|down|status|env
 #
@@ -56,7 +58,12 @@ REGISTRIES_DROPIN=/etc/containers/registries.conf.d/50-archipelago-test.conf
 ULIMITS='default_ulimits = ["nofile=1024:1024","nproc=1024:1024"]'
 
 PACKAGES=(docker.io iptables busybox-static docker-registry podman chromium chromium-driver
-    docker-compose shellcheck systemd curl debootstrap)
+    docker-compose shellcheck systemd curl debootstrap
+    restic openssh-server openssh-client python3-venv)
+
+# The backup tests' S3-compatible server on loopback: moto in its own venv (PyPI).
+MOTO_VENV="$BASE/moto"
+MOTO_PACKAGE="moto[server]==5.2.5"
 
 # Seconds each start and stop may take before the script gives up with an error.
 START_TIMEOUT=${ARCHIPELAGO_TEST_START_TIMEOUT:-60}
@@ -122,6 +129,19 @@ install_packages() {
     elif ! apt-get install -y -q "${missing[@]}" </dev/null; then
         apt-get update -q </dev/null
         apt-get install -y -q "${missing[@]}" </dev/null
+    fi
+}
+
+# What the backup tests need besides the packages: moto's venv, and the privilege
+# separation folder without which the private sshd each test starts refuses to run (the
+# system's sshd is never touched).
+setup_backup_targets() {
+    mkdir -p /run/sshd
+    if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+        log "installing $MOTO_PACKAGE into $MOTO_VENV"
+        rm -rf "$MOTO_VENV"
+        /usr/bin/python3 -m venv "$MOTO_VENV"
+        "$MOTO_VENV/bin/pip" install -q "$MOTO_PACKAGE" </dev/null
     fi
 }
 
@@ -481,6 +501,7 @@ load_servers_image() {
 cmd_up() {
     mkdir -p "$BASE"
     install_packages
+    setup_backup_targets
     configure_podman
     start_docker
     allow_private_bridges

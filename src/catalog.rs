@@ -538,7 +538,7 @@ mod tests {
                 vec![("a", "id: a\nnope: 1\n".to_string()), ("b", deps("a")), ("c", deps("b"))],
                 &[],
                 vec![
-                    "a/manifest.yml: nope: line 2: unknown field `nope`, expected one of `id`, `name`, `version`, `description`, `dependencies`, `container`, `hooks`, `secrets`, `ui`, `onion`",
+                    "a/manifest.yml: nope: line 2: unknown field `nope`, expected one of `id`, `name`, `version`, `description`, `dependencies`, `container`, `hooks`, `secrets`, `ui`, `onion`, `backup`",
                     "b/manifest.yml: dependencies[0]: `a` has problems, so this app is left out too",
                     "c/manifest.yml: dependencies[0]: `b` has problems, so this app is left out too",
                 ],

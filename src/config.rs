@@ -55,6 +55,9 @@ pub struct Config {
     /// Bearer token with which a scraper off loopback may read `/metrics`.
     #[serde(default)]
     pub metrics_token: Option<String>,
+    /// Scheduled, encrypted backups off the node (see docs/backups.md); absent: none.
+    #[serde(default)]
+    pub backup: Option<crate::backup::BackupConfig>,
 }
 
 /// The HTTPS listener.
@@ -183,6 +186,12 @@ impl Config {
         config.apps_dir = base.join(&config.apps_dir);
         config.data_dir = base.join(&config.data_dir);
         config.auth.password_file = base.join(&config.auth.password_file);
+        if let Some(backup) = &mut config.backup {
+            backup
+                .check()
+                .map_err(|(field, reason)| invalid(&field, reason))?;
+            backup.resolve(base, &config.data_dir);
+        }
         if let Some(tls) = &mut config.tls {
             if tls.cert.is_some() != tls.key.is_some() {
                 let field = if tls.cert.is_some() {

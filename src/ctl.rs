@@ -75,6 +75,18 @@ pub enum CtlCommand {
     Status,
     /// Check that the server answers (no password needed).
     Health,
+    /// `backup.run`, `backup.list` or `backup.status` (ACTION is `run`, `list` or `status`).
+    Backup {
+        #[arg(value_parser = ["run", "list", "status"])]
+        action: String,
+    },
+    /// `backup.restore`: put one installed app's volumes and secrets back from a snapshot.
+    BackupRestore {
+        id: String,
+        /// A snapshot id (default: the newest node snapshot).
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
 }
 
 impl CtlCommand {
@@ -100,6 +112,15 @@ impl CtlCommand {
             CtlCommand::Reload => ("catalog.reload", Value::Null),
             CtlCommand::Status => ("server.status", Value::Null),
             CtlCommand::Health => ("server.health", Value::Null),
+            CtlCommand::Backup { action } => match action.as_str() {
+                "run" => ("backup.run", Value::Null),
+                "list" => ("backup.list", Value::Null),
+                _ => ("backup.status", Value::Null),
+            },
+            CtlCommand::BackupRestore { id, snapshot } => match snapshot {
+                Some(s) => ("backup.restore", json!({ "id": id, "snapshot": s })),
+                None => ("backup.restore", json!({ "id": id })),
+            },
         }
     }
 }

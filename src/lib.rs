@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod catalog;
 pub mod catalog_lint;
 pub mod config;

@@ -51,6 +51,9 @@ enum Command {
     },
     /// A thin client of the supervisor's RPC, for people at a terminal.
     Ctl(CtlArgs),
+    /// Backups: run, list and status through the RPC; restore onto a new node.
+    #[command(subcommand)]
+    Backup(archipelago::backup::cli::BackupCommand),
     /// Set the dashboard password: reads it from the first line of stdin and writes its
     /// argon2 hash to the config's auth.password_file. A running serve notices and ends
     /// every session.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
             strict,
         } => validate(config.as_deref(), apps_dir.or(dir), strict),
         Command::Ctl(args) => archipelago::ctl::run(args),
+        Command::Backup(command) => archipelago::backup::cli::run(command),
         Command::Passwd { config } => passwd(&config),
     }
 }

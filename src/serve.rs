@@ -28,6 +28,8 @@ pub enum ServeError {
     Password { path: String, reason: String },
     #[error("{0}")]
     Tls(#[from] crate::web::tls::TlsError),
+    #[error("{0}")]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 /// Runs until SIGTERM or SIGINT. Must run inside an actix system.
@@ -111,7 +113,24 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     );
     let store = Store::open(&config.data_dir)?;
     let engine: Arc<dyn ContainerRuntime> = Arc::new(ReconnectingRuntime::new(&config.engine.host));
-    let supervisor = Supervisor::new(&config, catalog, engine, store)?.start();
+    let supervisor = Supervisor::new(&config, catalog, engine.clone(), store)?.start();
+    let backup = match &config.backup {
+        Some(b) => Some(
+            crate::backup::BackupActor::new(
+                b.clone(),
+                config.data_dir.clone(),
+                config.apps_dir.clone(),
+                crate::backup::SupervisorLink {
+                    list: supervisor.clone().recipient(),
+                    get: supervisor.clone().recipient(),
+                    run: supervisor.clone().recipient(),
+                },
+                engine,
+            )?
+            .start(),
+        ),
+        None => None,
+    };
     let mut web_config = WebConfig::new(config.listen, config.auth.password_file.clone());
     web_config.allowed_hosts = allowed_hosts;
     web_config.trusted_proxy = config.trusted_proxy;
@@ -124,7 +143,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         )
     });
     web_config.tls = tls;
-    let (server, bound) = web::server_bound(web_config, Backend::from_addr(&supervisor))?;
+    let mut backend = Backend::from_addr(&supervisor);
+    backend.backup = backup.map(|b| b.recipient());
+    let (server, bound) = web::server_bound(web_config, backend)?;
     let handle = server.handle();
     let task = actix_web::rt::spawn(server);
     let addr = bound.http;

@@ -14,6 +14,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod backup;
 #[cfg(test)]
 mod fixtures;
 mod id;
@@ -24,6 +25,7 @@ mod secret_ref;
 mod source;
 mod yaml;
 
+pub use backup::*;
 pub use id::*;
 pub use model::*;
 pub use mounts::*;

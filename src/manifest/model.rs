@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::memory::MemoryLimit;
 
+use super::backup::BackupPolicy;
 use super::id::AppId;
 use super::mounts::{PortMapping, VolumeMount};
 use super::source::BuildSpec;
@@ -48,6 +49,9 @@ pub struct AppManifest {
     /// Onion services of this app, served by the tor app.
     #[serde(default)]
     pub onion: Option<OnionSpec>,
+    /// What of this app goes into the node's backups, and how (see [`BackupPolicy`]).
+    #[serde(default)]
+    pub backup: BackupPolicy,
 }
 
 /// `onion: {ports: ["ONION:TARGET", ...]}`: each onion port is forwarded to the app's

@@ -380,6 +380,12 @@ impl AppManifest {
                 problem("ui.path", format!("{:?} must start with '/'", ui.path));
             }
         }
+
+        // backup
+        let own: Vec<&str> = self.own_volume_names();
+        for (field, reason) in self.backup.problems(&own) {
+            problem(&field, reason);
+        }
         problems
     }
 }

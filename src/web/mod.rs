@@ -147,6 +147,8 @@ pub struct Backend {
     pub subscribe: Recipient<Subscribe>,
     /// One log stream per `/api/logs/{id}` client.
     pub follow_logs: Recipient<FollowLogs>,
+    /// `backup.*`; `None` when the config has no `backup:` section.
+    pub backup: Option<Recipient<crate::backup::BackupRequest>>,
 }
 
 impl Backend {
@@ -174,6 +176,7 @@ impl Backend {
             get_status: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
             follow_logs: addr.clone().recipient(),
+            backup: None,
         }
     }
 }

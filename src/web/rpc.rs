@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::OperationKind;
+use crate::backup::BackupRequest;
 use crate::error::AppError;
 use crate::supervisor::{
     GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog, RunOperation,
@@ -86,11 +87,15 @@ pub enum Method {
     PackageLogs,
     OperationGet,
     CatalogReload,
+    BackupRun,
+    BackupList,
+    BackupStatus,
+    BackupRestore,
 }
 
 impl Method {
     /// Every method, for tests and the docs.
-    pub const ALL: [Method; 17] = [
+    pub const ALL: [Method; 21] = [
         Method::AuthLogin,
         Method::AuthLogout,
         Method::AuthSetup,
@@ -108,6 +113,10 @@ impl Method {
         Method::PackageLogs,
         Method::OperationGet,
         Method::CatalogReload,
+        Method::BackupRun,
+        Method::BackupList,
+        Method::BackupStatus,
+        Method::BackupRestore,
     ];
 
     /// The wire name.
@@ -132,6 +141,10 @@ impl Method {
             Method::PackageLogs => "package.logs",
             Method::OperationGet => "operation.get",
             Method::CatalogReload => "catalog.reload",
+            Method::BackupRun => "backup.run",
+            Method::BackupList => "backup.list",
+            Method::BackupStatus => "backup.status",
+            Method::BackupRestore => "backup.restore",
         }
     }
 
@@ -183,6 +196,15 @@ impl AppId {
 #[serde(deny_unknown_fields)]
 struct IdParams {
     id: String,
+}
+
+/// `backup.restore` params.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreParams {
+    id: String,
+    #[serde(default)]
+    snapshot: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -506,6 +528,40 @@ async fn call(
             no_params(raw)?;
             let apps = ask(&b.reload_catalog, ReloadCatalog, t).await??;
             Ok(json!({ "apps": apps }))
+        }
+        Method::BackupRun | Method::BackupList | Method::BackupStatus | Method::BackupRestore => {
+            let request = match method {
+                Method::BackupRestore => {
+                    let p: RestoreParams = params(raw)?;
+                    BackupRequest::Restore {
+                        app: app_id(&p.id)?,
+                        snapshot: p.snapshot,
+                    }
+                }
+                Method::BackupRun => {
+                    no_params(raw)?;
+                    BackupRequest::Run
+                }
+                Method::BackupList => {
+                    no_params(raw)?;
+                    BackupRequest::List
+                }
+                _ => {
+                    no_params(raw)?;
+                    BackupRequest::Status
+                }
+            };
+            match &b.backup {
+                Some(to) => Ok(ask(to, request, t).await??),
+                None if matches!(request, BackupRequest::Status) => {
+                    Ok(crate::backup::unconfigured_status())
+                }
+                None => Err(AppError::InvalidParams {
+                    reason: "backup is not configured: add a `backup:` section to the config"
+                        .to_string(),
+                }
+                .into()),
+            }
         }
     }
 }
