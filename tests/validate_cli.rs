@@ -131,24 +131,36 @@ fn missing_apps_folder_is_a_problem() {
     );
 }
 
+/// A missing password file opens onboarding (tests/onboarding.rs); one that exists but
+/// cannot serve (a folder, an empty first line) is refused before anything is made.
 #[test]
-fn serve_refuses_a_missing_password_file_before_touching_anything() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        "apps_dir: apps\ndata_dir: data\nauth:\n  password_file: nope\n",
-    )
-    .unwrap();
-    let out = run(&["serve", "--config", config.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = lines(&out.stderr);
-    let last = err.last().unwrap();
-    assert!(
-        last.contains("nope") && last.contains("auth.password_file"),
-        "{err:?}"
-    );
-    assert!(!dir.path().join("data").exists(), "data_dir created");
+fn serve_refuses_an_unusable_password_file_before_touching_anything() {
+    for (name, make, reason) in [
+        ("a-folder", "folder", "Is a directory"),
+        ("empty", "empty", "the first line is empty"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join(name);
+        match make {
+            "folder" => std::fs::create_dir(&password).unwrap(),
+            _ => std::fs::write(&password, "\n").unwrap(),
+        }
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!("apps_dir: apps\ndata_dir: data\nauth:\n  password_file: {name}\n"),
+        )
+        .unwrap();
+        let out = run(&["serve", "--config", config.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = lines(&out.stderr);
+        let last = err.last().unwrap();
+        assert!(
+            last.contains(name) && last.contains("auth.password_file") && last.contains(reason),
+            "{err:?}"
+        );
+        assert!(!dir.path().join("data").exists(), "data_dir created");
+    }
 }
 
 #[test]
