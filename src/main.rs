@@ -139,10 +139,15 @@ fn serve(config_path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match actix::System::new().block_on(archipelago::serve::run(config)) {
+    let system = actix::System::new();
+    match system.block_on(archipelago::serve::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{err}");
+            // Actors made before the failure (a port in use) have not run yet; dropping
+            // the runtime would start them with no reactor left and panic. Nothing of
+            // theirs needs undoing, so the runtime is left to the process exit.
+            std::mem::forget(system);
             ExitCode::from(EXIT_CONFIG)
         }
     }

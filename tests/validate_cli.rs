@@ -163,6 +163,31 @@ fn serve_refuses_an_unusable_password_file_before_touching_anything() {
     }
 }
 
+/// A listen address already taken ends `serve` with exit 2 and a line naming it, not a
+/// panic: the supervisor made before the web server has not run.
+#[test]
+fn serve_names_a_listen_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "a-password-of-some-length\n").unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!("apps_dir: apps\ndata_dir: data\nlisten: {addr}\nauth:\n  password_file: pw\n"),
+    )
+    .unwrap();
+    let out = run(&["serve", "--config", config.to_str().unwrap()]);
+    let err = lines(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err:?}");
+    let last = err.last().unwrap();
+    assert!(
+        last.contains(&format!("cannot listen on {addr}")) && last.contains("in use"),
+        "{err:?}"
+    );
+    assert!(!err.iter().any(|l| l.contains("panicked")), "{err:?}");
+}
+
 #[test]
 fn both_positional_and_flag_is_a_usage_error() {
     let out = run(&[
