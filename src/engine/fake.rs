@@ -5,6 +5,9 @@
 //! tests under `tokio::time::pause` stay instant), to crash an app (a `die` event on the
 //! event stream) and to be unreachable. It does not model the engine's every rule, only
 //! the ones the supervisor relies on.
+//!
+//! Over 600 lines because it is one `impl ContainerRuntime` (an impl block cannot be
+//! split across files) with its own tests; compiled for unit tests only.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};

@@ -1,3 +1,6 @@
+//! Unit tests of the supervisor on `FakeRuntime`. One file over 600 lines, as every test
+//! builds its node from the same fixtures at the top.
+
 use std::path::Path;
 
 use super::*;

@@ -6,6 +6,10 @@
 //! session; it does not read requests itself beyond the headers it is handed, and it never
 //! logs a password or a token. A cookie never authorizes anything: browsers send cookies to
 //! every port of a host, so every app UI on the node would see it.
+//!
+//! Over 600 lines: about 700 of code and 300 of unit tests. Sessions, the login budgets
+//! and onboarding stay in one file because one login decision reads all three (a login is
+//! refused while onboarding is open; a new password ends every session).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
