@@ -12,22 +12,17 @@ mod common;
 #[path = "web_stub/serve.rs"]
 mod serve;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use archipelago::ctl::http_request;
-use base64::Engine as _;
 use serde_json::{json, Value};
 
-use common::{docker_host, SETUP_COMMAND};
+use common::browser::Browser;
+use common::docker_host;
 use serve::{require_engine, ServeNode, Server};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The W3C WebDriver key under which an element reference comes back.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 const T: Duration = Duration::from_secs(30);
 /// The password the tests choose (at least 10 characters).
 const NEW_PASSWORD: &str = "correct horse battery";
@@ -265,7 +260,7 @@ async fn onboarding_page_in_the_browser() {
         .clone()
         .unwrap_or_else(|| panic!("no HTTPS line in the log:\n{}", server.log().join("\n")));
     let code = setup_code(&node, &server);
-    let b = Browser::start(&https.spki).await;
+    let b = Browser::start(Some(&https.spki)).await;
 
     // A wrong code shows the node's error and sets nothing.
     b.goto(&format!("{}/", https.base)).await;
@@ -312,7 +307,7 @@ async fn on_the_node_image() {
         var("ARCHIPELAGO_NODE_PASSWORD"),
     );
     let shot = PathBuf::from(var("ARCHIPELAGO_NODE_SCREENSHOT"));
-    let b = Browser::start(&spki).await;
+    let b = Browser::start(Some(&spki)).await;
     b.goto(&format!("{base}/")).await;
     onboard(&b, &base, &code, &password, Some(&shot)).await;
     println!("onboarding done on {base}: password set, dashboard shown");
@@ -400,199 +395,4 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-/// A chromedriver process and one browser session; both end on drop.
-struct Browser {
-    driver: Child,
-    url: String,
-    session: String,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    /// Starts chromedriver on a free port and opens a headless Chromium session that trusts
-    /// a certificate whose public key hashes to `spki_pin` (base64 SHA-256).
-    async fn start(spki_pin: &str) -> Browser {
-        for path in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                Path::new(path).exists(),
-                "{path} is missing: run `{SETUP_COMMAND}`, which installs chromium and chromedriver"
-            );
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER} ({e}): run `{SETUP_COMMAND}`"));
-        let mut browser = Browser {
-            driver,
-            url: format!("http://127.0.0.1:{port}"),
-            session: String::new(),
-            _profile: tempfile::tempdir().unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(res) =
-                http_request("GET", &format!("{}/status", browser.url), &[], b"", T).await
-            {
-                if serde_json::from_slice::<Value>(&res.body)
-                    .is_ok_and(|v| v["value"]["ready"] == true)
-                {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not come up on port {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let args = [
-            format!("--ignore-certificate-errors-spki-list={spki_pin}"),
-            "--headless".into(),
-            "--no-sandbox".into(),
-            "--disable-gpu".into(),
-            "--disable-background-networking".into(),
-            "--disable-component-update".into(),
-            "--disable-sync".into(),
-            "--no-first-run".into(),
-            "--disable-quic".into(),
-            "--disable-dev-shm-usage".into(),
-            "--window-size=900,800".into(),
-            format!("--user-data-dir={}", browser._profile.path().display()),
-        ];
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args}
-        }}});
-        let v = browser.raw("POST", "/session", Some(caps)).await;
-        browser.session = v["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {v}"))
-            .to_string();
-        browser
-    }
-
-    /// One WebDriver command; returns its `value`, failing on a WebDriver error.
-    async fn raw(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let res = http_request(
-            method,
-            &format!("{}{path}", self.url),
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-            T,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"));
-        let v: Value = serde_json::from_slice(&res.body).expect("webdriver answers JSON");
-        assert!(
-            res.status < 300,
-            "webdriver {method} {path}: HTTP {}: {v}",
-            res.status
-        );
-        v["value"].clone()
-    }
-
-    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        self.raw(method, &format!("/session/{}{path}", self.session), body)
-            .await
-    }
-
-    async fn goto(&self, url: &str) {
-        self.cmd("POST", "/url", Some(json!({ "url": url }))).await;
-    }
-
-    async fn find(&self, css: &str) -> String {
-        let v = self
-            .cmd(
-                "POST",
-                "/element",
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        v[ELEMENT_KEY]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {v}"))
-            .to_string()
-    }
-
-    async fn click(&self, element: &str) {
-        self.cmd(
-            "POST",
-            &format!("/element/{element}/click"),
-            Some(json!({})),
-        )
-        .await;
-    }
-
-    async fn type_into(&self, element: &str, text: &str) {
-        self.cmd(
-            "POST",
-            &format!("/element/{element}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
-    }
-
-    async fn exec(&self, script: &str) -> Value {
-        self.cmd(
-            "POST",
-            "/execute/sync",
-            Some(json!({"script": script, "args": []})),
-        )
-        .await
-    }
-
-    async fn screenshot(&self, path: &Path) {
-        let v = self.cmd("GET", "/screenshot", None).await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().expect("base64 screenshot"))
-            .expect("valid base64");
-        std::fs::write(path, png).unwrap();
-    }
-
-    /// Polls `script` (a JS expression) until it is truthy; panics naming `what` after `limit`.
-    async fn wait_for(&self, what: &str, script: &str, limit: Duration) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let v = self.exec(&format!("return ({script});")).await;
-            if !(v.is_null() || v == false || v == "") {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Ends the session first (chromedriver then closes the browser it started), then the
-        // driver, by its own handle. Blocking std I/O because drop cannot await.
-        if !self.session.is_empty() {
-            let addr = self.url.trim_start_matches("http://").to_string();
-            if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
-                use std::io::{Read, Write};
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let req = format!(
-                    "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
-                    self.session
-                );
-                if stream.write_all(req.as_bytes()).is_ok() {
-                    let mut answer = [0u8; 1024];
-                    let _ = stream.read(&mut answer);
-                }
-            }
-        }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
 }

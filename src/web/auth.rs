@@ -546,16 +546,21 @@ pub fn verify_password(stored: &str, given: &str) -> bool {
     constant_time_eq(stored.as_bytes(), given.as_bytes())
 }
 
-/// Writes the argon2 hash of `password` as the password file: a temp file (0600) renamed
-/// over it, so a reader never sees half a file and serve notices the new inode.
+/// Writes the argon2 hash of `password` as the password file, through [`write_private`],
+/// so a reader never sees half a file and serve notices the new inode.
 pub fn write_password_file(path: &Path, password: &str) -> std::io::Result<()> {
-    let line = hash_password(password);
+    write_private(path, format!("{}\n", hash_password(password)).as_bytes())
+}
+
+/// Replaces `path` whole with `contents`: a temp file (0600) beside it, synced, renamed
+/// over it, and the folder synced.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "password".into())
+            .unwrap_or_else(|| "file".into())
     ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -563,7 +568,7 @@ pub fn write_password_file(path: &Path, password: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(format!("{line}\n").as_bytes())?;
+    f.write_all(contents)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;

@@ -11,13 +11,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::{Stream, StreamExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use super::{invalid, json_error, request_token, State};
+use super::{event_stream_response, invalid, json_error, stream_session, State};
 use crate::error::AppError;
 use crate::supervisor::{FollowLogs, LogStream};
 use crate::web::events::{frame, Session};
@@ -36,13 +36,10 @@ pub(super) async fn endpoint(
     path: web::Path<String>,
     state: web::Data<State>,
 ) -> HttpResponse {
-    let token = request_token(&req);
-    if let Err(e) = state
-        .auth
-        .check(token.as_deref(), std::time::Instant::now())
-    {
-        return json_error(StatusCode::UNAUTHORIZED, &RpcError::from(e));
-    }
+    let session = match stream_session(&req, &state) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
     let id = match AppId::parse(&path.into_inner()) {
         Ok(id) => id.into_string(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &RpcError::from(e)),
@@ -62,17 +59,6 @@ pub(super) async fn endpoint(
             }
         },
     };
-    let token = token.unwrap_or_default();
-    let slot = match state.auth.open_stream(&token) {
-        Ok(slot) => slot,
-        Err(e) => return json_error(StatusCode::TOO_MANY_REQUESTS, &RpcError::from(e)),
-    };
-    let live_state = state.clone();
-    let alive = move || live_state.auth.is_live(&token, std::time::Instant::now());
-    let session = Session {
-        alive: Box::new(alive),
-        _slot: slot,
-    };
     match stream(
         &state.backend,
         id,
@@ -83,11 +69,7 @@ pub(super) async fn endpoint(
     )
     .await
     {
-        Ok(stream) => HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header(("X-Accel-Buffering", "no"))
-            .streaming(stream),
+        Ok(stream) => event_stream_response(stream),
         Err(e @ AppError::UnknownApp { .. }) => {
             json_error(StatusCode::NOT_FOUND, &RpcError::from(e))
         }

@@ -500,35 +500,61 @@ async fn rpc_endpoint(
 }
 
 async fn events_endpoint(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    let token = request_token(&req);
-    if let Err(e) = state.auth.check(token.as_deref(), Instant::now()) {
-        return json_error(StatusCode::UNAUTHORIZED, &RpcError::from(e));
-    }
-    let token = token.unwrap_or_default();
-    let slot = match state.auth.open_stream(&token) {
-        Ok(slot) => slot,
-        Err(e) => return json_error(StatusCode::TOO_MANY_REQUESTS, &RpcError::from(e)),
+    let session = match stream_session(&req, &state) {
+        Ok(session) => session,
+        Err(refused) => return *refused,
     };
-    let live_state = state.clone();
-    let alive = move || live_state.auth.is_live(&token, std::time::Instant::now());
     match events::stream(
         state.backend.clone(),
         state.rpc_timeout,
         state.events_keepalive,
-        events::Session {
-            alive: Box::new(alive),
-            _slot: slot,
-        },
+        session,
     )
     .await
     {
-        Ok(stream) => HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header(("X-Accel-Buffering", "no"))
-            .streaming(stream),
+        Ok(stream) => event_stream_response(stream),
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &RpcError::from(e)),
     }
+}
+
+/// The session of a stream request (`/api/events`, `/api/logs`): 401 without a live
+/// token, 429 past the session's stream limit; the stream ends when the token does.
+fn stream_session(
+    req: &HttpRequest,
+    state: &web::Data<State>,
+) -> Result<events::Session, Box<HttpResponse>> {
+    let token = request_token(req);
+    if let Err(e) = state.auth.check(token.as_deref(), Instant::now()) {
+        return Err(Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            &RpcError::from(e),
+        )));
+    }
+    let token = token.unwrap_or_default();
+    let slot = state.auth.open_stream(&token).map_err(|e| {
+        Box::new(json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &RpcError::from(e),
+        ))
+    })?;
+    let live_state = state.clone();
+    let alive = move || live_state.auth.is_live(&token, std::time::Instant::now());
+    Ok(events::Session {
+        alive: Box::new(alive),
+        _slot: slot,
+    })
+}
+
+/// A Server-Sent Events answer, unbuffered by proxies.
+fn event_stream_response<S>(stream: S) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, actix_web::Error>> + 'static,
+{
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
 }
 
 /// `/metrics` needs no session (scrapers carry none) but is served only to loopback

@@ -8,8 +8,7 @@
 //! `<data_dir>/setup-code` (0600) for the console unit and logged once; `auth.setup`
 //! checks it in constant time and deletes the file once a password is set.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Characters of a setup code: digits and capitals without 0, 1, I, L, O.
@@ -80,17 +79,7 @@ pub fn normalize(code: &str) -> String {
 pub fn open(data_dir: &Path) -> std::io::Result<SetupCode> {
     let code = new_code();
     let file = data_dir.join(CODE_FILE);
-    let tmp = data_dir.join(format!(".{CODE_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(format!("{code}\n").as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &file)?;
+    crate::web::auth::write_private(&file, format!("{code}\n").as_bytes())?;
     Ok(SetupCode { code, file })
 }
 

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+pub mod browser;
 pub mod node;
 pub mod serve;
 
