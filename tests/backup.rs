@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use archipelago::ctl::RpcClient;
+use common::browser::Browser;
 use common::serve::{free_port, require_engine, wait_state, ServeNode, TestNode};
 use common::{busybox_manifest, remove_containers, wait_until};
 use serde_json::{json, Value};
@@ -722,117 +723,6 @@ async fn an_incremental_run_moves_about_what_changed() {
     );
 }
 
-/// chromedriver and one headless Chromium session (fresh profile); both end on drop.
-struct Page {
-    driver: Child,
-    url: String,
-    session: String,
-    _profile: tempfile::TempDir,
-}
-
-impl Page {
-    async fn open() -> Page {
-        for path in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-            assert!(
-                Path::new(path).exists(),
-                "{path} is missing: run `scripts/test-env.sh up`"
-            );
-        }
-        let port = free_port();
-        let driver = Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let profile = tempfile::tempdir().unwrap();
-        let mut page = Page {
-            driver,
-            url: format!("http://127.0.0.1:{port}"),
-            session: String::new(),
-            _profile: profile,
-        };
-        wait_port(port, "chromedriver");
-        let args = json!([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-            format!("--user-data-dir={}", page._profile.path().display()),
-        ]);
-        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
-            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
-        let v = page.raw("POST", "/session", caps).await;
-        page.session = v["sessionId"].as_str().expect("a session").to_string();
-        page
-    }
-
-    async fn raw(&self, method: &str, path: &str, body: Value) -> Value {
-        let body = if body.is_null() {
-            String::new()
-        } else {
-            body.to_string()
-        };
-        let res = archipelago::ctl::http_request(
-            method,
-            &format!("{}{path}", self.url),
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"));
-        let v: Value = serde_json::from_slice(&res.body).unwrap();
-        assert!(res.status < 300, "webdriver {method} {path}: {v}");
-        v["value"].clone()
-    }
-
-    async fn goto(&self, url: &str) {
-        let path = format!("/session/{}/url", self.session);
-        self.raw("POST", &path, json!({ "url": url })).await;
-    }
-
-    async fn js(&self, script: &str) -> Value {
-        let path = format!("/session/{}/execute/sync", self.session);
-        self.raw("POST", &path, json!({"script": script, "args": []}))
-            .await
-    }
-
-    /// Polls the JS expression until truthy; answers its value.
-    async fn wait_for(&self, what: &str, expr: &str, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let v = self.js(&format!("return ({expr});")).await;
-            if !(v.is_null() || v == false || v == "") {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the page did not show {what} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Page {
-    fn drop(&mut self) {
-        if !self.session.is_empty() {
-            let _ = Command::new("curl")
-                .args(["-s", "-m", "10", "-X", "DELETE"])
-                .arg(format!("{}/session/{}", self.url, self.session))
-                .stdout(Stdio::null())
-                .status();
-        }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
 /// The dashboard's Backup section: "Back up now" runs a backup and the section shows its
 /// success with the bytes added; a run that fails is shown as failed, with restic's error.
 #[actix_web::test]
@@ -862,9 +752,9 @@ async fn the_dashboard_shows_the_last_backup_result() {
         .call("auth.login", json!({"password": common::serve::PASSWORD}))
         .await
         .unwrap();
-    let page = Page::open().await;
+    let page = Browser::start(None).await;
     page.goto(&format!("{}/", server.base)).await;
-    page.js(&format!(
+    page.exec(&format!(
         "sessionStorage.setItem('archipelago.token', {}); location.reload(); return true;",
         token["token"]
     ))
@@ -876,10 +766,10 @@ async fn the_dashboard_shows_the_last_backup_result() {
     )
     .await;
     let summary = page
-        .js("return document.getElementById('backup-summary').textContent;")
+        .exec("return document.getElementById('backup-summary').textContent;")
         .await;
     assert_eq!(summary, "no backup yet");
-    page.js("document.getElementById('backup-run').click(); return true;")
+    page.exec("document.getElementById('backup-run').click(); return true;")
         .await;
     let text = page
         .wait_for(
@@ -896,7 +786,7 @@ async fn the_dashboard_shows_the_last_backup_result() {
     assert!(listing.contains("/data/dump.txt"), "{listing}");
     // A wrong password makes the next run fail; the section says so.
     std::fs::write(data.join("backup/password"), "not the password\n").unwrap();
-    page.js("document.getElementById('backup-run').click(); return true;")
+    page.exec("document.getElementById('backup-run').click(); return true;")
         .await;
     let text = page
         .wait_for(
@@ -907,7 +797,7 @@ async fn the_dashboard_shows_the_last_backup_result() {
         .await;
     assert!(text.as_str().unwrap().contains("restic"), "{text}");
     let failed = page
-        .js("return document.getElementById('backup').classList.contains('failed');")
+        .exec("return document.getElementById('backup').classList.contains('failed');")
         .await;
     assert_eq!(failed, true);
     drop(page);
