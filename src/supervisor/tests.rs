@@ -74,6 +74,22 @@ fn settled_running(p: &Package) -> bool {
             .is_none_or(|o| o.status != OperationStatus::Running)
 }
 
+/// A node whose one app `a` (manifest lines `extra`) is its default app, started and
+/// settled running on a fresh fake engine.
+async fn one_running_app(extra: &str) -> (tempfile::TempDir, Arc<FakeRuntime>, Addr<Supervisor>) {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(&dir.path().join("apps"), "a", extra);
+    let fake = Arc::new(FakeRuntime::new());
+    let sup = start(
+        dir.path(),
+        &fake,
+        "default_apps: [a]\n",
+        CrashPolicy::default(),
+    );
+    wait_for(&sup, "a", "running", settled_running).await;
+    (dir, fake, sup)
+}
+
 async fn run(sup: &Addr<Supervisor>, id: &str, kind: OperationKind) -> Result<Operation, AppError> {
     sup.send(RunOperation {
         id: id.into(),
@@ -301,16 +317,7 @@ memory_budget: 150MiB
 /// A request while an operation runs answers -32002 naming that operation.
 #[actix_web::test]
 async fn a_request_during_an_operation_is_a_conflict_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "  stop_timeout: 30s\n");
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a]\n",
-        CrashPolicy::default(),
-    );
-    wait_for(&sup, "a", "running", settled_running).await;
+    let (_dir, fake, sup) = one_running_app("  stop_timeout: 30s\n").await;
     fake.set_stop_delay(Duration::from_millis(800));
 
     let stop = run(&sup, "a", OperationKind::Stop).await.unwrap();
@@ -817,16 +824,7 @@ async fn an_installed_app_without_a_wanted_spec_keeps_its_container() {
 /// apps are installed once in the node's life, not again.
 #[actix_web::test]
 async fn a_node_with_every_app_uninstalled_is_not_booted_as_new() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "");
-    let fake = Arc::new(FakeRuntime::new());
-    let first = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a]\n",
-        CrashPolicy::default(),
-    );
-    wait_for(&first, "a", "running", settled_running).await;
+    let (dir, _fake, first) = one_running_app("").await;
     run(&first, "a", OperationKind::Uninstall).await.unwrap();
     wait_for(&first, "a", "uninstalled", |p| {
         p.state == AppState::NotInstalled
