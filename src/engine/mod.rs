@@ -106,6 +106,80 @@ pub struct ContainerDetails {
     pub user: String,
 }
 
+/// A container archipelago did not create, as `import container` and `adopt` read it: the
+/// whole recipe it runs with, so that it can be turned into a manifest or compared with one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignContainer {
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// The image reference it was created from (`Config.Image`).
+    pub image: String,
+    /// The id of the image it runs (`sha256:…`).
+    pub image_id: String,
+    pub state: RunState,
+    /// RFC 3339 as the engine wrote it.
+    pub started_at: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `Config.Cmd` and `Config.Entrypoint` as the container has them: the image's
+    /// defaults where the run did not override them.
+    pub command: Vec<String>,
+    pub entrypoint: Vec<String>,
+    /// The image's own `Cmd`, `Entrypoint` and `Env`, so that a draft leaves out what the
+    /// image says already.
+    pub image_command: Vec<String>,
+    pub image_entrypoint: Vec<String>,
+    pub image_env: BTreeMap<String, String>,
+    /// The container's whole environment (the image's plus the run's).
+    pub env: BTreeMap<String, String>,
+    /// `Config.User`; empty means the image's user (root when it names none).
+    pub user: String,
+    pub mounts: Vec<ForeignMount>,
+    /// Published ports (`HostConfig.PortBindings`), host side first.
+    pub ports: Vec<PortBinding>,
+    /// `HostConfig.NetworkMode`: `bridge`, `host`, `none`, `container:…` or a network name.
+    pub network_mode: String,
+    /// Bytes; 0 means unlimited.
+    pub memory_limit: u64,
+    /// `no`, `always`, `unless-stopped` or `on-failure`.
+    pub restart_policy: String,
+    /// Seconds, when the run set one (`--stop-timeout`).
+    pub stop_timeout: Option<u64>,
+    pub health: Option<ForeignHealth>,
+    pub privileged: bool,
+    /// Host devices passed in (`--device`), as `HOST:CONTAINER`.
+    pub devices: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `None` or a value ≤ 0 means unlimited.
+    pub pids_limit: Option<i64>,
+    pub security_opt: Vec<String>,
+}
+
+/// One mount of a [`ForeignContainer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignMount {
+    /// `bind`, `volume` or `tmpfs`.
+    pub kind: String,
+    /// The host folder: a bind's source, or a named volume's mount point on the host.
+    pub source: PathBuf,
+    /// A named volume's name; empty for a bind.
+    pub name: String,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// The engine's own health check of a [`ForeignContainer`] (`Config.Healthcheck`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignHealth {
+    /// As the engine stores it: `["CMD", …]`, `["CMD-SHELL", "…"]` or `["NONE"]`.
+    pub test: Vec<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    pub start_period: Option<Duration>,
+}
+
 /// A host port published by a container.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortBinding {
@@ -339,6 +413,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// A regular file of a container's filesystem (created or running), at most 1 MiB;
     /// `Ok(None)` when it does not exist. Used to read the image's `/etc/passwd`.
     async fn read_file(&self, container: &str, path: &str) -> Result<Option<Vec<u8>>, EngineError>;
+    /// Any container by name or id, ours or not, with the recipe it runs with: what
+    /// `import container` and `adopt` read. Never changes anything.
+    async fn inspect_foreign(&self, container: &str) -> Result<ForeignContainer, EngineError> {
+        Err(EngineError::Other {
+            target: container.to_string(),
+            reason: "this engine cannot read a foreign container".to_string(),
+        })
+    }
     /// How the engine maps container user ids to host ids: the identity, or a rootless
     /// engine's user namespace.
     fn id_map(&self) -> IdMap {

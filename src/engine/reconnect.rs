@@ -157,6 +157,9 @@ impl ContainerRuntime for ReconnectingRuntime {
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), EngineError> {
         forward!(self, c => c.rename(container, new_name))
     }
+    async fn inspect_foreign(&self, container: &str) -> Result<ForeignContainer, EngineError> {
+        forward!(self, c => c.inspect_foreign(container))
+    }
     async fn ensure_network(&self, name: &str) -> Result<bool, EngineError> {
         forward!(self, c => c.ensure_network(name))
     }

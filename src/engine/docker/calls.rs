@@ -26,12 +26,14 @@ use super::convert::{
 use super::errors::{map_error, Target};
 use super::events::map_event;
 use super::follow::{follow_logs, stats_once};
+use super::foreign::foreign_container;
 use super::podman::retry_transient_state;
 use super::{DockerRuntime, EXEC_EXIT_WAIT};
 use crate::engine::{
     container_name, BuildRequest, ContainerDetails, ContainerRuntime, ContainerSpec,
-    ContainerSummary, EngineError, EngineEvent, EngineVersion, ExecOutput, IdMap, ImageInfo,
-    Progress, ProgressSink, RunState, LABEL_APP, LABEL_NETWORK, LABEL_SPEC_HASH, LABEL_VERSION,
+    ContainerSummary, EngineError, EngineEvent, EngineVersion, ExecOutput, ForeignContainer, IdMap,
+    ImageInfo, Progress, ProgressSink, RunState, LABEL_APP, LABEL_NETWORK, LABEL_SPEC_HASH,
+    LABEL_VERSION,
 };
 
 #[async_trait::async_trait]
@@ -548,6 +550,27 @@ impl ContainerRuntime for DockerRuntime {
                 .map_err(|e| self.err(Target::Image(image), e))
         };
         self.bounded(|| format!("remove image {image}"), self.call_timeout, fut)
+            .await
+    }
+
+    async fn inspect_foreign(&self, container: &str) -> Result<ForeignContainer, EngineError> {
+        let fut = async {
+            let info = self
+                .docker
+                .inspect_container(container, None::<InspectContainerOptions>)
+                .await
+                .map_err(|e| self.err(Target::Container(container), e))?;
+            let image_id = info.image.clone().unwrap_or_default();
+            let image = match self.docker.inspect_image(&image_id).await {
+                Ok(image) => Some(image),
+                Err(e) => match self.err(Target::Image(&image_id), e) {
+                    EngineError::ImageNotFound { .. } => None,
+                    other => return Err(other),
+                },
+            };
+            Ok(foreign_container(info, image))
+        };
+        self.bounded(|| format!("inspect {container}"), self.call_timeout, fut)
             .await
     }
 

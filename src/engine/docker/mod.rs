@@ -16,8 +16,9 @@
 //!
 //! One concern per file: `calls` (the trait's calls), `errors` (error mapping), `convert`
 //! (our types to the engine's and back), `build_context` (the tar and `.dockerignore`),
-//! `network` (app networks), `podman` (Podman and rootless differences), `events`, and
-//! `follow` (a following log stream and one-shot stats).
+//! `network` (app networks), `podman` (Podman and rootless differences), `events`,
+//! `follow` (a following log stream and one-shot stats), and `foreign` (a container we did
+//! not create, read whole for import and adoption).
 
 mod build_context;
 mod calls;
@@ -25,6 +26,7 @@ mod convert;
 mod errors;
 mod events;
 mod follow;
+mod foreign;
 mod network;
 mod podman;
 #[cfg(test)]
