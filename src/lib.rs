@@ -16,6 +16,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod manifest;
 pub mod memory;
+pub mod migrate;
 pub mod netns;
 pub mod onion;
 pub mod ops;
