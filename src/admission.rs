@@ -124,6 +124,7 @@ pub fn needs_check(kind: OperationKind, already_wanted: bool, current: u64, need
             | OperationKind::Restart
             | OperationKind::Upgrade
             | OperationKind::Rollback
+            | OperationKind::Adopt
     );
     starts && (!already_wanted || needed > current)
 }

@@ -97,6 +97,8 @@ pub enum OperationKind {
     Upgrade,
     Rollback,
     Uninstall,
+    /// Takes over a running container archipelago did not create (docs/migrate.md).
+    Adopt,
 }
 
 impl OperationKind {
@@ -110,6 +112,7 @@ impl OperationKind {
             OperationKind::Upgrade => AppState::Upgrading,
             OperationKind::Rollback => AppState::RollingBack,
             OperationKind::Uninstall => AppState::Uninstalling,
+            OperationKind::Adopt => AppState::Installing,
         }
     }
 }
@@ -298,6 +301,7 @@ mod tests {
             OperationKind::Upgrade,
             OperationKind::Rollback,
             OperationKind::Uninstall,
+            OperationKind::Adopt,
         ] {
             assert!(kind.state().is_transitional(), "{kind:?}");
         }

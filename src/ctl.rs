@@ -67,6 +67,15 @@ pub enum CtlCommand {
         #[arg(long)]
         tail: Option<usize>,
     },
+    /// Take over a running container archipelago did not create as app ID's, without a
+    /// restart (docs/migrate.md); waits for the outcome and lists any mismatch.
+    Adopt {
+        /// The container, by name or id.
+        container: String,
+        /// The app whose container it becomes (its manifest must be in the catalog).
+        #[arg(long = "app", value_name = "ID")]
+        app: String,
+    },
     /// Show one operation.
     Operation { id: String },
     /// Re-read the app catalog.
@@ -108,6 +117,10 @@ impl CtlCommand {
                 Some(tail) => ("package.logs", json!({ "id": id, "tail": tail })),
                 None => ("package.logs", json!({ "id": id })),
             },
+            CtlCommand::Adopt { container, app } => (
+                "package.adopt",
+                json!({ "id": app, "container": container }),
+            ),
             CtlCommand::Operation { id } => ("operation.get", json!({ "id": id })),
             CtlCommand::Reload => ("catalog.reload", Value::Null),
             CtlCommand::Status => ("server.status", Value::Null),
@@ -177,6 +190,9 @@ async fn execute(args: &CtlArgs) -> Result<String, CtlError> {
         }
     }
     let result = client.call(method, params).await?;
+    if let CtlCommand::Adopt { .. } = &args.command {
+        return wait_for_operation(&mut client, &result["operation"]).await;
+    }
     Ok(match &args.command {
         CtlCommand::List => package_table(&result),
         CtlCommand::Logs { .. } => result["lines"]
@@ -191,6 +207,44 @@ async fn execute(args: &CtlArgs) -> Result<String, CtlError> {
             .unwrap_or_default(),
         _ => serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string()),
     })
+}
+
+/// How long `adopt` waits for its operation to end.
+const OPERATION_WAIT: Duration = Duration::from_secs(300);
+
+/// Polls an operation until it ends: its outcome when it succeeded, else an error whose
+/// message lists each problem on a line of its own.
+async fn wait_for_operation(client: &mut RpcClient, op: &Value) -> Result<String, CtlError> {
+    let deadline = tokio::time::Instant::now() + OPERATION_WAIT;
+    let mut op = op.clone();
+    loop {
+        match op["status"].as_str() {
+            Some("succeeded") => {
+                let outcome = op["progress"]["message"].as_str().unwrap_or("succeeded");
+                return Ok(outcome.to_string());
+            }
+            Some("failed") => {
+                let error = op["error"].as_str().unwrap_or("failed");
+                return Err(CtlError::Rpc {
+                    code: -32000,
+                    message: error.replace("; ", "\n  "),
+                });
+            }
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(CtlError::BadResponse {
+                    url: client.url.clone(),
+                    reason: format!(
+                        "operation {} still running after {OPERATION_WAIT:?}",
+                        op["id"]
+                    ),
+                });
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let id = op["id"].as_str().unwrap_or_default().to_string();
+        op = client.call("operation.get", json!({ "id": id })).await?;
+    }
 }
 
 /// The password from the file, else from `ARCHIPELAGO_PASSWORD`, else none.

@@ -58,6 +58,7 @@ fn action_name(kind: OperationKind) -> &'static str {
         OperationKind::Upgrade => "upgrade",
         OperationKind::Rollback => "rollback",
         OperationKind::Uninstall => "uninstall",
+        OperationKind::Adopt => "adopt",
     }
 }
 
@@ -92,6 +93,8 @@ pub fn check(
     }
     match (kind, state) {
         (K::Install, S::NotInstalled) => Ok(Guard::Proceed),
+        (K::Adopt, S::NotInstalled) => Ok(Guard::Proceed),
+        (K::Adopt, _) => Err(illegal()),
         (K::Install, _) => Ok(Guard::AlreadySatisfied),
         (_, S::NotInstalled) if kind == K::Uninstall => Ok(Guard::AlreadySatisfied),
         (_, S::NotInstalled) => Err(illegal()),

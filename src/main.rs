@@ -51,6 +51,21 @@ enum Command {
     },
     /// A thin client of the supervisor's RPC, for people at a terminal.
     Ctl(CtlArgs),
+    /// Take over a running container archipelago did not create as an app's container,
+    /// without restarting it (docs/migrate.md). The same as `ctl adopt`.
+    Adopt {
+        /// The container, by name or id.
+        container: String,
+        /// The app whose container it becomes (its manifest must be in the catalog).
+        #[arg(long = "app", value_name = "ID")]
+        app: String,
+        /// Base URL of the supervisor's web server.
+        #[arg(long, env = "ARCHIPELAGO_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// File whose first line is the password (else the ARCHIPELAGO_PASSWORD variable).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
     /// Backups: run, list and status through the RPC; restore onto a new node.
     #[command(subcommand)]
     Backup(archipelago::backup::cli::BackupCommand),
@@ -81,6 +96,17 @@ fn main() -> ExitCode {
             strict,
         } => validate(config.as_deref(), apps_dir.or(dir), strict),
         Command::Ctl(args) => archipelago::ctl::run(args),
+        Command::Adopt {
+            container,
+            app,
+            url,
+            password_file,
+        } => archipelago::ctl::run(CtlArgs {
+            url,
+            password_file,
+            timeout: std::time::Duration::from_secs(10),
+            command: archipelago::ctl::CtlCommand::Adopt { container, app },
+        }),
         Command::Backup(command) => archipelago::backup::cli::run(command),
         Command::Passwd { config } => passwd(&config),
     }

@@ -519,6 +519,7 @@ mod tests {
             OperationKind::Upgrade,
             OperationKind::Rollback,
             OperationKind::Uninstall,
+            OperationKind::Adopt,
         ] {
             for observed in [Some(&run_ok), Some(&run_old), Some(&ex_ok), None] {
                 for desired in [Desired::Running, Desired::Stopped, Desired::NotInstalled] {

@@ -94,6 +94,21 @@ pub struct AppRecord {
     /// when there is nothing to remember (files written before it existed read so too).
     #[serde(default)]
     pub crashes: Option<CrashRecord>,
+    /// The app's container is one archipelago did not create but adopted; it carries no
+    /// labels until it is replaced at the next upgrade or spec change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<AdoptedContainer>,
+}
+
+/// An adopted container, as the app's record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptedContainer {
+    pub container_id: String,
+    /// The spec hash the manifest gave when it was adopted (it matched the container).
+    pub spec_hash: String,
+    /// The container's name before adoption.
+    pub former_name: String,
+    pub adopted_at: String,
 }
 
 /// An app's crash history, persisted with its record in wall-clock time so that it
@@ -144,6 +159,7 @@ mod rfc3339 {
 impl Default for AppRecord {
     fn default() -> Self {
         AppRecord {
+            adopted: None,
             desired: Desired::NotInstalled,
             installed: None,
             previous: None,

@@ -206,6 +206,16 @@ impl AppActor {
             ),
             None => CrashTracker::default(),
         };
+        // An adopted container carries no labels: the engine layer must know it before
+        // the first tick lists the containers.
+        if let (Some(adopted), Some(installed)) = (&record.adopted, &record.installed) {
+            shared.engine.adopt(crate::engine::Adopted {
+                container_id: adopted.container_id.clone(),
+                app: app.manifest.id.to_string(),
+                spec_hash: adopted.spec_hash.clone(),
+                version: installed.version.clone(),
+            });
+        }
         AppActor {
             app,
             shared,

@@ -130,6 +130,8 @@ pub struct ForeignContainer {
     pub image_command: Vec<String>,
     pub image_entrypoint: Vec<String>,
     pub image_env: BTreeMap<String, String>,
+    /// The image's `User`; empty means root.
+    pub image_user: String,
     /// The container's whole environment (the image's plus the run's).
     pub env: BTreeMap<String, String>,
     /// `Config.User`; empty means the image's user (root when it names none).
@@ -178,6 +180,63 @@ pub struct ForeignHealth {
     pub timeout: Option<Duration>,
     pub retries: Option<u32>,
     pub start_period: Option<Duration>,
+}
+
+/// A container archipelago did not create that was adopted as an app's container: the
+/// engine layer shows it as if it carried our labels, with these values, until it is
+/// replaced (labels cannot be added to a container without recreating it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    pub container_id: String,
+    pub app: String,
+    /// The hash of the spec the manifest gave when the container was adopted: it matched.
+    pub spec_hash: String,
+    pub version: String,
+}
+
+/// The adopted containers an engine connection knows, by container id; shared between a
+/// [`reconnect::ReconnectingRuntime`] and each connection it makes.
+#[derive(Debug, Default)]
+pub struct Adoptions(std::sync::RwLock<BTreeMap<String, Adopted>>);
+
+impl Adoptions {
+    pub fn insert(&self, adopted: Adopted) {
+        self.write().insert(adopted.container_id.clone(), adopted);
+    }
+
+    pub fn remove(&self, container_id: &str) {
+        self.write().remove(container_id);
+    }
+
+    /// The adoption of the container with this id, if it is one.
+    pub fn get(&self, container_id: &str) -> Option<Adopted> {
+        self.read().get(container_id).cloned()
+    }
+
+    /// Every adopted container id.
+    pub fn ids(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// The labels an adopted container would carry had we created it.
+    pub fn labels(&self, container_id: &str) -> Option<BTreeMap<String, String>> {
+        self.get(container_id).map(|a| {
+            BTreeMap::from([
+                (LABEL_APP.to_string(), a.app),
+                (LABEL_SPEC_HASH.to_string(), a.spec_hash),
+                (LABEL_VERSION.to_string(), a.version),
+            ])
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Adopted>> {
+        // Written whole under the lock; a poisoned lock still holds a consistent map.
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Adopted>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A host port published by a container.
@@ -337,7 +396,8 @@ impl EngineError {
 }
 
 /// The container engine as the supervisor sees it. Implementations touch only containers
-/// that carry [`LABEL_APP`]; `list` and `events` never return anything else.
+/// that carry [`LABEL_APP`] or were adopted ([`ContainerRuntime::adopt`]); `list` and
+/// `events` never return anything else.
 #[async_trait::async_trait]
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Pings the engine and returns its version and the negotiated API version.
@@ -419,6 +479,25 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         Err(EngineError::Other {
             target: container.to_string(),
             reason: "this engine cannot read a foreign container".to_string(),
+        })
+    }
+    /// From now on, shows the container `adopted.container_id` as the app's: in `list`,
+    /// `inspect` and `events`, with the labels it would carry had we created it.
+    fn adopt(&self, adopted: Adopted) {
+        let _ = adopted;
+    }
+    /// Ends an adoption (the container was replaced or the app uninstalled).
+    fn release(&self, container_id: &str) {
+        let _ = container_id;
+    }
+    /// Turns the engine's own restart policy off (the supervisor restarts apps) and sets
+    /// the pids limit, on a running container, without restarting it: what adoption
+    /// changes live.
+    async fn take_over(&self, container: &str, pids_limit: u32) -> Result<(), EngineError> {
+        let _ = pids_limit;
+        Err(EngineError::Other {
+            target: container.to_string(),
+            reason: "this engine cannot update a container".to_string(),
         })
     }
     /// How the engine maps container user ids to host ids: the identity, or a rootless

@@ -15,6 +15,8 @@ use super::*;
 pub struct ReconnectingRuntime {
     host: String,
     conn: Arc<Mutex<Option<DockerRuntime>>>,
+    /// Outlives every connection: an adoption is the supervisor's, not the socket's.
+    adopted: Arc<Adoptions>,
 }
 
 impl ReconnectingRuntime {
@@ -22,25 +24,29 @@ impl ReconnectingRuntime {
         ReconnectingRuntime {
             host: host.to_string(),
             conn: Arc::new(Mutex::new(None)),
+            adopted: Arc::default(),
         }
     }
 
     async fn get(
         conn: &Mutex<Option<DockerRuntime>>,
         host: &str,
+        adopted: &Arc<Adoptions>,
     ) -> Result<DockerRuntime, EngineError> {
         let mut guard = conn.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = DockerRuntime::connect(host).await?;
+        let c = DockerRuntime::connect(host)
+            .await?
+            .with_adoptions(adopted.clone());
         tracing::info!(host, api = %c.api_version(), "connected to the engine");
         *guard = Some(c.clone());
         Ok(c)
     }
 
     async fn conn(&self) -> Result<DockerRuntime, EngineError> {
-        Self::get(&self.conn, &self.host).await
+        Self::get(&self.conn, &self.host, &self.adopted).await
     }
 
     /// Forgets the connection after the engine went away, so the next call renegotiates.
@@ -118,8 +124,9 @@ impl ContainerRuntime for ReconnectingRuntime {
         tail: usize,
     ) -> BoxStream<'static, Result<String, EngineError>> {
         let (conn, host, container) = (self.conn.clone(), self.host.clone(), container.to_string());
+        let adopted = self.adopted.clone();
         stream::once(async move {
-            match Self::get(&conn, &host).await {
+            match Self::get(&conn, &host, &adopted).await {
                 Ok(c) => c.follow_logs(&container, tail),
                 Err(e) => stream::once(async move { Err(e) }).boxed(),
             }
@@ -130,8 +137,9 @@ impl ContainerRuntime for ReconnectingRuntime {
     fn events(&self) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
         let conn = self.conn.clone();
         let host = self.host.clone();
+        let adopted = self.adopted.clone();
         stream::once(async move {
-            match Self::get(&conn, &host).await {
+            match Self::get(&conn, &host, &adopted).await {
                 Ok(c) => c.events(),
                 Err(e) => {
                     *conn.lock().await = None;
@@ -159,6 +167,15 @@ impl ContainerRuntime for ReconnectingRuntime {
     }
     async fn inspect_foreign(&self, container: &str) -> Result<ForeignContainer, EngineError> {
         forward!(self, c => c.inspect_foreign(container))
+    }
+    fn adopt(&self, adopted: Adopted) {
+        self.adopted.insert(adopted);
+    }
+    fn release(&self, container_id: &str) {
+        self.adopted.remove(container_id);
+    }
+    async fn take_over(&self, container: &str, pids_limit: u32) -> Result<(), EngineError> {
+        forward!(self, c => c.take_over(container, pids_limit))
     }
     async fn ensure_network(&self, name: &str) -> Result<bool, EngineError> {
         forward!(self, c => c.ensure_network(name))

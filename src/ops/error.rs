@@ -42,6 +42,17 @@ pub enum OpError {
     /// The start slots were closed (the supervisor is going away).
     #[error(transparent)]
     StartSlots(#[from] tokio::sync::AcquireError),
+    /// The container asked to be adopted cannot be (not running, already ours, its
+    /// name taken).
+    #[error("adopt {container}: {reason}")]
+    AdoptRefused { container: String, reason: String },
+    /// The container asked to be adopted is not what the manifest would create; nothing
+    /// was changed.
+    #[error("adopt {container}: it does not match the manifest, nothing was changed: {}", list_mismatches(.mismatches))]
+    AdoptMismatch {
+        container: String,
+        mismatches: Vec<crate::migrate::adopt::Mismatch>,
+    },
     /// A file or folder could not be made or removed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -158,6 +169,13 @@ pub enum OpError {
         #[source]
         source: Box<OpError>,
     },
+}
+
+fn list_mismatches(list: &[crate::migrate::adopt::Mismatch]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -36,12 +36,14 @@ use crate::secrets;
 use crate::spec::container_spec;
 use crate::store::{AppRecord, Installed, JournalEntry, JournalStep, Store};
 
+use adopt::adopt;
 pub use error::OpError;
 use install::install;
 use start::{start, stop};
 use swap::{recover_swap, rollback, upgrade};
 use uninstall::uninstall;
 
+mod adopt;
 mod error;
 mod install;
 mod snapshots;
@@ -179,11 +181,13 @@ pub async fn observe(engine: &dyn ContainerRuntime, app: &str) -> Option<Option<
 }
 
 /// Parameters an operation was asked with.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct OpParams {
     pub purge: bool,
     /// Dependencies are running and healthy, so an install may start the app.
     pub deps_ready: bool,
+    /// Only for adopt: the container to take over, by name or id.
+    pub container: Option<String>,
 }
 
 /// Runs one operation to its end.
@@ -213,6 +217,10 @@ pub async fn run(
             rollback(&env, &mut record, &op_id, &mut started, &mut health).await
         }
         OperationKind::Uninstall => uninstall(&env, &mut record, &op_id, params.purge).await,
+        OperationKind::Adopt => {
+            let container = params.container.clone().unwrap_or_default();
+            adopt(&env, &mut record, &container, &mut health).await
+        }
     };
     record.last_error = result.as_ref().err().map(ToString::to_string);
     // A finished uninstall removed the state file on purpose: do not write it back.
@@ -231,6 +239,8 @@ async fn finish(
     persist: bool,
 ) -> OpEnd {
     record.journal = None;
+    let observed = observe(env.engine.as_ref(), env.id()).await;
+    release_replaced_adoption(env, &mut record, &observed);
     let mut result = result;
     if !persist {
         // Nothing left to remember (uninstalled, or an install that never got going):
@@ -257,7 +267,29 @@ async fn finish(
         result,
         started,
         health,
-        observed: observe(env.engine.as_ref(), env.id()).await,
+        observed,
+    }
+}
+
+/// An adopted container that the operation replaced (an upgrade, a recreate) or removed
+/// is no longer the app's: its adoption ends, and the new container carries our labels.
+fn release_replaced_adoption(
+    env: &OpEnv,
+    record: &mut AppRecord,
+    observed: &Option<Option<ContainerSummary>>,
+) {
+    let Some(adopted) = &record.adopted else {
+        return;
+    };
+    let replaced = match observed {
+        Some(Some(c)) => c.id != adopted.container_id,
+        Some(None) => true,
+        None => false,
+    };
+    if replaced {
+        tracing::info!(app = env.id(), container = %adopted.container_id, "the adopted container was replaced");
+        env.engine.release(&adopted.container_id);
+        record.adopted = None;
     }
 }
 
@@ -383,10 +415,7 @@ pub async fn recover(env: &OpEnv, mut record: AppRecord) -> OpEnd {
     let result = match j.kind {
         // An accepted install is finished: every step is idempotent.
         OperationKind::Install => {
-            let params = OpParams {
-                purge: false,
-                deps_ready: false,
-            };
+            let params = OpParams::default();
             install(
                 env,
                 &mut record,

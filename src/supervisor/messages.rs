@@ -27,6 +27,15 @@ pub struct RunOperation {
     pub purge: bool,
 }
 
+/// `package.adopt`: takes over the running container `container`, which archipelago did
+/// not create, as app `id`'s (docs/migrate.md). Checked and admitted like an install.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Operation, AppError>")]
+pub struct Adopt {
+    pub id: String,
+    pub container: String,
+}
+
 /// `operation.get`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Operation, AppError>")]
@@ -91,7 +100,38 @@ impl Handler<GetPackage> for Supervisor {
 impl Handler<RunOperation> for Supervisor {
     type Result = ResponseActFuture<Self, Result<Operation, AppError>>;
     fn handle(&mut self, msg: RunOperation, _: &mut Context<Self>) -> Self::Result {
-        let id = msg.id.clone();
+        let params = OpParams {
+            purge: msg.purge,
+            ..OpParams::default()
+        };
+        self.operation(msg.id, msg.kind, params)
+    }
+}
+
+impl Handler<Adopt> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<Operation, AppError>>;
+    fn handle(&mut self, msg: Adopt, _: &mut Context<Self>) -> Self::Result {
+        let params = OpParams {
+            container: Some(msg.container),
+            ..OpParams::default()
+        };
+        self.operation(msg.id, OperationKind::Adopt, params)
+    }
+}
+
+impl Supervisor {
+    /// Checks dependencies and the memory budget, then hands the operation to the app.
+    fn operation(
+        &mut self,
+        id: String,
+        kind: OperationKind,
+        mut params: OpParams,
+    ) -> ResponseActFuture<Self, Result<Operation, AppError>> {
+        let msg = RunOperation {
+            id: id.clone(),
+            kind,
+            purge: params.purge,
+        };
         let Some(addr) = self.actors.get(&id).cloned() else {
             return Box::pin(fut::ready(Err(AppError::UnknownApp { id })));
         };
@@ -102,6 +142,7 @@ impl Handler<RunOperation> for Supervisor {
                 | OperationKind::Restart
                 | OperationKind::Upgrade
                 | OperationKind::Rollback
+                | OperationKind::Adopt
         );
         let pkg = self.packages.get(&id).cloned();
         let already_running = pkg.as_ref().is_some_and(|p| p.state == AppState::Running);
@@ -145,12 +186,10 @@ impl Handler<RunOperation> for Supervisor {
         if msg.kind == OperationKind::Uninstall && msg.purge {
             self.onion.purging.insert(id.clone());
         }
+        params.deps_ready = deps_ready;
         let command = addr.send(Command {
             kind: msg.kind,
-            params: OpParams {
-                purge: msg.purge,
-                deps_ready,
-            },
+            params,
         });
         Box::pin(async move { command.await? }.into_actor(self).map(
             move |result: Result<Operation, AppError>, act, _| {

@@ -439,10 +439,7 @@ impl Actor for Supervisor {
                 if let Some(addr) = self.actors.get(id.as_str()) {
                     let install = addr.send(Command {
                         kind: OperationKind::Install,
-                        params: OpParams {
-                            purge: false,
-                            deps_ready: false,
-                        },
+                        params: OpParams::default(),
                     });
                     let id = id.clone();
                     accepted.push(async move { (id, install.await) });

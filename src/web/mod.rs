@@ -33,7 +33,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::supervisor::{
-    FollowLogs, GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog,
+    Adopt, FollowLogs, GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog,
     RunOperation, Subscribe,
 };
 use crate::web::auth::{Auth, AuthPolicy};
@@ -135,6 +135,8 @@ pub struct Backend {
     pub get_package: Recipient<GetPackage>,
     /// Every mutating `package.*` method.
     pub run_operation: Recipient<RunOperation>,
+    /// `package.adopt`.
+    pub adopt: Recipient<Adopt>,
     /// `operation.get`.
     pub get_operation: Recipient<GetOperation>,
     /// `package.logs`.
@@ -159,6 +161,7 @@ impl Backend {
             + Handler<ListPackages>
             + Handler<GetPackage>
             + Handler<RunOperation>
+            + Handler<Adopt>
             + Handler<GetOperation>
             + Handler<GetLogs>
             + Handler<ReloadCatalog>
@@ -170,6 +173,7 @@ impl Backend {
             list_packages: addr.clone().recipient(),
             get_package: addr.clone().recipient(),
             run_operation: addr.clone().recipient(),
+            adopt: addr.clone().recipient(),
             get_operation: addr.clone().recipient(),
             get_logs: addr.clone().recipient(),
             reload_catalog: addr.clone().recipient(),

@@ -20,7 +20,7 @@ use crate::api::OperationKind;
 use crate::backup::BackupRequest;
 use crate::error::AppError;
 use crate::supervisor::{
-    GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog, RunOperation,
+    Adopt, GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog, RunOperation,
 };
 use crate::web::auth::{Auth, AuthError};
 use crate::web::metrics::Metrics;
@@ -97,7 +97,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, for tests and the docs.
-    pub const ALL: [Method; 21] = [
+    pub const ALL: [Method; 22] = [
         Method::AuthLogin,
         Method::AuthLogout,
         Method::AuthSetup,
@@ -112,6 +112,7 @@ impl Method {
         Method::PackageOperation(OperationKind::Upgrade),
         Method::PackageOperation(OperationKind::Rollback),
         Method::PackageOperation(OperationKind::Uninstall),
+        Method::PackageOperation(OperationKind::Adopt),
         Method::PackageLogs,
         Method::OperationGet,
         Method::CatalogReload,
@@ -139,6 +140,7 @@ impl Method {
                 OperationKind::Upgrade => "package.upgrade",
                 OperationKind::Rollback => "package.rollback",
                 OperationKind::Uninstall => "package.uninstall",
+                OperationKind::Adopt => "package.adopt",
             },
             Method::PackageLogs => "package.logs",
             Method::OperationGet => "operation.get",
@@ -215,6 +217,13 @@ struct UninstallParams {
     id: String,
     #[serde(default)]
     purge: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdoptParams {
+    id: String,
+    container: String,
 }
 
 #[derive(Deserialize)]
@@ -490,6 +499,22 @@ async fn call(
             let p: IdParams = params(raw)?;
             let id = app_id(&p.id)?;
             to_value(ask(&b.get_package, GetPackage { id }, t).await??)
+        }
+        Method::PackageOperation(OperationKind::Adopt) => {
+            let p: AdoptParams = params(raw)?;
+            let id = app_id(&p.id)?;
+            if p.container.is_empty() || p.container.len() > 256 {
+                return Err(RpcError::new(
+                    INVALID_PARAMS,
+                    "invalid params: container must be 1 to 256 characters",
+                ));
+            }
+            let adopt = Adopt {
+                id,
+                container: p.container,
+            };
+            let op = ask(&b.adopt, adopt, t).await??;
+            Ok(json!({ "operation": to_value(op)? }))
         }
         Method::PackageOperation(kind) => {
             let (id, purge) = if kind == OperationKind::Uninstall {

@@ -16,7 +16,7 @@ use archipelago::api::{
 };
 use archipelago::error::AppError;
 use archipelago::supervisor::{
-    FollowLogs, GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog,
+    Adopt, FollowLogs, GetLogs, GetOperation, GetPackage, GetStatus, ListPackages, ReloadCatalog,
     RunOperation, Subscribe,
 };
 use archipelago::web::{self, Backend, WebConfig};
@@ -246,6 +246,7 @@ fn action_name(kind: OperationKind) -> &'static str {
         OperationKind::Upgrade => "upgrade",
         OperationKind::Rollback => "rollback",
         OperationKind::Uninstall => "uninstall",
+        OperationKind::Adopt => "adopt",
     }
 }
 
@@ -277,6 +278,18 @@ impl Handler<RunOperation> for Stub {
     type Result = Result<Operation, AppError>;
     fn handle(&mut self, msg: RunOperation, ctx: &mut Context<Self>) -> Self::Result {
         self.run(msg, ctx)
+    }
+}
+
+impl Handler<Adopt> for Stub {
+    type Result = Result<Operation, AppError>;
+    fn handle(&mut self, msg: Adopt, ctx: &mut Context<Self>) -> Self::Result {
+        let run = RunOperation {
+            id: msg.id,
+            kind: OperationKind::Adopt,
+            purge: false,
+        };
+        self.run(run, ctx)
     }
 }
 

@@ -26,11 +26,11 @@ use super::convert::{
 use super::errors::{map_error, Target};
 use super::events::map_event;
 use super::follow::{follow_logs, stats_once};
-use super::foreign::foreign_container;
+use super::foreign::{foreign_container, take_over};
 use super::podman::retry_transient_state;
 use super::{DockerRuntime, EXEC_EXIT_WAIT};
 use crate::engine::{
-    container_name, BuildRequest, ContainerDetails, ContainerRuntime, ContainerSpec,
+    container_name, Adopted, BuildRequest, ContainerDetails, ContainerRuntime, ContainerSpec,
     ContainerSummary, EngineError, EngineEvent, EngineVersion, ExecOutput, ForeignContainer, IdMap,
     ImageInfo, Progress, ProgressSink, RunState, LABEL_APP, LABEL_NETWORK, LABEL_SPEC_HASH,
     LABEL_VERSION,
@@ -61,13 +61,35 @@ impl ContainerRuntime for DockerRuntime {
             .filters(&filters)
             .build();
         let fut = async {
-            let list = retry_transient_state(|| self.docker.list_containers(Some(opts.clone())))
-                .await
-                .map_err(|e| self.err(Target::Engine, e))?;
+            let mut list =
+                retry_transient_state(|| self.docker.list_containers(Some(opts.clone())))
+                    .await
+                    .map_err(|e| self.err(Target::Engine, e))?;
+            // Adopted containers carry no label: one more call asks for them by id.
+            let adopted = self.adopted.ids();
+            if !adopted.is_empty() {
+                let ids: Vec<&str> = adopted.iter().map(String::as_str).collect();
+                let filters = HashMap::from([("id", ids)]);
+                let opts = ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build();
+                let more =
+                    retry_transient_state(|| self.docker.list_containers(Some(opts.clone())))
+                        .await
+                        .map_err(|e| self.err(Target::Engine, e))?;
+                list.extend(
+                    more.into_iter()
+                        .filter(|c| !c.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_APP))),
+                );
+            }
             Ok(list
                 .into_iter()
                 .filter_map(|c| {
-                    let labels = c.labels.unwrap_or_default();
+                    let mut labels = c.labels.unwrap_or_default();
+                    if let Some(adopted) = c.id.as_deref().and_then(|id| self.adopted.labels(id)) {
+                        labels.extend(adopted);
+                    }
                     // The engine filtered already; this keeps the promise even if it did not.
                     let app = labels.get(LABEL_APP)?.clone();
                     let name = c
@@ -114,6 +136,9 @@ impl ContainerRuntime for DockerRuntime {
                     }
                 }
             }
+            let mut labels: std::collections::BTreeMap<_, _> =
+                config.labels.unwrap_or_default().into_iter().collect();
+            labels.extend(self.adopted.labels(&id).unwrap_or_default());
             Ok(ContainerDetails {
                 id,
                 name: info
@@ -122,7 +147,7 @@ impl ContainerRuntime for DockerRuntime {
                     .trim_start_matches('/')
                     .to_string(),
                 image: config.image.unwrap_or_default(),
-                labels: config.labels.unwrap_or_default().into_iter().collect(),
+                labels,
                 state: run_state,
                 exit_code: matches!(run_state, RunState::Exited | RunState::Dead)
                     .then_some(state.exit_code)
@@ -428,13 +453,10 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     fn events(&self) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
-        let mut filters = HashMap::from([("type", vec!["container"])]);
-        // Podman 4.3 matches an event label filter only as `key=value`, so a bare key
-        // drops every event there; it gets the type filter only, and `map_event` drops
-        // foreign containers on our side (it does so for Docker too, as a second fence).
-        if !self.podman {
-            filters.insert("label", vec![LABEL_APP]);
-        }
+        // No label filter: adopted containers carry no label, and Podman 4.3 matches an
+        // event label filter only as `key=value` (a bare key drops every event). `map_event`
+        // keeps the events of containers with our label or in the adoption table.
+        let filters = HashMap::from([("type", vec!["container"])]);
         // The request goes out on the first poll, not now: `since` now makes the engine
         // replay whatever happens in between, so no event after this call is lost.
         let now = SystemTime::now()
@@ -446,11 +468,12 @@ impl ContainerRuntime for DockerRuntime {
             .filters(&filters)
             .build();
         let host = self.host.clone();
+        let adopted = self.adopted.clone();
         self.docker
             .events(Some(opts))
             .filter_map(move |item| {
                 let out = match item {
-                    Ok(ev) => map_event(ev).map(Ok),
+                    Ok(ev) => map_event(ev, &adopted).map(Ok),
                     Err(e) => Some(Err(map_error(&host, Target::Engine, e))),
                 };
                 futures_util::future::ready(out)
@@ -572,6 +595,23 @@ impl ContainerRuntime for DockerRuntime {
         };
         self.bounded(|| format!("inspect {container}"), self.call_timeout, fut)
             .await
+    }
+
+    fn adopt(&self, adopted: Adopted) {
+        self.adopted.insert(adopted);
+    }
+
+    fn release(&self, container_id: &str) {
+        self.adopted.remove(container_id);
+    }
+
+    async fn take_over(&self, container: &str, pids_limit: u32) -> Result<(), EngineError> {
+        self.bounded(
+            || format!("update {container}"),
+            self.call_timeout,
+            take_over(self, container, pids_limit),
+        )
+        .await
     }
 
     async fn ensure_network(&self, name: &str) -> Result<bool, EngineError> {

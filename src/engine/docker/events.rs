@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use bollard::models::EventMessage;
 
-use crate::engine::{EngineEvent, LABEL_APP};
+use crate::engine::{Adoptions, EngineEvent, LABEL_APP};
 
 /// Reads the exit code out of an event's attributes: Docker says `exitCode`, Podman
 /// `containerExitCode`.
@@ -16,12 +16,15 @@ pub(super) fn event_exit_code(attrs: &HashMap<String, String>) -> Option<i64> {
 }
 
 /// Turns an engine event into ours; `None` for events that are not about one of our
-/// containers. Podman's `died` becomes Docker's `die`; an exec's command line is dropped
+/// containers (labelled, or adopted). Podman's `died` becomes Docker's `die`; an exec's command line is dropped
 /// from the action (it can hold secrets).
-pub(super) fn map_event(ev: EventMessage) -> Option<EngineEvent> {
+pub(super) fn map_event(ev: EventMessage, adopted: &Adoptions) -> Option<EngineEvent> {
     let actor = ev.actor?;
     let attrs = actor.attributes.unwrap_or_default();
-    let app = attrs.get(LABEL_APP)?.clone();
+    let app = match attrs.get(LABEL_APP) {
+        Some(app) => app.clone(),
+        None => adopted.get(actor.id.as_deref()?)?.app,
+    };
     let raw = ev.action.unwrap_or_default();
     let action = if raw.starts_with("exec_") {
         raw.split(':').next().unwrap_or_default().trim().to_string()

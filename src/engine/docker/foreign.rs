@@ -1,14 +1,47 @@
-//! A container archipelago did not create, read whole: the engine's inspect of it and of
-//! its image turned into a [`ForeignContainer`], for `import container` and `adopt`.
+//! Containers archipelago did not create: read whole (the engine's inspect of one and of
+//! its image as a [`ForeignContainer`], for `import container` and `adopt`), and taken
+//! over live at adoption.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bollard::models::{ContainerInspectResponse, HealthConfig, ImageInspect};
+use bollard::models::{
+    ContainerInspectResponse, ContainerUpdateBody, HealthConfig, ImageInspect, RestartPolicy,
+    RestartPolicyNameEnum,
+};
 
 use super::convert::{real_time, run_state};
-use crate::engine::{ForeignContainer, ForeignHealth, ForeignMount, PortBinding};
+use super::errors::Target;
+use super::DockerRuntime;
+use crate::engine::{EngineError, ForeignContainer, ForeignHealth, ForeignMount, PortBinding};
+
+/// Restart policy `no` and the pids limit, set on a running container without a restart.
+/// Podman 4.3 updates only resources (through its own endpoint), so there the restart
+/// policy is left as it is (see docs/migrate.md).
+pub(super) async fn take_over(
+    runtime: &DockerRuntime,
+    container: &str,
+    pids_limit: u32,
+) -> Result<(), EngineError> {
+    if runtime.podman {
+        let body = serde_json::json!({ "pids": { "limit": pids_limit } });
+        return runtime.podman_update(container, body).await;
+    }
+    let body = ContainerUpdateBody {
+        pids_limit: Some(i64::from(pids_limit)),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        ..Default::default()
+    };
+    runtime
+        .docker
+        .update_container(container, body)
+        .await
+        .map_err(|e| runtime.err(Target::Container(container), e))
+}
 
 /// `KEY=value` lines as a map; a line without `=` is a key with an empty value.
 fn env_map(lines: Option<Vec<String>>) -> BTreeMap<String, String> {
@@ -116,6 +149,7 @@ pub(super) fn foreign_container(
         image_command: image_config.cmd.unwrap_or_default(),
         image_entrypoint: image_config.entrypoint.unwrap_or_default(),
         image_env: env_map(image_config.env),
+        image_user: image_config.user.unwrap_or_default(),
         env: env_map(config.env),
         user: config.user.unwrap_or_default(),
         mounts,

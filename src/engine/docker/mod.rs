@@ -48,7 +48,7 @@ use futures_util::stream::{Stream, StreamExt};
 use errors::{map_error, Target};
 use podman::rootless_id_map;
 
-use super::{EngineError, IdMap};
+use super::{Adoptions, EngineError, IdMap};
 
 /// bollard's own per-request limit (time to the response head). Only a backstop: every
 /// call is bounded more tightly below, and a stop legitimately waits for its grace period.
@@ -91,6 +91,8 @@ pub struct DockerRuntime {
     network_lock: Arc<tokio::sync::Mutex<()>>,
     /// Container ids to host ids: a rootless engine's user namespace.
     id_map: IdMap,
+    /// Containers we did not create that were adopted as apps' containers.
+    adopted: Arc<Adoptions>,
 }
 
 /// Container id → (`StartedAt` of the run, limit in bytes).
@@ -158,6 +160,7 @@ impl DockerRuntime {
             live_limits: Arc::default(),
             network_lock: Arc::default(),
             id_map,
+            adopted: Arc::default(),
         })
     }
 
@@ -170,6 +173,13 @@ impl DockerRuntime {
         // The map is only read and written whole under the lock; a poisoned lock still
         // holds a consistent map.
         self.live_limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shares a table of adopted containers (a reconnecting runtime keeps one across
+    /// connections).
+    pub fn with_adoptions(mut self, adopted: Arc<Adoptions>) -> Self {
+        self.adopted = adopted;
+        self
     }
 
     /// Changes the bound on plain API calls (default 60 s).

@@ -52,7 +52,17 @@ impl DockerRuntime {
         container: &str,
         bytes: i64,
     ) -> Result<(), EngineError> {
-        let body = serde_json::json!({ "memory": { "limit": bytes, "swap": bytes } }).to_string();
+        let body = serde_json::json!({ "memory": { "limit": bytes, "swap": bytes } });
+        self.podman_update(container, body).await
+    }
+
+    /// Podman's own update endpoint, with `resources` as its body (OCI Linux resources).
+    pub(super) async fn podman_update(
+        &self,
+        container: &str,
+        resources: serde_json::Value,
+    ) -> Result<(), EngineError> {
+        let body = resources.to_string();
         let client = self.docker.clone().with_request_modifier(move |mut req| {
             if let Some(libpod) = libpod_uri(&req.uri().to_string()) {
                 if let Ok(parsed) = libpod.parse() {

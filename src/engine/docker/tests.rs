@@ -11,7 +11,8 @@ use super::network::{plan_network_repair, NetworkFacts};
 use super::podman::libpod_uri;
 use super::*;
 use crate::engine::{
-    Bind, ContainerSpec, EngineErrorKind, PortBinding, LABEL_APP, LABEL_SPEC_HASH, LABEL_VERSION,
+    Adopted, Bind, ContainerSpec, EngineErrorKind, PortBinding, LABEL_APP, LABEL_SPEC_HASH,
+    LABEL_VERSION,
 };
 
 #[test]
@@ -341,23 +342,42 @@ fn events_map_podman_and_docker() {
         }),
         ..Default::default()
     };
-    let e = map_event(ev("die", &[(LABEL_APP, "demo"), ("exitCode", "137")])).expect("ours");
+    let none = Adoptions::default();
+    let e = map_event(
+        ev("die", &[(LABEL_APP, "demo"), ("exitCode", "137")]),
+        &none,
+    )
+    .expect("ours");
     assert_eq!(
         (e.action.as_str(), e.exit_code, e.app.as_str()),
         ("die", Some(137), "demo")
     );
-    let e = map_event(ev(
-        "died",
-        &[(LABEL_APP, "demo"), ("containerExitCode", "3")],
-    ))
+    let e = map_event(
+        ev("died", &[(LABEL_APP, "demo"), ("containerExitCode", "3")]),
+        &none,
+    )
     .expect("ours");
     assert_eq!((e.action.as_str(), e.exit_code), ("die", Some(3)));
-    let e = map_event(ev("exec_start: sh -c secret", &[(LABEL_APP, "demo")])).expect("ours");
+    let e = map_event(
+        ev("exec_start: sh -c secret", &[(LABEL_APP, "demo")]),
+        &none,
+    )
+    .expect("ours");
     assert_eq!(e.action, "exec_start");
     assert!(
-        map_event(ev("die", &[("exitCode", "1")])).is_none(),
+        map_event(ev("die", &[("exitCode", "1")]), &none).is_none(),
         "not ours"
     );
+    // An adopted container carries no label: the table names its app.
+    let adopted = Adoptions::default();
+    adopted.insert(Adopted {
+        container_id: "abc".into(),
+        app: "old".into(),
+        spec_hash: "h".into(),
+        version: "1".into(),
+    });
+    let e = map_event(ev("die", &[("exitCode", "1")]), &adopted).expect("adopted");
+    assert_eq!((e.app.as_str(), e.exit_code), ("old", Some(1)));
 }
 
 #[test]
