@@ -534,3 +534,288 @@ fn compare_mounts(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Bind, ForeignMount, PortBinding, RunState};
+    use std::time::Duration;
+
+    fn container() -> ForeignContainer {
+        ForeignContainer {
+            id: "c1".into(),
+            name: "old-bitcoind".into(),
+            image: "bitcoind:27".into(),
+            image_id: "sha256:aaa".into(),
+            state: RunState::Running,
+            started_at: Some("2026-01-01T00:00:00Z".into()),
+            labels: BTreeMap::new(),
+            command: vec!["-server".into(), "-rpcauth=node:salt$hash".into()],
+            entrypoint: vec!["bitcoind".into()],
+            image_command: vec![],
+            image_entrypoint: vec!["bitcoind".into()],
+            image_env: BTreeMap::from([("PATH".into(), "/bin".into())]),
+            image_user: "bitcoin".into(),
+            env: BTreeMap::from([
+                ("PATH".into(), "/bin".into()),
+                ("RPC_URL".into(), "http://node:s3cret@bitcoind:8332".into()),
+                ("HOSTNAME".into(), "abc".into()),
+            ]),
+            user: "bitcoin".into(),
+            mounts: vec![ForeignMount {
+                kind: "bind".into(),
+                source: "/srv/old/bitcoin".into(),
+                name: String::new(),
+                destination: "/data".into(),
+                read_only: false,
+            }],
+            ports: vec![PortBinding {
+                host: 8333,
+                container: 8333,
+                udp: false,
+            }],
+            network_mode: "node_default".into(),
+            memory_limit: 1 << 30,
+            restart_policy: "unless-stopped".into(),
+            stop_timeout: None,
+            health: None,
+            privileged: false,
+            devices: vec![],
+            cap_add: vec![],
+            cap_drop: vec![],
+            pids_limit: None,
+            security_opt: vec![],
+        }
+    }
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            app: "bitcoind".into(),
+            version: "27".into(),
+            image: "bitcoind:27".into(),
+            env: BTreeMap::new(),
+            command: None,
+            entrypoint: None,
+            user: None,
+            ports: vec![PortBinding {
+                host: 8333,
+                container: 8333,
+                udp: false,
+            }],
+            binds: vec![Bind {
+                host: "/var/lib/archipelago/apps/bitcoind/data".into(),
+                container: "/data".into(),
+                read_only: false,
+            }],
+            network: "node_default".into(),
+            memory_limit: 1 << 30,
+            stop_timeout: Duration::from_secs(10),
+            cap_add: vec![],
+            cap_drop: vec!["MKNOD".into(), "NET_RAW".into()],
+            pids_limit: 4096,
+            group_add: vec![],
+        }
+    }
+
+    /// The old folder was renamed into the app's volume, a link left behind.
+    fn canonical(p: &Path) -> PathBuf {
+        if p == Path::new("/srv/old/bitcoin") {
+            "/var/lib/archipelago/apps/bitcoind/data".into()
+        } else {
+            p.to_path_buf()
+        }
+    }
+
+    fn run(c: &ForeignContainer, spec: &ContainerSpec, stored: Option<&str>) -> Comparison {
+        let env = BTreeMap::from([(
+            "RPC_URL".to_string(),
+            "http://node:${secret:rpc_password}@bitcoind:8332".to_string(),
+        )]);
+        let command = vec![
+            "-server".to_string(),
+            "-rpcauth=${secret:rpcauth}".to_string(),
+        ];
+        let wanted = Wanted {
+            env: &env,
+            command: Some(&command),
+            entrypoint: None,
+            spec,
+            image_id: Some("sha256:aaa"),
+        };
+        let render = |t: &str| Ok(t.to_string());
+        let stored_value = stored.map(str::to_string);
+        let stored = move |name: &str| {
+            (name == "rpc_password")
+                .then(|| stored_value.clone())
+                .flatten()
+        };
+        let look = Lookup {
+            render: &render,
+            stored: &stored,
+            canonical: &canonical,
+        };
+        compare(c, &wanted, &look)
+    }
+
+    #[test]
+    fn a_matching_container_gives_its_secrets_and_the_live_changes() {
+        let cmp = run(&container(), &spec(), None);
+        assert_eq!(cmp.mismatches, vec![]);
+        assert_eq!(
+            cmp.secrets,
+            BTreeMap::from([
+                ("rpc_password".to_string(), "s3cret".to_string()),
+                ("rpcauth".to_string(), "node:salt$hash".to_string()),
+            ])
+        );
+        assert_eq!(
+            cmp.live,
+            [
+                "restart policy unless-stopped → no (archipelago restarts the app itself)",
+                "pids limit → 4096"
+            ]
+        );
+        assert_eq!(
+            cmp.later,
+            ["no-new-privileges", "capabilities dropped: MKNOD, NET_RAW"]
+        );
+        // The same value already stored is fine.
+        assert_eq!(
+            run(&container(), &spec(), Some("s3cret")).mismatches,
+            vec![]
+        );
+    }
+
+    #[test]
+    fn every_difference_is_listed_by_field_without_values() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut ForeignContainer, &mut ContainerSpec)>)> = vec![
+            ("image", Box::new(|c, _| c.image_id = "sha256:bbb".into())),
+            (
+                "entrypoint",
+                Box::new(|c, _| c.entrypoint = vec!["sh".into()]),
+            ),
+            (
+                "command",
+                Box::new(|c, _| c.command.push("-txindex".into())),
+            ),
+            (
+                "command[1]",
+                Box::new(|c, _| c.command[1] = "-rpcuser=x".into()),
+            ),
+            (
+                "env.RPC_URL",
+                Box::new(|c, _| {
+                    c.env
+                        .insert("RPC_URL".into(), "http://other:s3cret@bitcoind:8332".into());
+                }),
+            ),
+            (
+                "env.RPC_URL",
+                Box::new(|c, _| {
+                    c.env.remove("RPC_URL");
+                }),
+            ),
+            (
+                "env.EXTRA",
+                Box::new(|c, _| {
+                    c.env.insert("EXTRA".into(), "1".into());
+                }),
+            ),
+            ("user", Box::new(|_, s| s.user = Some("1000".into()))),
+            (
+                "volume /data",
+                Box::new(|c, _| c.mounts[0].source = "/srv/elsewhere".into()),
+            ),
+            (
+                "volume /data",
+                Box::new(|c, _| c.mounts[0].read_only = true),
+            ),
+            (
+                "mount /logs",
+                Box::new(|c, _| {
+                    c.mounts.push(ForeignMount {
+                        kind: "bind".into(),
+                        source: "/var/log".into(),
+                        name: String::new(),
+                        destination: "/logs".into(),
+                        read_only: true,
+                    });
+                }),
+            ),
+            (
+                "mount /tmp",
+                Box::new(|c, _| {
+                    c.mounts.push(ForeignMount {
+                        kind: "tmpfs".into(),
+                        source: "".into(),
+                        name: String::new(),
+                        destination: "/tmp".into(),
+                        read_only: false,
+                    });
+                }),
+            ),
+            ("ports", Box::new(|c, _| c.ports.clear())),
+            ("network", Box::new(|c, _| c.network_mode = "host".into())),
+            ("memory_limit", Box::new(|c, _| c.memory_limit = 0)),
+            ("privileged", Box::new(|c, _| c.privileged = true)),
+            (
+                "devices",
+                Box::new(|c, _| c.devices = vec!["/dev/sda:/dev/sda".into()]),
+            ),
+        ];
+        for (field, change) in cases {
+            let (mut c, mut s) = (container(), spec());
+            change(&mut c, &mut s);
+            let cmp = run(&c, &s, None);
+            let fields: Vec<&str> = cmp.mismatches.iter().map(|m| m.field.as_str()).collect();
+            assert_eq!(fields, [field], "{:?}", cmp.mismatches);
+            for m in &cmp.mismatches {
+                assert!(!m.to_string().contains("s3cret"), "{m}");
+            }
+        }
+        // An anonymous volume (the image's VOLUME) is not the owner's data.
+        let mut c = container();
+        c.mounts.push(ForeignMount {
+            kind: "volume".into(),
+            source: "/var/lib/docker/volumes/x/_data".into(),
+            name: "a".repeat(64),
+            destination: "/cache".into(),
+            read_only: false,
+        });
+        assert_eq!(run(&c, &spec(), None).mismatches, vec![]);
+    }
+
+    #[test]
+    fn a_secret_that_is_not_the_stored_one_or_held_twice_differently_is_refused() {
+        let cmp = run(&container(), &spec(), Some("other"));
+        assert_eq!(cmp.mismatches.len(), 1);
+        assert_eq!(cmp.mismatches[0].field, "secrets.rpc_password");
+        assert!(!cmp.secrets.contains_key("rpc_password"));
+
+        let env = BTreeMap::from([
+            ("A".to_string(), "${secret:pw}".to_string()),
+            ("B".to_string(), "x${secret:pw}".to_string()),
+        ]);
+        let mut c = container();
+        c.env = BTreeMap::from([("A".into(), "one".into()), ("B".into(), "xtwo".into())]);
+        c.command = vec![];
+        let s = spec();
+        let wanted = Wanted {
+            env: &env,
+            command: None,
+            entrypoint: None,
+            spec: &s,
+            image_id: Some("sha256:aaa"),
+        };
+        let render = |t: &str| Ok(t.to_string());
+        let stored = |_: &str| None;
+        let look = Lookup {
+            render: &render,
+            stored: &stored,
+            canonical: &canonical,
+        };
+        let cmp = compare(&c, &wanted, &look);
+        let fields: Vec<&str> = cmp.mismatches.iter().map(|m| m.field.as_str()).collect();
+        assert_eq!(fields, ["secrets.pw"]);
+    }
+}
