@@ -686,9 +686,11 @@ mod tests {
         );
     }
 
+    type Change = dyn Fn(&mut ForeignContainer, &mut ContainerSpec);
+
     #[test]
     fn every_difference_is_listed_by_field_without_values() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ForeignContainer, &mut ContainerSpec)>)> = vec![
+        let cases: Vec<(&str, Box<Change>)> = vec![
             ("image", Box::new(|c, _| c.image_id = "sha256:bbb".into())),
             (
                 "entrypoint",
