@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bollard::models::{ContainerInspectResponse, HealthConfig, ImageInspect};
 
-use super::convert::{real_time, run_state};
+use super::convert::{bare_name, real_time, run_state};
 use crate::engine::{ForeignContainer, ForeignHealth, ForeignMount, PortBinding};
 
 /// `KEY=value` lines as a map; a line without `=` is a key with an empty value.
@@ -101,11 +101,7 @@ pub(super) fn foreign_container(
         .collect();
     ForeignContainer {
         id: info.id.unwrap_or_default(),
-        name: info
-            .name
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_string(),
+        name: bare_name(info.name.as_deref()),
         image: config.image.unwrap_or_default(),
         image_id: info.image.unwrap_or_default(),
         state: run_state(state.status, state.running.unwrap_or(false)),
