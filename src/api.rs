@@ -100,6 +100,17 @@ pub enum OperationKind {
 }
 
 impl OperationKind {
+    /// Every kind, in the order of the enum.
+    pub const ALL: [OperationKind; 7] = [
+        OperationKind::Install,
+        OperationKind::Start,
+        OperationKind::Stop,
+        OperationKind::Restart,
+        OperationKind::Upgrade,
+        OperationKind::Rollback,
+        OperationKind::Uninstall,
+    ];
+
     /// The state an app shows while an operation of this kind runs.
     pub fn state(self) -> AppState {
         match self {
@@ -290,15 +301,7 @@ mod tests {
 
     #[test]
     fn every_operation_kind_has_a_transitional_state() {
-        for kind in [
-            OperationKind::Install,
-            OperationKind::Start,
-            OperationKind::Stop,
-            OperationKind::Restart,
-            OperationKind::Upgrade,
-            OperationKind::Rollback,
-            OperationKind::Uninstall,
-        ] {
+        for kind in OperationKind::ALL {
             assert!(kind.state().is_transitional(), "{kind:?}");
         }
     }
