@@ -102,6 +102,18 @@ pub enum OperationKind {
 }
 
 impl OperationKind {
+    /// Every kind, in the order of the enum.
+    pub const ALL: [OperationKind; 8] = [
+        OperationKind::Install,
+        OperationKind::Start,
+        OperationKind::Stop,
+        OperationKind::Restart,
+        OperationKind::Upgrade,
+        OperationKind::Rollback,
+        OperationKind::Uninstall,
+        OperationKind::Adopt,
+    ];
+
     /// The state an app shows while an operation of this kind runs.
     pub fn state(self) -> AppState {
         match self {
@@ -293,16 +305,7 @@ mod tests {
 
     #[test]
     fn every_operation_kind_has_a_transitional_state() {
-        for kind in [
-            OperationKind::Install,
-            OperationKind::Start,
-            OperationKind::Stop,
-            OperationKind::Restart,
-            OperationKind::Upgrade,
-            OperationKind::Rollback,
-            OperationKind::Uninstall,
-            OperationKind::Adopt,
-        ] {
+        for kind in OperationKind::ALL {
             assert!(kind.state().is_transitional(), "{kind:?}");
         }
     }

@@ -511,16 +511,7 @@ mod tests {
         let run_ok = running(HASH);
         let run_old = running("old");
         let ex_ok = exited(HASH);
-        for kind in [
-            OperationKind::Install,
-            OperationKind::Start,
-            OperationKind::Stop,
-            OperationKind::Restart,
-            OperationKind::Upgrade,
-            OperationKind::Rollback,
-            OperationKind::Uninstall,
-            OperationKind::Adopt,
-        ] {
+        for kind in OperationKind::ALL {
             for observed in [Some(&run_ok), Some(&run_old), Some(&ex_ok), None] {
                 for desired in [Desired::Running, Desired::Stopped, Desired::NotInstalled] {
                     let f = Facts {

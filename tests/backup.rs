@@ -49,6 +49,28 @@ fn web_app(node: &ServeNode, consistency: &str) -> String {
 /// A child process killed (by its own pid) on drop.
 struct Daemon(Child);
 
+impl Daemon {
+    /// Starts `program` with `args`, its output discarded, and waits until it listens on
+    /// `port`; `what` names it in a failure. A missing program fails naming the set-up
+    /// command.
+    fn start(what: &str, program: &str, args: &[&str], port: u16) -> Daemon {
+        assert!(
+            Path::new(program).exists(),
+            "{program} is missing; run `scripts/test-env.sh up`"
+        );
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon(child);
+        wait_port(port, what);
+        daemon
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -106,10 +128,6 @@ fn wait_port(port: u16, what: &str) {
 /// A private sshd on 127.0.0.1:<free port> with its own host key, config and authorized
 /// key; the system's sshd is left alone.
 fn sftp_target() -> Target {
-    assert!(
-        Path::new(SSHD).exists(),
-        "{SSHD} is missing; run `scripts/test-env.sh up`"
-    );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // sshd refuses to start without its privilege separation folder.
@@ -134,16 +152,8 @@ fn sftp_target() -> Target {
         ),
     )
     .unwrap();
-    let child = Command::new(SSHD)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child);
-    wait_port(port, "sshd");
+    let config = config.display().to_string();
+    let daemon = Daemon::start("sshd", SSHD, &["-D", "-e", "-f", &config], port);
     let host_key = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
     let known = d.join("known_hosts");
     std::fs::write(&known, format!("[127.0.0.1]:{port} {host_key}")).unwrap();
@@ -171,21 +181,10 @@ fn sftp_target() -> Target {
 
 /// moto's S3 server on 127.0.0.1:<free port>.
 fn s3_target() -> Target {
-    assert!(
-        Path::new(MOTO).exists(),
-        "{MOTO} is missing; run `scripts/test-env.sh up`"
-    );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let child = Command::new(MOTO)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child);
-    wait_port(port, "moto");
+    let args = ["-H", "127.0.0.1", "-p", &port.to_string()];
+    let daemon = Daemon::start("moto", MOTO, &args, port);
     let (key, secret) = (dir.path().join("access_key"), dir.path().join("secret_key"));
     std::fs::write(&key, "testing\n").unwrap();
     std::fs::write(&secret, "testing-secret\n").unwrap();

@@ -11,7 +11,7 @@ mod common;
 #[path = "web_stub/serve.rs"]
 mod serve;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,11 +40,8 @@ async fn log_in(b: &Browser, base: &str, password: &str) {
         Duration::from_secs(10),
     )
     .await;
-    let field = b.find("#password").await;
-    b.type_into(&field, password).await;
-    let button = b.find("#login-button").await;
-    b.click(&button).await;
-    b.wait_for(
+    b.submit_login(
+        password,
         "the app list",
         "document.querySelectorAll('[data-app]').length > 0",
         Duration::from_secs(10),
@@ -116,12 +113,6 @@ async fn watched_latency(b: &Browser) -> (f64, f64) {
         v["disabled"].as_f64().unwrap() - click,
         v["label"].as_f64().unwrap() - click,
     )
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 #[actix_web::test]
@@ -271,7 +262,7 @@ async fn start_button_follows_the_state_table() {
         .await;
     assert_eq!(reloads, 1, "the page never reloads");
 
-    let shot = target_dir().join("browser-screenshot.png");
+    let shot = common::target_dir().join("browser-screenshot.png");
     b.screenshot(&shot).await;
     println!("screenshot: {}", shot.display());
     for line in server.warnings() {
@@ -306,7 +297,7 @@ async fn engine_banner_shows_when_the_engine_is_unreachable() {
         "{banner}"
     );
     wait_primary(&b, &app, "Install", true, Duration::from_secs(10)).await;
-    b.screenshot(&target_dir().join("browser-screenshot-engine-down.png"))
+    b.screenshot(&common::target_dir().join("browser-screenshot-engine-down.png"))
         .await;
     // Logging out forgets the token and shows the form again.
     let logout = b.find("#logout").await;
@@ -364,12 +355,11 @@ async fn the_card_shows_the_apps_onion_address() {
         "sleep 3600",
         "  network: none\n  volumes: [\"data:/data\"]\n",
     );
+    let onion = "onion: {ports: [\"80:8080\"]}\n";
+    let extra = "  network: none\n  stop_timeout: 1s\n";
     let web = node.manifest(
         "web",
-        &format!(
-            "id: {{id}}\nname: Web\nversion: \"1\"\ncontainer:\n  image: {}\n  command: [sleep, \"3600\"]\n  network: none\n  memory_limit: 64MiB\n  stop_timeout: 1s\nonion: {{ports: [\"80:8080\"]}}\n",
-            common::BUSYBOX_IMAGE
-        ),
+        &common::busybox_manifest("{id}", "Web", "1", "sleep 3600", onion, extra),
     );
     let config = node.config(
         &docker_host(),
@@ -414,7 +404,7 @@ async fn the_card_shows_the_apps_onion_address() {
         Value::Bool(true),
         "an app without onion ports shows no line"
     );
-    b.screenshot(&target_dir().join("browser-screenshot-onion.png"))
+    b.screenshot(&common::target_dir().join("browser-screenshot-onion.png"))
         .await;
 }
 
@@ -422,12 +412,6 @@ async fn the_card_shows_the_apps_onion_address() {
 /// it to the loopback registry and removes the local copy, so installing it is a real
 /// multi-layer pull whose progress the dashboard shows.
 async fn publish_layers(repo: &str) -> String {
-    use archipelago::engine::{BuildRequest, ContainerRuntime};
-    use futures_util::StreamExt;
-    let engine = archipelago::engine::DockerRuntime::connect(&docker_host())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let mut dockerfile = format!("FROM {}\n", common::BUSYBOX_IMAGE);
     // Version 2 waits 4 s before it serves, so the update's health wait can be seen.
     dockerfile.push_str("RUN echo 4 > /delay\n");
@@ -436,27 +420,7 @@ async fn publish_layers(repo: &str) -> String {
             "RUN head -c 20000000 /dev/urandom > /layer{layer}\n"
         ));
     }
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    let image = format!("{}/{repo}:2", common::registry());
-    let req = BuildRequest {
-        context: dir.path().to_path_buf(),
-        dockerfile: "Dockerfile".into(),
-        args: Default::default(),
-        tag: image.clone(),
-    };
-    engine.build(&req, &|_| {}).await.unwrap();
-    let docker = common::connect(&docker_host()).await;
-    let opts = bollard::query_parameters::PushImageOptionsBuilder::new()
-        .tag("2")
-        .build();
-    let name = format!("{}/{repo}", common::registry());
-    let mut push = docker.push_image(&name, Some(opts), None);
-    while let Some(item) = push.next().await {
-        let info = item.unwrap();
-        assert!(info.error_detail.is_none(), "push {image}: {info:?}");
-    }
-    engine.image_remove(&image).await.unwrap();
-    image
+    common::publish(repo, "2", &dockerfile).await
 }
 
 /// The manifest of the app with a web page: busybox httpd on loopback port `port` of the
@@ -479,7 +443,7 @@ fn web_manifest(version: &str, image: &str, port: u16, marker: &str) -> String {
 async fn doc_screenshot(b: &Browser, name: &str) {
     let dir = match std::env::var("ARCHIPELAGO_UPDATE_SCREENSHOTS").as_deref() {
         Ok("1") => Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img"),
-        _ => target_dir().join("screenshots"),
+        _ => common::target_dir().join("screenshots"),
     };
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);

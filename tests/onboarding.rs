@@ -72,6 +72,12 @@ async fn rpc(base: &str, method: &str, params: Value, token: Option<&str>) -> (u
     (res.status, v)
 }
 
+/// `auth.setup` with `code` and `password`, without a session.
+async fn setup(base: &str, code: &str, password: &str) -> (u16, Value) {
+    let params = json!({"code": code, "password": password});
+    rpc(base, "auth.setup", params, None).await
+}
+
 /// The error message of an answer, failing when it succeeded.
 fn error(answer: &(u16, Value)) -> (u16, i64, String) {
     let e = &answer.1["error"];
@@ -112,54 +118,22 @@ async fn setup_rules_over_rpc() {
     assert!(msg.contains("no password is set yet"), "{msg}");
 
     // A short password is refused without spending an attempt, even with the right code.
-    let (_, code_no, msg) = error(
-        &rpc(
-            &base,
-            "auth.setup",
-            json!({"code": code, "password": "short"}),
-            None,
-        )
-        .await,
-    );
+    let (_, code_no, msg) = error(&setup(&base, &code, "short").await);
     assert_eq!(code_no, -32602, "{msg}");
     assert!(msg.contains("at least 10 characters"), "{msg}");
 
     // Wrong codes: refused, counting down, and then onboarding locks until a restart.
     for left in (1..10).rev() {
-        let (status, code_no, msg) = error(
-            &rpc(
-                &base,
-                "auth.setup",
-                json!({"code": "AAAA-AAAA-AAAA", "password": NEW_PASSWORD}),
-                None,
-            )
-            .await,
-        );
+        let (status, code_no, msg) = error(&setup(&base, "AAAA-AAAA-AAAA", NEW_PASSWORD).await);
         assert_eq!((status, code_no), (401, -32001), "{msg}");
         assert!(
             msg.contains(&format!("wrong setup code ({left} attempts left)")),
             "{msg}"
         );
     }
-    let (_, _, msg) = error(
-        &rpc(
-            &base,
-            "auth.setup",
-            json!({"code": "AAAA-AAAA-AAAA", "password": NEW_PASSWORD}),
-            None,
-        )
-        .await,
-    );
+    let (_, _, msg) = error(&setup(&base, "AAAA-AAAA-AAAA", NEW_PASSWORD).await);
     assert!(msg.contains("too many wrong setup codes"), "{msg}");
-    let (_, _, msg) = error(
-        &rpc(
-            &base,
-            "auth.setup",
-            json!({"code": code, "password": NEW_PASSWORD}),
-            None,
-        )
-        .await,
-    );
+    let (_, _, msg) = error(&setup(&base, &code, NEW_PASSWORD).await);
     assert!(
         msg.contains("too many wrong setup codes"),
         "the right code after the budget: {msg}"
@@ -176,28 +150,14 @@ async fn setup_rules_over_rpc() {
     let base = server.base.clone();
     let new_code = setup_code(&node, &server);
     assert_ne!(new_code, code);
-    let (_, _, msg) = error(
-        &rpc(
-            &base,
-            "auth.setup",
-            json!({"code": code, "password": NEW_PASSWORD}),
-            None,
-        )
-        .await,
-    );
+    let (_, _, msg) = error(&setup(&base, &code, NEW_PASSWORD).await);
     assert!(
         msg.contains("wrong setup code (9 attempts left)"),
         "the old code: {msg}"
     );
     // Case, spaces and dashes as typed do not matter.
     let typed = new_code.to_lowercase().replace('-', " ");
-    let (status, answer) = rpc(
-        &base,
-        "auth.setup",
-        json!({"code": typed, "password": NEW_PASSWORD}),
-        None,
-    )
-    .await;
+    let (status, answer) = setup(&base, &typed, NEW_PASSWORD).await;
     assert_eq!(status, 200, "{answer}");
     let token = answer["result"]["token"].as_str().expect("a session token");
     // The token is a session like auth.login's.
@@ -211,15 +171,7 @@ async fn setup_rules_over_rpc() {
     assert!(page(&base).await.contains("id=\"login\""));
 
     // Setup works once; then the normal login.
-    let (status, code_no, msg) = error(
-        &rpc(
-            &base,
-            "auth.setup",
-            json!({"code": new_code, "password": "another password"}),
-            None,
-        )
-        .await,
-    );
+    let (status, code_no, msg) = error(&setup(&base, &new_code, "another password").await);
     assert_eq!((status, code_no), (401, -32001));
     assert!(msg.contains("a password is already set"), "{msg}");
     let (_, code_no, _) = error(
@@ -282,7 +234,7 @@ async fn onboarding_page_in_the_browser() {
     .await;
     assert!(!node.dir.path().join("password").exists());
 
-    let shot = target_dir().join("onboarding-local.png");
+    let shot = common::target_dir().join("onboarding-local.png");
     onboard(&b, &https.base, &code, NEW_PASSWORD, Some(&shot)).await;
     let stored = std::fs::read_to_string(node.dir.path().join("password")).unwrap();
     assert!(stored.starts_with("$argon2id$"), "{stored}");
@@ -379,20 +331,11 @@ async fn log_out_and_in(b: &Browser, password: &str) {
         T,
     )
     .await;
-    let field = b.find("#password").await;
-    b.type_into(&field, password).await;
-    let button = b.find("#login-button").await;
-    b.click(&button).await;
-    b.wait_for(
+    b.submit_login(
+        password,
         "the dashboard after login",
         "!document.getElementById('dashboard').hidden && sessionStorage.getItem('archipelago.token') !== null",
         T,
     )
     .await;
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }

@@ -7,47 +7,19 @@ use std::time::{Duration, Instant};
 
 use archipelago::api::{AppState, OperationKind, OperationStatus};
 use archipelago::engine::docker::DockerRuntime;
-use archipelago::engine::{BuildRequest, ContainerRuntime};
+use archipelago::engine::ContainerRuntime;
 use archipelago::supervisor::{GetOperation, ReloadCatalog, RunOperation};
 use common::node::{inspect, package, wait_state, Node};
 use common::serve::{ctl, free_port, TestNode};
-use futures_util::StreamExt;
 
-/// Builds `<registry>/<repo>:<tag>` whose /version file says `tag`, pushes it to the
-/// loopback registry and removes the local copy, so an install or upgrade must pull it.
+/// Publishes `<registry>/<repo>:<tag>` whose /version file says `tag` (see
+/// [`common::publish`]).
 async fn publish(repo: &str, tag: &str) -> String {
-    let engine = DockerRuntime::connect(&common::docker_host())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!(
-            "FROM {}\nRUN echo {tag} > /version\n",
-            common::BUSYBOX_IMAGE
-        ),
-    )
-    .unwrap();
-    let image = format!("{}/{repo}:{tag}", common::registry());
-    let req = BuildRequest {
-        context: dir.path().to_path_buf(),
-        dockerfile: "Dockerfile".into(),
-        args: Default::default(),
-        tag: image.clone(),
-    };
-    engine.build(&req, &|_| {}).await.unwrap();
-    let docker = common::connect(&common::docker_host()).await;
-    let name = format!("{}/{repo}", common::registry());
-    let opts = bollard::query_parameters::PushImageOptionsBuilder::new()
-        .tag(tag)
-        .build();
-    let mut push = docker.push_image(&name, Some(opts), None);
-    while let Some(item) = push.next().await {
-        let info = item.unwrap();
-        assert!(info.error_detail.is_none(), "push {image}: {info:?}");
-    }
-    engine.image_remove(&image).await.unwrap();
-    image
+    let dockerfile = format!(
+        "FROM {}\nRUN echo {tag} > /version\n",
+        common::BUSYBOX_IMAGE
+    );
+    common::publish(repo, tag, &dockerfile).await
 }
 
 /// The app serves its /version over HTTP, except version v3, which never gets healthy.

@@ -91,18 +91,27 @@ async fn apps_get_tor_made_onion_addresses_that_last_until_purge() {
             "id: {{id}}\nname: Tor\nversion: \"1\"\ncontainer:\n  image: {image}\n  user: debian-tor\n  command: [tor, --defaults-torrc, /dev/null, --allow-missing-torrc, -f, /var/lib/tor/data/onion-services.torrc, --SocksPort, 0.0.0.0:9050, --ControlPort, 127.0.0.1:9051, --CookieAuthentication, \"1\", --DataDirectory, /var/lib/tor/data, --DisableNetwork, \"1\", --Log, notice stdout]\n  volumes: [\"data:/var/lib/tor/data\"]\n  memory_limit: 256MiB\n  stop_timeout: 10s\n  health: {{tcp: {{port: 9051}}, interval: 1s, retries: 60}}\n"
         ),
     );
+    // Two busybox apps with onion ports, reading their addresses from env.
+    let sleeper = |name: &str, top: &str, env: &str| {
+        let extra = format!("  env: {env}\n  stop_timeout: 2s\n");
+        common::busybox_manifest("{id}", name, "1", "sleep 100000", top, &extra)
+    };
     let web = node.manifest(
         "web",
-        &format!(
-            "id: {{id}}\nname: Web\nversion: \"1\"\ndependencies: [{tor}]\ncontainer:\n  image: {}\n  command: [sleep, \"100000\"]\n  env: {{ONION: \"${{onion}}\"}}\n  memory_limit: 64MiB\n  stop_timeout: 2s\nonion: {{ports: [\"80:8080\"]}}\n",
-            common::BUSYBOX_IMAGE
+        &sleeper(
+            "Web",
+            &format!("dependencies: [{tor}]\nonion: {{ports: [\"80:8080\"]}}\n"),
+            "{ONION: \"${onion}\"}",
         ),
     );
     let api = node.manifest(
         "api",
-        &format!(
-            "id: {{id}}\nname: Api\nversion: \"1\"\ndependencies: [{tor}, {web}]\ncontainer:\n  image: {}\n  command: [sleep, \"100000\"]\n  env: {{OWN: \"${{onion}}\", WEB: \"${{onion:{web}}}\"}}\n  memory_limit: 64MiB\n  stop_timeout: 2s\nonion: {{ports: [\"9735:9735\", \"443:8443\"]}}\n",
-            common::BUSYBOX_IMAGE
+        &sleeper(
+            "Api",
+            &format!(
+                "dependencies: [{tor}, {web}]\nonion: {{ports: [\"9735:9735\", \"443:8443\"]}}\n"
+            ),
+            &format!("{{OWN: \"${{onion}}\", WEB: \"${{onion:{web}}}\"}}"),
         ),
     );
     let config = node.config(&host, &network, &[], &format!("tor_app: {tor}\n"));

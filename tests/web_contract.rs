@@ -875,7 +875,9 @@ async fn the_dashboard_is_served_from_the_binary() {
         .unwrap()
         .contains("frame-ancestors 'none'"));
     let html = String::from_utf8(res.body).unwrap();
-    assert!(html.contains("fetch(\"/api/events\""));
+    // The event stream is read with fetch (EventSource cannot send the session header).
+    assert!(html.contains("fetchStream(\"/api/events\""));
+    assert!(html.contains("return fetch(url, {"));
     assert!(html.contains("sessionStorage"));
     for label in [
         "Installing…",

@@ -549,22 +549,13 @@ impl Actor for AppActor {
                 .as_ref()
                 .map(|j| j.kind)
                 .unwrap_or(OperationKind::Start);
-            self.op_counter += 1;
-            let op = Operation {
-                id: operation_id(self.id(), &self.instance, "recover"),
-                package: self.id().to_string(),
-                kind,
-                status: OperationStatus::Running,
-                started_at: api::now(),
-                finished_at: None,
-                error: None,
-                progress: OperationProgress {
-                    message: "recovering an interrupted operation".into(),
-                    done: None,
-                    total: None,
-                },
+            let id = operation_id(self.id(), &self.instance, "recover");
+            let progress = OperationProgress {
+                message: "recovering an interrupted operation".into(),
+                done: None,
+                total: None,
             };
-            self.op = Some(op.clone());
+            let op = self.hold_operation(id, kind, progress);
             let env = self.env(ctx, &op.id);
             let record = self.record.clone();
             let addr = ctx.address();

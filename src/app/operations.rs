@@ -27,6 +27,29 @@ impl AppActor {
         operation_id(self.id(), &self.instance, &n.to_string())
     }
 
+    /// Counts a new operation of `kind` under `id` and holds it as the one in flight,
+    /// running from now.
+    pub(super) fn hold_operation(
+        &mut self,
+        id: String,
+        kind: OperationKind,
+        progress: OperationProgress,
+    ) -> Operation {
+        self.op_counter += 1;
+        let op = Operation {
+            id,
+            package: self.id().to_string(),
+            kind,
+            status: OperationStatus::Running,
+            started_at: api::now(),
+            finished_at: None,
+            error: None,
+            progress,
+        };
+        self.op = Some(op.clone());
+        op
+    }
+
     /// Starts an operation: the actor marks it in flight, the work runs as a future, and
     /// [`OpFinished`] comes back when it ends.
     pub(super) fn begin(
@@ -35,18 +58,8 @@ impl AppActor {
         kind: OperationKind,
         params: OpParams,
     ) -> Operation {
-        self.op_counter += 1;
-        let op = Operation {
-            id: self.op_id(self.op_counter),
-            package: self.id().to_string(),
-            kind,
-            status: OperationStatus::Running,
-            started_at: api::now(),
-            finished_at: None,
-            error: None,
-            progress: OperationProgress::default(),
-        };
-        self.op = Some(op.clone());
+        let id = self.op_id(self.op_counter + 1);
+        let op = self.hold_operation(id, kind, OperationProgress::default());
         let env = self.env(ctx, &op.id);
         let record = self.record.clone();
         let op_id = op.id.clone();

@@ -104,19 +104,27 @@ impl Call {
     }
 }
 
-/// A container as the fake holds it.
+/// A container as the fake holds it: what inspect answers, and the spec it was made from.
+/// It reads as its [`ContainerDetails`] (`c.state`, `c.exit_code`), whose `started_at`
+/// takes a fresh value on every start, so tests can tell a restart from none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeContainer {
-    pub id: String,
-    pub name: String,
     pub spec: ContainerSpec,
-    pub labels: BTreeMap<String, String>,
-    pub state: RunState,
-    pub exit_code: Option<i64>,
-    /// A fresh value on every start, so tests can tell a restart from none.
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub memory_limit: u64,
+    pub details: ContainerDetails,
+}
+
+impl std::ops::Deref for FakeContainer {
+    type Target = ContainerDetails;
+
+    fn deref(&self) -> &ContainerDetails {
+        &self.details
+    }
+}
+
+impl std::ops::DerefMut for FakeContainer {
+    fn deref_mut(&mut self) -> &mut ContainerDetails {
+        &mut self.details
+    }
 }
 
 impl FakeContainer {
@@ -129,23 +137,6 @@ impl FakeContainer {
             version: self.labels.get(LABEL_VERSION).cloned(),
             image: self.spec.image.clone(),
             state: self.state,
-        }
-    }
-
-    fn details(&self) -> ContainerDetails {
-        ContainerDetails {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            image: self.spec.image.clone(),
-            labels: self.labels.clone(),
-            state: self.state,
-            exit_code: self.exit_code,
-            started_at: self.started_at.clone(),
-            finished_at: self.finished_at.clone(),
-            memory_limit: self.memory_limit,
-            oom_killed: false,
-            pid: None,
-            user: self.spec.user.clone().unwrap_or_default(),
         }
     }
 }
@@ -188,6 +179,18 @@ impl State {
             .ok_or_else(|| EngineError::ContainerNotFound {
                 container: container.to_string(),
             })
+    }
+
+    /// Like [`State::find_key`], for a call that needs the container running.
+    fn running_key(&self, container: &str) -> Result<String, EngineError> {
+        let key = self.find_key(container)?;
+        if !self.containers[&key].state.is_running() {
+            return Err(EngineError::Other {
+                target: container.to_string(),
+                reason: "container is not running".to_string(),
+            });
+        }
+        Ok(key)
     }
 }
 
@@ -379,7 +382,7 @@ impl ContainerRuntime for FakeRuntime {
         self.enter(Call::Inspect(container.to_string()))?;
         let st = self.lock();
         let key = st.find_key(container)?;
-        Ok(st.containers[&key].details())
+        Ok(st.containers[&key].details.clone())
     }
 
     async fn pull(&self, image: &str, progress: ProgressSink<'_>) -> Result<(), EngineError> {
@@ -450,15 +453,21 @@ impl ContainerRuntime for FakeRuntime {
         st.containers.insert(
             name.clone(),
             FakeContainer {
-                id: id.clone(),
-                name,
                 spec: spec.clone(),
-                labels,
-                state: RunState::Created,
-                exit_code: None,
-                started_at: None,
-                finished_at: None,
-                memory_limit: spec.memory_limit,
+                details: ContainerDetails {
+                    id: id.clone(),
+                    name,
+                    image: spec.image.clone(),
+                    labels,
+                    state: RunState::Created,
+                    exit_code: None,
+                    started_at: None,
+                    finished_at: None,
+                    memory_limit: spec.memory_limit,
+                    oom_killed: false,
+                    pid: None,
+                    user: spec.user.clone().unwrap_or_default(),
+                },
             },
         );
         drop(st);
@@ -510,17 +519,7 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn kill(&self, container: &str, signal: &str) -> Result<(), EngineError> {
         self.enter(Call::Kill(container.to_string(), signal.to_string()))?;
-        let key = {
-            let st = self.lock();
-            let key = st.find_key(container)?;
-            if !st.containers[&key].state.is_running() {
-                return Err(EngineError::Other {
-                    target: container.to_string(),
-                    reason: "container is not running".to_string(),
-                });
-            }
-            key
-        };
+        let key = self.lock().running_key(container)?;
         let code = match signal.trim_start_matches("SIG") {
             "TERM" | "15" => 143,
             "INT" | "2" => 130,
@@ -555,13 +554,7 @@ impl ContainerRuntime for FakeRuntime {
     ) -> Result<ExecOutput, EngineError> {
         self.enter(Call::Exec(container.to_string(), cmd.to_vec()))?;
         let st = self.lock();
-        let key = st.find_key(container)?;
-        if !st.containers[&key].state.is_running() {
-            return Err(EngineError::Other {
-                target: container.to_string(),
-                reason: "container is not running".to_string(),
-            });
-        }
+        let key = st.running_key(container)?;
         Ok(st.exec_results.get(&key).cloned().unwrap_or(ExecOutput {
             exit_code: 0,
             output: String::new(),
@@ -787,33 +780,22 @@ mod tests {
     async fn stop_delay_and_timeout() {
         let f = fake();
         f.create(&spec("demo")).await.expect("create");
-        f.start("archipelago-demo").await.expect("start");
-        f.set_stop_delay(Duration::from_millis(100));
-        let t0 = tokio::time::Instant::now();
-        f.stop("archipelago-demo", Duration::from_secs(30))
-            .await
-            .expect("stop");
-        let took = t0.elapsed();
-        assert!(
-            took >= Duration::from_millis(100) && took < Duration::from_secs(5),
-            "{took:?}"
-        );
-        let c = f.container("archipelago-demo").expect("exists");
-        assert_eq!((c.state, c.exit_code), (RunState::Exited, Some(0)));
-
-        f.start("archipelago-demo").await.expect("start");
-        f.set_stop_delay(Duration::from_secs(30));
-        let t0 = tokio::time::Instant::now();
-        f.stop("archipelago-demo", Duration::from_millis(50))
-            .await
-            .expect("stop");
-        let took = t0.elapsed();
-        assert!(
-            took >= Duration::from_millis(50) && took < Duration::from_secs(5),
-            "{took:?}"
-        );
-        let c = f.container("archipelago-demo").expect("exists");
-        assert_eq!(c.exit_code, Some(137));
+        let ms = Duration::from_millis;
+        // (how long the app takes to stop, the grace it gets, its exit code): one that
+        // stops in time exits 0; one that outlasts the grace is killed, 137.
+        for (delay, grace, code) in [(ms(100), ms(30_000), 0), (ms(30_000), ms(50), 137)] {
+            f.start("archipelago-demo").await.expect("start");
+            f.set_stop_delay(delay);
+            let t0 = tokio::time::Instant::now();
+            f.stop("archipelago-demo", grace).await.expect("stop");
+            let took = t0.elapsed();
+            assert!(
+                took >= delay.min(grace) && took < Duration::from_secs(5),
+                "{took:?}"
+            );
+            let c = f.container("archipelago-demo").expect("exists");
+            assert_eq!((c.state, c.exit_code), (RunState::Exited, Some(code)));
+        }
     }
 
     #[tokio::test]
@@ -822,7 +804,7 @@ mod tests {
         let mut ev = f.events();
         let id = f.create(&spec("demo")).await.expect("create");
         f.start(&id).await.expect("start by id");
-        let first_start = f.container(&id).expect("exists").started_at;
+        let first_start = f.container(&id).expect("exists").details.started_at;
         assert!(f.crash("demo", 1));
         assert!(!f.crash("demo", 1), "already dead");
         assert!(!f.crash("nope", 1));

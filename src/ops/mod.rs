@@ -40,7 +40,7 @@ use adopt::adopt;
 pub use error::OpError;
 use install::install;
 use start::{start, stop};
-use swap::{recover_swap, rollback, upgrade};
+use swap::{recover_swap, rollback, swap, upgrade};
 use uninstall::uninstall;
 
 mod adopt;
@@ -210,11 +210,16 @@ pub async fn run(
             Ok(()) => start(&env, &mut record, &mut started, &mut health).await,
             Err(e) => Err(e),
         },
-        OperationKind::Upgrade => {
-            upgrade(&env, &mut record, &op_id, &mut started, &mut health).await
-        }
-        OperationKind::Rollback => {
-            rollback(&env, &mut record, &op_id, &mut started, &mut health).await
+        OperationKind::Upgrade | OperationKind::Rollback => {
+            // The arm's own kind: `Upgrade`, or else `Rollback`.
+            let plan = match kind {
+                OperationKind::Upgrade => upgrade(&env, &record),
+                _ => rollback(&env, &record),
+            };
+            match plan {
+                Ok(plan) => swap(&env, &mut record, &op_id, plan, &mut started, &mut health).await,
+                Err(e) => Err(e),
+            }
         }
         OperationKind::Uninstall => uninstall(&env, &mut record, &op_id, params.purge).await,
         OperationKind::Adopt => {

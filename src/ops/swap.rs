@@ -17,7 +17,7 @@ use crate::store::{AppRecord, Installed, JournalEntry, JournalStep};
 
 /// Where a [`swap`] goes: upgrade or rollback, from what, to what, and for a rollback the
 /// snapshot to restore.
-struct SwapPlan {
+pub(super) struct SwapPlan {
     kind: OperationKind,
     from: Installed,
     to: Installed,
@@ -26,7 +26,7 @@ struct SwapPlan {
 
 /// Moves the app from `from` to `to`: snapshot, new image, old container kept aside,
 /// new one started and gated on health; on failure everything goes back.
-async fn swap(
+pub(super) async fn swap(
     env: &OpEnv,
     record: &mut AppRecord,
     op_id: &str,
@@ -170,56 +170,25 @@ async fn undo_swap(env: &OpEnv, snapshot: &Path, start_old: bool) -> Result<(), 
     Ok(())
 }
 
-pub(super) async fn upgrade(
-    env: &OpEnv,
-    record: &mut AppRecord,
-    op_id: &str,
-    started: &mut bool,
-    health: &mut Option<Health>,
-) -> Result<String, OpError> {
-    let from = record.installed.clone().ok_or(OpError::NothingToSwap)?;
-    let to = env.catalog_install();
-    swap(
-        env,
-        record,
-        op_id,
-        SwapPlan {
-            kind: OperationKind::Upgrade,
-            from,
-            to,
-            restore_from: None,
-        },
-        started,
-        health,
-    )
-    .await
+/// An upgrade: from what is installed to the catalog's version.
+pub(super) fn upgrade(env: &OpEnv, record: &AppRecord) -> Result<SwapPlan, OpError> {
+    Ok(SwapPlan {
+        kind: OperationKind::Upgrade,
+        from: record.installed.clone().ok_or(OpError::NothingToSwap)?,
+        to: env.catalog_install(),
+        restore_from: None,
+    })
 }
 
-pub(super) async fn rollback(
-    env: &OpEnv,
-    record: &mut AppRecord,
-    op_id: &str,
-    started: &mut bool,
-    health: &mut Option<Health>,
-) -> Result<String, OpError> {
-    let from = record.installed.clone().ok_or(OpError::NothingToSwap)?;
-    let to = record.previous.clone().ok_or(OpError::NoPrevious)?;
-    let snapshot = latest_snapshot(env);
-    // On success `swap` clears `previous`: a rollback is not undone by another rollback.
-    swap(
-        env,
-        record,
-        op_id,
-        SwapPlan {
-            kind: OperationKind::Rollback,
-            from,
-            to,
-            restore_from: snapshot,
-        },
-        started,
-        health,
-    )
-    .await
+/// A rollback: from what is installed to what was before it, with the latest snapshot.
+/// On success `swap` clears `previous`: a rollback is not undone by another rollback.
+pub(super) fn rollback(env: &OpEnv, record: &AppRecord) -> Result<SwapPlan, OpError> {
+    Ok(SwapPlan {
+        kind: OperationKind::Rollback,
+        from: record.installed.clone().ok_or(OpError::NothingToSwap)?,
+        to: record.previous.clone().ok_or(OpError::NoPrevious)?,
+        restore_from: latest_snapshot(env),
+    })
 }
 
 fn latest_snapshot(env: &OpEnv) -> Option<std::path::PathBuf> {

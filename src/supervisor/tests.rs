@@ -5,22 +5,55 @@ use std::path::Path;
 
 use super::*;
 use crate::api::{Desired, OperationStatus};
+use crate::engine::fake::CallKind;
 use crate::engine::FakeRuntime;
 
 const MIB: u64 = 1024 * 1024;
 
+/// The config line that makes `a` the default app.
+const DEFAULT_A: &str = "default_apps: [a]\n";
+
 /// Writes `<apps>/<id>/manifest.yml` for a 64 MiB app on image `img:1`; `extra` is
 /// YAML under `container:`.
 fn write_app(apps: &Path, id: &str, extra: &str) {
+    write_manifest(
+        apps,
+        id,
+        &format!("version: \"1\"\ncontainer:\n  image: img:1\n  network: none\n  memory_limit: 64MiB\n{extra}"),
+    );
+}
+
+/// Writes `<apps>/<id>/manifest.yml`: its id and name, then `rest`.
+fn write_manifest(apps: &Path, id: &str, rest: &str) {
     let dir = apps.join(id);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("manifest.yml"),
-        format!(
-            "id: {id}\nname: {id}\nversion: \"1\"\ncontainer:\n  image: img:1\n  network: none\n  memory_limit: 64MiB\n{extra}"
-        ),
+        format!("id: {id}\nname: {id}\n{rest}"),
     )
     .unwrap();
+}
+
+/// A fresh folder whose `apps/` holds the apps `(id, YAML under container:)`, and a
+/// fresh fake engine.
+fn catalog_of(apps: &[(&str, &str)]) -> (tempfile::TempDir, Arc<FakeRuntime>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (id, extra) in apps {
+        write_app(&dir.path().join("apps"), id, extra);
+    }
+    (dir, Arc::new(FakeRuntime::new()))
+}
+
+/// A supervisor started with `policy` over [`catalog_of`]`(apps)`, with `config`
+/// appended to its config.
+fn node(
+    apps: &[(&str, &str)],
+    config: &str,
+    policy: CrashPolicy,
+) -> (tempfile::TempDir, Arc<FakeRuntime>, Addr<Supervisor>) {
+    let (dir, fake) = catalog_of(apps);
+    let sup = start(dir.path(), &fake, config, policy);
+    (dir, fake, sup)
 }
 
 /// Starts a supervisor on the fake engine over `dir` (holding `apps/`), with
@@ -77,17 +110,31 @@ fn settled_running(p: &Package) -> bool {
 /// A node whose one app `a` (manifest lines `extra`) is its default app, started and
 /// settled running on a fresh fake engine.
 async fn one_running_app(extra: &str) -> (tempfile::TempDir, Arc<FakeRuntime>, Addr<Supervisor>) {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", extra);
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a]\n",
-        CrashPolicy::default(),
-    );
+    let (dir, fake, sup) = node(&[("a", extra)], DEFAULT_A, CrashPolicy::default());
     wait_for(&sup, "a", "running", settled_running).await;
     (dir, fake, sup)
+}
+
+/// `id`'s package, which must exist.
+async fn package(sup: &Addr<Supervisor>, id: &str) -> Package {
+    sup.send(GetPackage { id: id.into() })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Polls `done` until it holds, or panics after 5 s naming `what`.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "never {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How many calls of `kind` the fake engine has had.
+fn calls_of(fake: &FakeRuntime, kind: CallKind) -> usize {
+    fake.calls().iter().filter(|c| c.kind() == kind).count()
 }
 
 async fn run(sup: &Addr<Supervisor>, id: &str, kind: OperationKind) -> Result<Operation, AppError> {
@@ -132,42 +179,23 @@ fn the_catalog_fingerprint_sees_every_change() {
     }
 }
 
-/// Two 64 MiB apps under a 100 MiB budget: the second is refused with -32004 and the
-/// figures, and nothing is created for it.
 /// At first boot the default apps are held to the memory budget too: in dependency
 /// order, an app that would exceed it is left out, and so is its dependent.
 #[actix_web::test]
 async fn first_boot_holds_default_apps_to_the_memory_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let apps = dir.path().join("apps");
-    write_app(&apps, "a", "");
-    write_app(&apps, "b", "");
-    let dependent = "dependencies: [b]\n";
-    let dir_c = apps.join("c");
-    std::fs::create_dir_all(&dir_c).unwrap();
-    std::fs::write(
-        dir_c.join("manifest.yml"),
-        format!("id: c\nname: c\nversion: \"1\"\n{dependent}container:\n  image: img:1\n  network: none\n  memory_limit: 8MiB\n"),
-    )
-    .unwrap();
-    let fake = Arc::new(FakeRuntime::new());
-    // c (8 MiB) would fit, but it depends on b, which does not.
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [c, b, a]\nmemory_budget: 100MiB\n",
-        CrashPolicy::default(),
+    let (dir, fake) = catalog_of(&[("a", ""), ("b", "")]);
+    write_manifest(
+        &dir.path().join("apps"),
+        "c",
+        "version: \"1\"\ndependencies: [b]\ncontainer:\n  image: img:1\n  network: none\n  memory_limit: 8MiB\n",
     );
+    // c (8 MiB) would fit, but it depends on b, which does not.
+    let config = "default_apps: [c, b, a]\nmemory_budget: 100MiB\n";
+    let sup = start(dir.path(), &fake, config, CrashPolicy::default());
     wait_for(&sup, "a", "running", settled_running).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for left_out in ["b", "c"] {
-        let p = sup
-            .send(GetPackage {
-                id: left_out.into(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let p = package(&sup, left_out).await;
         assert_eq!(p.state, AppState::NotInstalled, "{left_out}");
         assert_eq!(p.desired, Desired::NotInstalled, "{left_out}");
     }
@@ -175,18 +203,12 @@ async fn first_boot_holds_default_apps_to_the_memory_budget() {
     assert_eq!(status.memory.reserved_bytes, 64 * MIB);
 }
 
+/// Two 64 MiB apps under a 100 MiB budget: the second is refused with -32004 and the
+/// figures, and nothing is created for it.
 #[actix_web::test]
 async fn a_start_over_the_memory_budget_is_refused_with_figures() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "");
-    write_app(&dir.path().join("apps"), "b", "");
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a]\nmemory_budget: 100MiB\n",
-        CrashPolicy::default(),
-    );
+    let config = "default_apps: [a]\nmemory_budget: 100MiB\n";
+    let (_dir, fake, sup) = node(&[("a", ""), ("b", "")], config, CrashPolicy::default());
     wait_for(&sup, "a", "running", settled_running).await;
 
     let err = run(&sup, "b", OperationKind::Install).await.unwrap_err();
@@ -205,11 +227,7 @@ async fn a_start_over_the_memory_budget_is_refused_with_figures() {
     for figure in ["67108864", "104857600"] {
         assert!(text.contains(figure), "{text}");
     }
-    let p = sup
-        .send(GetPackage { id: "b".into() })
-        .await
-        .unwrap()
-        .unwrap();
+    let p = package(&sup, "b").await;
     assert_eq!(p.state, AppState::NotInstalled);
     assert!(fake.container("archipelago-b").is_none());
     // Stopping a frees its share: b now fits.
@@ -224,19 +242,10 @@ async fn a_start_over_the_memory_budget_is_refused_with_figures() {
 /// ledger (both were accepted).
 #[actix_web::test]
 async fn two_installs_at_once_cannot_both_pass_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "");
-    write_app(&dir.path().join("apps"), "b", "");
-    let fake = Arc::new(FakeRuntime::new());
+    let (dir, fake) = catalog_of(&[("a", ""), ("b", "")]);
     fake.set_stop_delay(Duration::ZERO);
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: []
-memory_budget: 100MiB
-",
-        CrashPolicy::default(),
-    );
+    let config = "default_apps: []\nmemory_budget: 100MiB\n";
+    let sup = start(dir.path(), &fake, config, CrashPolicy::default());
     wait_for(&sup, "a", "listed", |_| true).await;
     let (a, b) = futures_util::join!(
         run(&sup, "a", OperationKind::Install),
@@ -254,19 +263,9 @@ memory_budget: 100MiB
 /// Failed before (the upgrade was never checked, the raise applied live).
 #[actix_web::test]
 async fn raising_a_running_apps_memory_is_held_to_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
+    let config = "default_apps: [a, b]\nmemory_budget: 150MiB\n";
+    let (dir, fake, sup) = node(&[("a", ""), ("b", "")], config, CrashPolicy::default());
     let apps = dir.path().join("apps");
-    write_app(&apps, "a", "");
-    write_app(&apps, "b", "");
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a, b]
-memory_budget: 150MiB
-",
-        CrashPolicy::default(),
-    );
     wait_for(&sup, "a", "running", settled_running).await;
     wait_for(&sup, "b", "running", settled_running).await;
     // b's catalog entry asks 100 MiB: 64 + 100 > 150.
@@ -283,11 +282,7 @@ memory_budget: 150MiB
         64 * MIB,
         "raise held back"
     );
-    let p = sup
-        .send(GetPackage { id: "b".into() })
-        .await
-        .unwrap()
-        .unwrap();
+    let p = package(&sup, "b").await;
     assert_eq!(
         p.memory_limit_bytes,
         64 * MIB,
@@ -307,11 +302,10 @@ memory_budget: 150MiB
     run(&sup, "a", OperationKind::Stop).await.unwrap();
     wait_for(&sup, "a", "stopped", |p| p.state == AppState::Stopped).await;
     sup.send(ReloadCatalog).await.unwrap().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while fake.container("archipelago-b").unwrap().memory_limit != 100 * MIB {
-        assert!(Instant::now() < deadline, "the raise was never applied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("applied the raise", || {
+        fake.container("archipelago-b").unwrap().memory_limit == 100 * MIB
+    })
+    .await;
 }
 
 /// A request while an operation runs answers -32002 naming that operation.
@@ -406,9 +400,7 @@ fn app_actor(
 /// the app must not plan a second stop (or read `running`) from it.
 #[actix_web::test]
 async fn a_tick_listed_before_an_operation_ended_is_not_planned_from() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "");
-    let fake = Arc::new(FakeRuntime::new());
+    let (dir, fake) = catalog_of(&[("a", "")]);
     let actor = app_actor(dir.path(), &fake, |_| installed_record());
     let observe = |container, listed_at| Observe {
         container,
@@ -438,13 +430,15 @@ async fn a_tick_listed_before_an_operation_ended_is_not_planned_from() {
     assert_eq!(actions, 0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     app_state(&actor, AppState::Stopped).await;
-    let stops = fake
-        .calls()
-        .iter()
-        .filter(|c| matches!(c, crate::engine::fake::Call::Stop(..)))
-        .count();
-    assert_eq!(stops, 1, "a second stop was planned from a stale list");
+    assert_eq!(
+        calls_of(&fake, CallKind::Stop),
+        1,
+        "a second stop was planned from a stale list"
+    );
 }
+
+/// Manifest lines for an app restarted whatever its exit.
+const ALWAYS: &str = "  restart: always\n";
 
 /// A policy that gives up after three quick crashes, with short backoffs.
 fn three_crashes() -> CrashPolicy {
@@ -482,27 +476,21 @@ async fn crash_times(sup: &Addr<Supervisor>, fake: &FakeRuntime, n: u32) {
 }
 
 fn starts(fake: &FakeRuntime) -> usize {
-    fake.calls()
-        .iter()
-        .filter(|c| matches!(c, crate::engine::fake::Call::Start(..)))
-        .count()
+    calls_of(fake, CallKind::Start)
 }
 
 /// A supervisor started again over a given-up app (as after kill -9) keeps it
 /// `failed` with its error and does not start it; Retry does.
 #[actix_web::test]
 async fn a_failed_app_stays_failed_across_a_supervisor_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "  restart: always\n");
-    let fake = Arc::new(FakeRuntime::new());
-    let first = start(dir.path(), &fake, "default_apps: [a]\n", three_crashes());
+    let (dir, fake, first) = node(&[("a", ALWAYS)], DEFAULT_A, three_crashes());
     crash_times(&first, &fake, 3).await;
     wait_for(&first, "a", "failed", |p| p.state == AppState::Failed).await;
     let before = starts(&fake);
 
     // The first supervisor has given up and does nothing more; the second reads the
     // same data folder.
-    let second = start(dir.path(), &fake, "default_apps: [a]\n", three_crashes());
+    let second = start(dir.path(), &fake, DEFAULT_A, three_crashes());
     let p = wait_for(&second, "a", "failed", |p| p.state == AppState::Failed).await;
     assert!(
         p.last_error
@@ -513,12 +501,7 @@ async fn a_failed_app_stays_failed_across_a_supervisor_restart() {
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(starts(&fake), before, "started again after the restart");
-    let p = second
-        .send(GetPackage { id: "a".into() })
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(p.state, AppState::Failed);
+    assert_eq!(package(&second, "a").await.state, AppState::Failed);
 
     run(&second, "a", OperationKind::Start).await.unwrap();
     let p = wait_for(&second, "a", "running again", settled_running).await;
@@ -537,9 +520,7 @@ async fn a_failed_app_stays_failed_across_a_supervisor_restart() {
 #[actix_web::test]
 async fn a_backoff_in_progress_is_waited_out_after_a_restart() {
     for (same_manifest, held) in [(true, true), (false, false)] {
-        let dir = tempfile::tempdir().unwrap();
-        write_app(&dir.path().join("apps"), "a", "  restart: always\n");
-        let fake = Arc::new(FakeRuntime::new());
+        let (dir, fake) = catalog_of(&[("a", ALWAYS)]);
         let restart_at = std::time::SystemTime::now() + Duration::from_millis(800);
         let actor = app_actor(dir.path(), &fake, |app| crate::store::AppRecord {
             crashes: Some(crate::store::CrashRecord {
@@ -584,9 +565,7 @@ async fn a_backoff_in_progress_is_waited_out_after_a_restart() {
 /// restart, does not hand out its predecessor's ids.
 #[actix_web::test]
 async fn operation_ids_are_unique_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "");
-    let fake = Arc::new(FakeRuntime::new());
+    let (dir, fake) = catalog_of(&[("a", "")]);
     let stop = || app::Command {
         kind: OperationKind::Stop,
         params: OpParams::default(),
@@ -608,14 +587,11 @@ async fn operation_ids_are_unique_across_restarts() {
 /// and stops the restart: the app ends `stopped` and is not started again.
 #[actix_web::test]
 async fn stop_during_a_crash_backoff_is_accepted_and_cancels_the_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "  restart: always\n");
-    let fake = Arc::new(FakeRuntime::new());
     let policy = CrashPolicy {
         initial_backoff: Duration::from_millis(1500),
         ..three_crashes()
     };
-    let sup = start(dir.path(), &fake, "default_apps: [a]\n", policy);
+    let (_dir, fake, sup) = node(&[("a", ALWAYS)], DEFAULT_A, policy);
     // The first crash restarts at once, the second waits 1.5 s.
     crash_times(&sup, &fake, 2).await;
     wait_for(&sup, "a", "restarting", |p| p.state == AppState::Restarting).await;
@@ -634,30 +610,16 @@ async fn stop_during_a_crash_backoff_is_accepted_and_cancels_the_restart() {
     assert_eq!(p.desired, Desired::Stopped);
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(starts(&fake), before, "restarted after the stop");
-    let p = sup
-        .send(GetPackage { id: "a".into() })
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(p.state, AppState::Stopped);
+    assert_eq!(package(&sup, "a").await.state, AppState::Stopped);
 }
 
 /// A health check that a catalog reload adds to a running app is probed: the app
 /// turns `healthy` (instead of `starting` for ever, which held its dependants back).
 #[actix_web::test]
 async fn a_health_check_added_by_a_reload_is_probed() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, fake, sup) = one_running_app("").await;
     let apps = dir.path().join("apps");
-    write_app(&apps, "a", "");
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a]\n",
-        CrashPolicy::default(),
-    );
-    let p = wait_for(&sup, "a", "running", settled_running).await;
-    assert_eq!(p.health, Health::None);
+    assert_eq!(package(&sup, "a").await.health, Health::None);
 
     write_app(
         &apps,
@@ -677,24 +639,12 @@ async fn a_health_check_added_by_a_reload_is_probed() {
 /// engine rendered, as in env and command.
 #[actix_web::test]
 async fn hook_and_health_exec_commands_render_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(
-        &dir.path().join("apps"),
-        "a",
-        concat!(
-            "  health:\n    exec: [\"check\", \"--token=${secret:token}\"]\n    interval: 50ms\n",
-            "hooks:\n  post_create:\n    - exec: [\"init\", \"${secret:token}\"]\n",
-            "secrets:\n  token: {kind: hex, bytes: 8}\n",
-        ),
-    );
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a]\n",
-        CrashPolicy::default(),
-    );
-    wait_for(&sup, "a", "running", settled_running).await;
+    let (dir, fake, _sup) = one_running_app(concat!(
+        "  health:\n    exec: [\"check\", \"--token=${secret:token}\"]\n    interval: 50ms\n",
+        "hooks:\n  post_create:\n    - exec: [\"init\", \"${secret:token}\"]\n",
+        "secrets:\n  token: {kind: hex, bytes: 8}\n",
+    ))
+    .await;
     // At least one probe after the start.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -722,20 +672,9 @@ async fn hook_and_health_exec_commands_render_secrets() {
 /// is not installed and force-removes its container.
 #[actix_web::test]
 async fn a_catalog_edit_adding_a_secret_generates_it_and_keeps_the_app() {
-    let dir = tempfile::tempdir().unwrap();
-    let apps = dir.path().join("apps");
-    write_app(&apps, "a", "");
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a]\n",
-        CrashPolicy::default(),
-    );
-    wait_for(&sup, "a", "running", settled_running).await;
-
+    let (dir, fake, sup) = one_running_app("").await;
     write_app(
-        &apps,
+        &dir.path().join("apps"),
         "a",
         "  env:\n    TOKEN: \"${secret:token}\"\nsecrets:\n  token: {kind: hex, bytes: 8}\n",
     );
@@ -807,12 +746,11 @@ async fn an_installed_app_without_a_wanted_spec_keeps_its_container() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let removes = fake
-        .calls()
-        .iter()
-        .filter(|c| matches!(c, crate::engine::fake::Call::Remove(..)))
-        .count();
-    assert_eq!(removes, 0, "the container was removed as an orphan");
+    assert_eq!(
+        calls_of(&fake, CallKind::Remove),
+        0,
+        "the container was removed as an orphan"
+    );
     assert!(fake.container("archipelago-a").unwrap().state.is_running());
     let p = actor.send(app::Snapshot).await.unwrap();
     assert_eq!(p.state, AppState::Running);
@@ -835,18 +773,9 @@ async fn a_node_with_every_app_uninstalled_is_not_booted_as_new() {
 
     // The next boot, on an engine of its own so the first supervisor cannot interfere.
     let engine = Arc::new(FakeRuntime::new());
-    let second = start(
-        dir.path(),
-        &engine,
-        "default_apps: [a]\n",
-        CrashPolicy::default(),
-    );
+    let second = start(dir.path(), &engine, DEFAULT_A, CrashPolicy::default());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let p = second
-        .send(GetPackage { id: "a".into() })
-        .await
-        .unwrap()
-        .unwrap();
+    let p = package(&second, "a").await;
     assert_eq!(p.state, AppState::NotInstalled, "{p:?}");
     assert_eq!(p.desired, Desired::NotInstalled);
     assert!(engine.container("archipelago-a").is_none());
@@ -856,13 +785,10 @@ async fn a_node_with_every_app_uninstalled_is_not_booted_as_new() {
 /// counts as one crash, not two (once as a failed start, once as an exit).
 #[actix_web::test]
 async fn an_exit_during_a_start_counts_as_one_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(
-        &dir.path().join("apps"),
+    let (dir, fake) = catalog_of(&[(
         "a",
         "  restart: always\n  health:\n    exec: [\"check\"]\n    interval: 50ms\n    start_period: 30s\n",
-    );
-    let fake = Arc::new(FakeRuntime::new());
+    )]);
     fake.set_exec_result(
         "archipelago-a",
         crate::engine::ExecOutput {
@@ -874,26 +800,19 @@ async fn an_exit_during_a_start_counts_as_one_crash() {
         max_quick_crashes: 2,
         ..three_crashes()
     };
-    let sup = start(dir.path(), &fake, "default_apps: [a]\n", policy);
+    let sup = start(dir.path(), &fake, DEFAULT_A, policy);
     // Waiting for health: the container runs, the start has not ended.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !fake
-        .container("archipelago-a")
-        .is_some_and(|c| c.state.is_running())
-    {
-        assert!(Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("started", || {
+        fake.container("archipelago-a")
+            .is_some_and(|c| c.state.is_running())
+    })
+    .await;
     assert!(fake.crash("a", 1));
 
     // One crash of two allowed: restarted, not given up.
     let deadline = Instant::now() + Duration::from_secs(5);
     while starts(&fake) < 2 {
-        let p = sup
-            .send(GetPackage { id: "a".into() })
-            .await
-            .unwrap()
-            .unwrap();
+        let p = package(&sup, "a").await;
         assert_ne!(p.state, AppState::Failed, "{p:?}");
         assert!(Instant::now() < deadline, "never restarted: {p:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -903,10 +822,7 @@ async fn an_exit_during_a_start_counts_as_one_crash() {
 /// Three quick crashes (the policy's limit) end in `failed`; Retry (start) clears it.
 #[actix_web::test]
 async fn a_crash_loop_ends_failed_and_retry_clears_it() {
-    let dir = tempfile::tempdir().unwrap();
-    write_app(&dir.path().join("apps"), "a", "  restart: always\n");
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(dir.path(), &fake, "default_apps: [a]\n", three_crashes());
+    let (_dir, fake, sup) = node(&[("a", ALWAYS)], DEFAULT_A, three_crashes());
     crash_times(&sup, &fake, 3).await;
     let p = wait_for(&sup, "a", "failed", |p| p.state == AppState::Failed).await;
     let error = p.last_error.unwrap_or_default();
@@ -915,14 +831,7 @@ async fn a_crash_loop_ends_failed_and_retry_clears_it() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = fake.container("archipelago-a").unwrap();
     assert!(!c.state.is_running());
-    assert_eq!(
-        sup.send(GetPackage { id: "a".into() })
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
-        AppState::Failed
-    );
+    assert_eq!(package(&sup, "a").await.state, AppState::Failed);
 
     let op = run(&sup, "a", OperationKind::Start).await.unwrap();
     assert_eq!(op.kind, OperationKind::Start);
@@ -936,17 +845,8 @@ async fn a_crash_loop_ends_failed_and_retry_clears_it() {
 /// on disk without `catalog.reload`.
 #[actix_web::test]
 async fn apps_leaving_the_catalog_are_retired_unless_installed() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, fake, sup) = node(&[("a", ""), ("b", "")], DEFAULT_A, CrashPolicy::default());
     let apps = dir.path().join("apps");
-    write_app(&apps, "a", "");
-    write_app(&apps, "b", "");
-    let fake = Arc::new(FakeRuntime::new());
-    let sup = start(
-        dir.path(),
-        &fake,
-        "default_apps: [a]\n",
-        CrashPolicy::default(),
-    );
     wait_for(&sup, "a", "running", settled_running).await;
     // An update is offered, then both folders go away.
     std::fs::write(

@@ -164,6 +164,26 @@ impl Browser {
         .await;
     }
 
+    /// Types `text` into the element `css` selects.
+    pub async fn type_in(&self, css: &str, text: &str) {
+        let field = self.find(css).await;
+        self.type_into(&field, text).await;
+    }
+
+    /// Clicks the element `css` selects.
+    pub async fn click_on(&self, css: &str) {
+        let element = self.find(css).await;
+        self.click(&element).await;
+    }
+
+    /// Submits the dashboard's login form with `password`, then waits up to `limit`
+    /// (naming `what`) for the JS expression `then` to hold.
+    pub async fn submit_login(&self, password: &str, what: &str, then: &str, limit: Duration) {
+        self.type_in("#password", password).await;
+        self.click_on("#login-button").await;
+        self.wait_for(what, then, limit).await;
+    }
+
     pub async fn exec(&self, script: &str) -> Value {
         self.cmd(
             "POST",

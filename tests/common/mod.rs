@@ -112,6 +112,44 @@ pub fn busybox_manifest(
     )
 }
 
+/// Cargo's target folder, where tests leave screenshots.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// Builds `<registry>/<repo>:<tag>` from `dockerfile` (over busybox, say) on the test
+/// dockerd, pushes it to the loopback registry and removes the local copy, so an install
+/// or upgrade must pull it. Returns the image reference.
+pub async fn publish(repo: &str, tag: &str, dockerfile: &str) -> String {
+    use archipelago::engine::{BuildRequest, ContainerRuntime, DockerRuntime};
+    use futures_util::StreamExt;
+    let engine = DockerRuntime::connect(&docker_host()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    let image = format!("{}/{repo}:{tag}", registry());
+    let req = BuildRequest {
+        context: dir.path().to_path_buf(),
+        dockerfile: "Dockerfile".into(),
+        args: Default::default(),
+        tag: image.clone(),
+    };
+    engine.build(&req, &|_| {}).await.unwrap();
+    let docker = connect(&docker_host()).await;
+    let opts = bollard::query_parameters::PushImageOptionsBuilder::new()
+        .tag(tag)
+        .build();
+    let name = format!("{}/{repo}", registry());
+    let mut push = docker.push_image(&name, Some(opts), None);
+    while let Some(item) = push.next().await {
+        let info = item.unwrap();
+        assert!(info.error_detail.is_none(), "push {image}: {info:?}");
+    }
+    engine.image_remove(&image).await.unwrap();
+    image
+}
+
 /// Removes, by force, every container on the test dockerd whose name starts with
 /// `archipelago-<prefix>-`: what a test's node leaves behind, whatever happened.
 pub fn remove_containers(prefix: &str) {

@@ -20,8 +20,8 @@ use futures_util::stream::{BoxStream, StreamExt};
 
 use super::build_context::tar_context;
 use super::convert::{
-    bytes_i64, create_body, first_file_of_tar, frames_to_lines, real_time, run_state, secs_i32,
-    split_image_ref, summary_state, PullProgress, MAX_READ_FILE,
+    bare_name, bytes_i64, create_body, first_file_of_tar, frames_to_lines, real_time, run_state,
+    secs_i32, split_image_ref, summary_state, PullProgress, MAX_READ_FILE,
 };
 use super::errors::{map_error, Target};
 use super::events::map_event;
@@ -35,6 +35,15 @@ use crate::engine::{
     ImageInfo, Progress, ProgressSink, RunState, LABEL_APP, LABEL_NETWORK, LABEL_SPEC_HASH,
     LABEL_VERSION,
 };
+
+/// A plain engine call: bounded by `call_timeout`, its bollard error mapped for `target`;
+/// the format arguments after the call name it in a timeout.
+macro_rules! plain_call {
+    ($rt:ident, $target:expr, $call:expr, $($what:tt)+) => {
+        $rt.call(|| format!($($what)+), $rt.call_timeout, $target, $call)
+            .await
+    };
+}
 
 #[async_trait::async_trait]
 impl ContainerRuntime for DockerRuntime {
@@ -92,12 +101,7 @@ impl ContainerRuntime for DockerRuntime {
                     }
                     // The engine filtered already; this keeps the promise even if it did not.
                     let app = labels.get(LABEL_APP)?.clone();
-                    let name = c
-                        .names
-                        .unwrap_or_default()
-                        .first()
-                        .map(|n| n.trim_start_matches('/').to_string())
-                        .unwrap_or_default();
+                    let name = bare_name(c.names.unwrap_or_default().first().map(String::as_str));
                     Some(ContainerSummary {
                         id: c.id.unwrap_or_default(),
                         name,
@@ -116,12 +120,7 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn inspect(&self, container: &str) -> Result<ContainerDetails, EngineError> {
         let fut = async {
-            let info = retry_transient_state(|| {
-                self.docker
-                    .inspect_container(container, None::<InspectContainerOptions>)
-            })
-            .await
-            .map_err(|e| self.err(Target::Container(container), e))?;
+            let info = self.inspect_container(container).await?;
             let state = info.state.unwrap_or_default();
             let run_state = run_state(state.status, state.running.unwrap_or(false));
             let config = info.config.unwrap_or_default();
@@ -141,11 +140,7 @@ impl ContainerRuntime for DockerRuntime {
             labels.extend(self.adopted.labels(&id).unwrap_or_default());
             Ok(ContainerDetails {
                 id,
-                name: info
-                    .name
-                    .unwrap_or_default()
-                    .trim_start_matches('/')
-                    .to_string(),
+                name: bare_name(info.name.as_deref()),
                 image: config.image.unwrap_or_default(),
                 labels,
                 state: run_state,
@@ -291,14 +286,15 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn start(&self, container: &str) -> Result<(), EngineError> {
         // An already running container answers 304, which bollard counts as success.
-        self.call(
-            || format!("start {container}"),
-            self.call_timeout,
+        let call = self
+            .docker
+            .start_container(container, None::<StartContainerOptions>);
+        plain_call!(
+            self,
             Target::Container(container),
-            self.docker
-                .start_container(container, None::<StartContainerOptions>),
+            call,
+            "start {container}"
         )
-        .await
     }
 
     async fn stop(&self, container: &str, timeout: Duration) -> Result<(), EngineError> {
@@ -317,13 +313,8 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn kill(&self, container: &str, signal: &str) -> Result<(), EngineError> {
         let opts = KillContainerOptionsBuilder::new().signal(signal).build();
-        self.call(
-            || format!("kill {container}"),
-            self.call_timeout,
-            Target::Container(container),
-            self.docker.kill_container(container, Some(opts)),
-        )
-        .await
+        let call = self.docker.kill_container(container, Some(opts));
+        plain_call!(self, Target::Container(container), call, "kill {container}")
     }
 
     async fn remove(&self, container: &str) -> Result<(), EngineError> {
@@ -331,13 +322,13 @@ impl ContainerRuntime for DockerRuntime {
             .force(true)
             .v(false)
             .build();
-        self.call(
-            || format!("remove {container}"),
-            self.call_timeout,
+        let call = self.docker.remove_container(container, Some(opts));
+        plain_call!(
+            self,
             Target::Container(container),
-            self.docker.remove_container(container, Some(opts)),
+            call,
+            "remove {container}"
         )
-        .await
     }
 
     async fn exec(
@@ -490,12 +481,7 @@ impl ContainerRuntime for DockerRuntime {
         }
         let new = bytes_i64(bytes);
         let fut = async {
-            let info = retry_transient_state(|| {
-                self.docker
-                    .inspect_container(container, None::<InspectContainerOptions>)
-            })
-            .await
-            .map_err(|e| self.err(Target::Container(container), e))?;
+            let info = self.inspect_container(container).await?;
             if self.podman {
                 // Podman's inspect may show a stale limit (see `live_limits`): always apply.
                 self.podman_update_memory(container, new).await?;
@@ -551,13 +537,8 @@ impl ContainerRuntime for DockerRuntime {
             .repo(repo)
             .tag(tag.unwrap_or("latest"))
             .build();
-        self.call(
-            || format!("tag {image} as {new_ref}"),
-            self.call_timeout,
-            Target::Image(image),
-            self.docker.tag_image(image, Some(opts)),
-        )
-        .await
+        let call = self.docker.tag_image(image, Some(opts));
+        plain_call!(self, Target::Image(image), call, "tag {image} as {new_ref}")
     }
 
     async fn image_remove(&self, image: &str) -> Result<(), EngineError> {
@@ -565,15 +546,8 @@ impl ContainerRuntime for DockerRuntime {
             .force(false)
             .noprune(false)
             .build();
-        let fut = async {
-            self.docker
-                .remove_image(image, Some(opts), None)
-                .await
-                .map(|_| ())
-                .map_err(|e| self.err(Target::Image(image), e))
-        };
-        self.bounded(|| format!("remove image {image}"), self.call_timeout, fut)
-            .await
+        let call = self.docker.remove_image(image, Some(opts), None);
+        plain_call!(self, Target::Image(image), call, "remove image {image}").map(|_| ())
     }
 
     async fn inspect_foreign(&self, container: &str) -> Result<ForeignContainer, EngineError> {
@@ -693,12 +667,12 @@ impl ContainerRuntime for DockerRuntime {
         let opts = bollard::query_parameters::RenameContainerOptionsBuilder::new()
             .name(new_name)
             .build();
-        self.call(
-            || format!("rename {container} to {new_name}"),
-            self.call_timeout,
+        let call = self.docker.rename_container(container, opts);
+        plain_call!(
+            self,
             Target::Container(container),
-            self.docker.rename_container(container, opts),
+            call,
+            "rename {container} to {new_name}"
         )
-        .await
     }
 }

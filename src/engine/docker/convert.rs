@@ -46,16 +46,13 @@ pub(super) fn run_state(status: Option<ContainerStateStatusEnum>, running: bool)
 }
 
 pub(super) fn summary_state(state: Option<ContainerSummaryStateEnum>) -> RunState {
-    use ContainerSummaryStateEnum as S;
-    match state {
-        Some(S::RUNNING) | Some(S::STOPPING) => RunState::Running,
-        Some(S::PAUSED) => RunState::Paused,
-        Some(S::RESTARTING) => RunState::Restarting,
-        Some(S::REMOVING) => RunState::Removing,
-        Some(S::EXITED) => RunState::Exited,
-        Some(S::DEAD) => RunState::Dead,
-        Some(S::CREATED) | Some(S::EMPTY) | None => RunState::Created,
-    }
+    // The list's state enum has the same names on the wire as inspect's: one mapping.
+    run_state(state.and_then(|s| s.as_ref().parse().ok()), false)
+}
+
+/// A container's name without the leading `/` the engine reports it with.
+pub(super) fn bare_name(name: Option<&str>) -> String {
+    name.unwrap_or_default().trim_start_matches('/').to_string()
 }
 
 /// `None` for Docker's zero time and for empty strings.

@@ -11,7 +11,7 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 
-use super::convert::{real_time, run_state};
+use super::convert::{bare_name, real_time, run_state};
 use super::errors::Target;
 use super::DockerRuntime;
 use crate::engine::{EngineError, ForeignContainer, ForeignHealth, ForeignMount, PortBinding};
@@ -134,11 +134,7 @@ pub(super) fn foreign_container(
         .collect();
     ForeignContainer {
         id: info.id.unwrap_or_default(),
-        name: info
-            .name
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_string(),
+        name: bare_name(info.name.as_deref()),
         image: config.image.unwrap_or_default(),
         image_id: info.image.unwrap_or_default(),
         state: run_state(state.status, state.running.unwrap_or(false)),

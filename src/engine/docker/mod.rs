@@ -41,12 +41,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::ContainerUpdateBody;
+use bollard::models::{ContainerInspectResponse, ContainerUpdateBody};
+use bollard::query_parameters::InspectContainerOptions;
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::stream::{Stream, StreamExt};
 
 use errors::{map_error, Target};
-use podman::rootless_id_map;
+use podman::{retry_transient_state, rootless_id_map};
 
 use super::{Adoptions, EngineError, IdMap};
 
@@ -266,5 +267,19 @@ impl DockerRuntime {
             .update_container(container, body)
             .await
             .map_err(|e| self.err(Target::Container(container), e))
+    }
+
+    /// The engine's whole record of `container`, riding out Podman's passing states
+    /// (`retry_transient_state`); unbounded, so callers bound it.
+    async fn inspect_container(
+        &self,
+        container: &str,
+    ) -> Result<ContainerInspectResponse, EngineError> {
+        retry_transient_state(|| {
+            self.docker
+                .inspect_container(container, None::<InspectContainerOptions>)
+        })
+        .await
+        .map_err(|e| self.err(Target::Container(container), e))
     }
 }

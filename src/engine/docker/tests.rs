@@ -190,6 +190,7 @@ fn create_body_fields() {
 
 #[test]
 fn error_mapping() {
+    use EngineErrorKind as K;
     let server = |status_code: u16, message: &str| BollardError::DockerResponseServerError {
         status_code,
         message: message.to_string(),
@@ -198,101 +199,37 @@ fn error_mapping() {
         container: "archipelago-x",
         image: "img:1",
     };
+    let stream = |error: &str| BollardError::DockerStreamError {
+        error: error.to_string(),
+    };
+    let (c, i) = (Target::Container("c"), Target::Image("i"));
+    let (pull, build, engine) = (Target::Pull("i"), Target::Build("t"), Target::Engine);
+    let no_name = "no container with name or ID \"c\" found: no such container";
+    let pull_404 = "initializing source: reading manifest 1: manifest unknown";
+    let no_image = "No such image: img:1";
+    let conflict = "Conflict. The container name is already in use";
+    let in_use = "the container name \"x\" is already in use by abc";
+    let socket = BollardError::SocketNotFoundError("/x".into());
+    let reset = BollardError::IOError {
+        err: std::io::Error::other("reset"),
+    };
     let cases: Vec<(Target<'_>, BollardError, EngineErrorKind)> = vec![
-        (
-            Target::Container("c"),
-            server(404, "no such container"),
-            EngineErrorKind::ContainerNotFound,
-        ),
-        (
-            Target::Container("c"),
-            server(
-                500,
-                "no container with name or ID \"c\" found: no such container",
-            ),
-            EngineErrorKind::ContainerNotFound,
-        ),
-        (
-            Target::Image("i"),
-            server(404, "no such image"),
-            EngineErrorKind::ImageNotFound,
-        ),
-        (
-            create,
-            server(404, "No such image: img:1"),
-            EngineErrorKind::ImageNotFound,
-        ),
-        (
-            create,
-            server(409, "Conflict. The container name is already in use"),
-            EngineErrorKind::NameConflict,
-        ),
-        (
-            create,
-            server(500, "the container name \"x\" is already in use by abc"),
-            EngineErrorKind::NameConflict,
-        ),
-        (
-            Target::Pull("i"),
-            server(404, "manifest unknown"),
-            EngineErrorKind::ImageNotFound,
-        ),
-        (
-            Target::Pull("i"),
-            server(
-                500,
-                "initializing source: reading manifest 1: manifest unknown",
-            ),
-            EngineErrorKind::ImageNotFound,
-        ),
-        (
-            Target::Pull("i"),
-            server(500, "connection refused"),
-            EngineErrorKind::PullFailed,
-        ),
-        (
-            Target::Pull("i"),
-            BollardError::DockerStreamError {
-                error: "x: not found".into(),
-            },
-            EngineErrorKind::ImageNotFound,
-        ),
-        (
-            Target::Pull("i"),
-            BollardError::DockerStreamError {
-                error: "unauthorized".into(),
-            },
-            EngineErrorKind::PullFailed,
-        ),
-        (
-            Target::Build("t"),
-            BollardError::DockerStreamError {
-                error: "step failed".into(),
-            },
-            EngineErrorKind::BuildFailed,
-        ),
-        (
-            Target::Engine,
-            BollardError::SocketNotFoundError("/x".into()),
-            EngineErrorKind::Unreachable,
-        ),
-        (
-            Target::Engine,
-            BollardError::IOError {
-                err: std::io::Error::other("reset"),
-            },
-            EngineErrorKind::Unreachable,
-        ),
-        (
-            Target::Container("c"),
-            server(409, "is not running"),
-            EngineErrorKind::Other,
-        ),
-        (
-            Target::Engine,
-            BollardError::RequestTimeoutError,
-            EngineErrorKind::Timeout,
-        ),
+        (c, server(404, "no such container"), K::ContainerNotFound),
+        (c, server(500, no_name), K::ContainerNotFound),
+        (i, server(404, "no such image"), K::ImageNotFound),
+        (create, server(404, no_image), K::ImageNotFound),
+        (create, server(409, conflict), K::NameConflict),
+        (create, server(500, in_use), K::NameConflict),
+        (pull, server(404, "manifest unknown"), K::ImageNotFound),
+        (pull, server(500, pull_404), K::ImageNotFound),
+        (pull, server(500, "connection refused"), K::PullFailed),
+        (pull, stream("x: not found"), K::ImageNotFound),
+        (pull, stream("unauthorized"), K::PullFailed),
+        (build, stream("step failed"), K::BuildFailed),
+        (engine, socket, K::Unreachable),
+        (engine, reset, K::Unreachable),
+        (c, server(409, "is not running"), K::Other),
+        (engine, BollardError::RequestTimeoutError, K::Timeout),
     ];
     for (target, err, want) in cases {
         let desc = format!("{target:?} {err}");
