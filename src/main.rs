@@ -54,6 +54,10 @@ enum Command {
     /// Backups: run, list and status through the RPC; restore onto a new node.
     #[command(subcommand)]
     Backup(archipelago::backup::cli::BackupCommand),
+    /// Turn compose services or running containers into manifest drafts, with a report of
+    /// what could not be mapped, their secrets and a plan for their data (docs/migrate.md).
+    #[command(subcommand)]
+    Import(archipelago::migrate::cli::ImportCommand),
     /// Set the dashboard password: reads it from the first line of stdin and writes its
     /// argon2 hash to the config's auth.password_file. A running serve notices and ends
     /// every session.
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         } => validate(config.as_deref(), apps_dir.or(dir), strict),
         Command::Ctl(args) => archipelago::ctl::run(args),
         Command::Backup(command) => archipelago::backup::cli::run(command),
+        Command::Import(command) => archipelago::migrate::cli::run(command),
         Command::Passwd { config } => passwd(&config),
     }
 }
