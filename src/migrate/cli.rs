@@ -186,8 +186,13 @@ fn import(
         }
         _ => {
             for f in &drafts.folders {
+                let also = if f.shared_with.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (also used by {})", f.shared_with.join(", "))
+                };
                 plan_lines.push(format!(
-                    "plan: {}: {}: {} -> <data_dir>/apps/{}/{} (give --config to plan it)",
+                    "plan: {}: {}: {} -> <data_dir>/apps/{}/{} (give --config to plan it){also}",
                     f.app,
                     f.volume,
                     f.source.display(),

@@ -569,7 +569,11 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
             if names.len() > 1 {
                 find(
                     "networks",
-                    format!("{} networks: an app joins one; the draft uses {}", names.len(), names[0]),
+                    format!(
+                        "{} networks: an app joins one; the draft uses {:?}",
+                        names.len(),
+                        ctx.engine_name(ctx.networks, &names[0])
+                    ),
                 );
             }
             if let Some(first) = names.first() {
@@ -643,7 +647,6 @@ fn port(v: &Value) -> Result<Option<String>, String> {
 
 /// One `volumes` entry.
 fn mount(ctx: &Context, v: &Value, field: &str) -> Result<Mount, String> {
-    let _ = field;
     let (kind, source, target, read_only) = match v {
         Value::Mapping(m) => {
             let kind = m.get("type").and_then(text).unwrap_or_else(|| "volume".into());
@@ -672,6 +675,7 @@ fn mount(ctx: &Context, v: &Value, field: &str) -> Result<Mount, String> {
     if !target.starts_with('/') {
         return Err(format!("{target:?} is not an absolute path in the container"));
     }
+    let name_hint = (kind == "volume" && !source.is_empty()).then(|| source.clone());
     let source = match kind.as_str() {
         "bind" => MountSource::Host(ctx.host_path(&source)),
         "volume" if source.is_empty() => MountSource::Anonymous,
@@ -686,6 +690,7 @@ fn mount(ctx: &Context, v: &Value, field: &str) -> Result<Mount, String> {
         source,
         target,
         read_only,
+        name_hint,
     })
 }
 

@@ -82,6 +82,7 @@ pub fn service(c: &ForeignContainer) -> Service {
             source,
             target: m.destination.clone(),
             read_only: m.read_only,
+            name_hint: (!m.name.is_empty()).then(|| m.name.clone()),
         });
     }
     if let Some(deps) = c.labels.get(DEPENDS_LABEL) {

@@ -60,6 +60,42 @@ pub struct Mount {
     /// The path inside the container.
     pub target: String,
     pub read_only: bool,
+    /// What the draft's volume is named after when not the target's last component
+    /// (a compose volume's key).
+    pub name_hint: Option<String>,
+}
+
+/// A mount's data as one thing two services can share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    Folder(PathBuf),
+    Volume(String),
+}
+
+impl Place {
+    fn depth(&self) -> usize {
+        match self {
+            Place::Folder(p) => p.components().count(),
+            Place::Volume(_) => 0,
+        }
+    }
+
+    /// True when this folder lies inside `outer` (volumes never nest).
+    fn inside(&self, outer: &Place) -> bool {
+        match (self, outer) {
+            (Place::Folder(a), Place::Folder(b)) => a != b && a.starts_with(b),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Folder(p) => write!(f, "bind of {}", p.display()),
+            Place::Volume(v) => write!(f, "engine volume {v}"),
+        }
+    }
 }
 
 /// A health check as compose and the engine write it.
@@ -227,7 +263,11 @@ pub fn is_rpcauth(value: &str) -> bool {
         return false;
     };
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    !user.is_empty() && !user.contains(char::is_whitespace) && hex(salt, 32) && hex(hash, 64)
+    !user.is_empty()
+        && !user.starts_with('-')
+        && !user.contains(|c: char| c.is_whitespace() || c == '=')
+        && hex(salt, 32)
+        && hex(hash, 64)
 }
 
 /// A secret taken out of a draft, with its value for the secret file.
@@ -447,13 +487,17 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
         .map(|s| vec![MountUse::Own; s.mounts.len()])
         .collect();
     let rank: BTreeMap<usize, usize> = order.iter().enumerate().map(|(r, i)| (*i, r)).collect();
-    let mut binds: Vec<(usize, usize, PathBuf)> = Vec::new();
+    let mut binds: Vec<(usize, usize, Place)> = Vec::new();
     for (si, s) in services.iter_mut().enumerate() {
         for (mi, m) in s.mounts.iter().enumerate() {
-            let MountSource::Host(path) = &m.source else {
-                continue;
+            let path = match &m.source {
+                MountSource::Host(path) => normalize(path),
+                MountSource::Volume { name, .. } => {
+                    binds.push((si, mi, Place::Volume(name.clone())));
+                    continue;
+                }
+                MountSource::Anonymous => continue,
             };
-            let path = normalize(path);
             let refuse = |reason: String| Finding::new(&s.name, m.field.clone(), reason);
             if let Some(sys) = SYSTEM_PATHS.iter().find(|p| path.starts_with(p)) {
                 s.findings.push(refuse(format!(
@@ -472,16 +516,16 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
                     )));
                     uses[si][mi] = MountUse::Dropped;
                 }
-                _ => binds.push((si, mi, path)),
+                _ => binds.push((si, mi, Place::Folder(path))),
             }
         }
     }
-    binds.sort_by_key(|(si, mi, p)| (p.components().count(), rank[si], *mi));
-    let mut planned: Vec<(usize, usize, PathBuf)> = Vec::new();
-    for (si, mi, path) in binds {
+    binds.sort_by_key(|(si, mi, p)| (p.depth(), rank[si], *mi));
+    let mut planned: Vec<(usize, usize, Place)> = Vec::new();
+    for (si, mi, place) in binds {
         let name = services[si].name.clone();
         let field = services[si].mounts[mi].field.clone();
-        if let Some((osi, omi, _)) = planned.iter().find(|(_, _, p)| *p == path) {
+        if let Some((osi, omi, _)) = planned.iter().find(|(_, _, p)| *p == place) {
             let (osi, omi) = (*osi, *omi);
             let owner = &ids[osi];
             let ro = services[si].mounts[mi].read_only;
@@ -495,16 +539,18 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
                         "is also {owner}'s volume: a folder belongs to one app; another may mount it read-only as {owner}/NAME when it depends on {owner}"
                     )
                 };
-                let reason = format!("bind of {} {why}; left out", path.display());
+                let reason = format!("{place} {why}; left out");
                 services[si].findings.push(Finding::new(&name, field, reason));
                 uses[si][mi] = MountUse::Dropped;
             }
             continue;
         }
-        if let Some((osi, _, outer)) = planned.iter().find(|(_, _, p)| path.starts_with(p)) {
+        if let Some((osi, _, outer)) = planned.iter().find(|(_, _, p)| place.inside(p)) {
+            let Place::Folder(outer) = outer else {
+                continue;
+            };
             let reason = format!(
-                "bind of {} lies inside {}, planned as a volume of {}: a volume is one whole folder; left out",
-                path.display(),
+                "{place} lies inside {}, planned as a volume of {}: a volume is one whole folder; left out",
                 outer.display(),
                 ids[*osi]
             );
@@ -512,7 +558,7 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
             uses[si][mi] = MountUse::Dropped;
             continue;
         }
-        planned.push((si, mi, path));
+        planned.push((si, mi, place));
     }
 
     // Volume names, per service in mount order.
@@ -527,9 +573,9 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
                 if uses[si][mi] != MountUse::Own {
                     return None;
                 }
-                let base = match &m.source {
-                    MountSource::Volume { name, .. } => sanitize_name(name, "data"),
-                    _ => sanitize_name(
+                let base = match &m.name_hint {
+                    Some(hint) => sanitize_name(hint, "data"),
+                    None => sanitize_name(
                         m.target.rsplit('/').find(|c| !c.is_empty()).unwrap_or(""),
                         "data",
                     ),
@@ -539,8 +585,10 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
             .collect();
         volume_names.push(names);
     }
-    for (si, mi, path) in &planned {
-        let s = &services[*si];
+    for (si, mi, place) in &planned {
+        let Place::Folder(path) = place else {
+            continue;
+        };
         let shared_with = services
             .iter()
             .enumerate()
@@ -551,7 +599,6 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
             })
             .map(|(oi, _)| ids[oi].clone())
             .collect();
-        let _ = s;
         out.folders.push(PlannedFolder {
             app: ids[*si].clone(),
             volume: volume_names[*si][*mi].clone().unwrap_or_default(),
@@ -824,6 +871,7 @@ mod tests {
         assert!(is_rpcauth(&line));
         assert!(!is_rpcauth(&line[..line.len() - 1]));
         assert!(!is_rpcauth("user:pass"));
+        assert!(!is_rpcauth(&format!("-rpcauth={line}")));
     }
 
     #[test]
