@@ -354,7 +354,10 @@ mod tests {
         assert_eq!(write("old value"), Imported::Written);
         assert_eq!(write("old value"), Imported::AlreadySame);
         assert_eq!(write("other"), Imported::Conflict);
-        assert_eq!(read(&store, "bitcoind", "rpcpassword").unwrap(), "old value");
+        assert_eq!(
+            read(&store, "bitcoind", "rpcpassword").unwrap(),
+            "old value"
+        );
         let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&store.secrets_dir("bitcoind")), 0o700);

@@ -251,7 +251,8 @@ fn import(
             ));
             continue;
         }
-        let written = std::fs::create_dir_all(out.join(id)).and_then(|()| std::fs::write(&path, text));
+        let written =
+            std::fs::create_dir_all(out.join(id)).and_then(|()| std::fs::write(&path, text));
         match written {
             Ok(()) => draft_lines.push(format!("draft: {id}: {}", path.display())),
             Err(e) => findings.push(Finding::new(

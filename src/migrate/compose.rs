@@ -188,7 +188,10 @@ pub fn read(file: &Path, env: BTreeMap<String, String>) -> Result<Compose, Compo
     let mut service_findings: BTreeMap<String, Vec<Finding>> = BTreeMap::new();
     for (path, u) in missing {
         let reason = format!("variable {} {}; read as empty text", u.var, u.reason);
-        match path.strip_prefix("services.").and_then(|p| p.split_once('.')) {
+        match path
+            .strip_prefix("services.")
+            .and_then(|p| p.split_once('.'))
+        {
             Some((svc, field)) => service_findings
                 .entry(svc.to_string())
                 .or_default()
@@ -333,7 +336,9 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
                     _ => BTreeMap::new(),
                 };
                 (
-                    m.get("context").and_then(text).unwrap_or_else(|| ".".into()),
+                    m.get("context")
+                        .and_then(text)
+                        .unwrap_or_else(|| ".".into()),
                     m.get("dockerfile")
                         .and_then(text)
                         .unwrap_or_else(|| "Dockerfile".into()),
@@ -352,7 +357,10 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
             args,
         });
     }
-    for (field, slot) in [("command", &mut s.command), ("entrypoint", &mut s.entrypoint)] {
+    for (field, slot) in [
+        ("command", &mut s.command),
+        ("entrypoint", &mut s.entrypoint),
+    ] {
         if let Some(v) = get(field) {
             match command(v) {
                 Ok(list) => *slot = Some(list),
@@ -494,7 +502,10 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
                 for (lk, _) in rv.as_mapping().into_iter().flatten() {
                     let lk = text(lk).unwrap_or_default();
                     if !(rk == "limits" && lk == "memory") {
-                        find(&format!("deploy.resources.{rk}.{lk}"), "not mapped".to_string());
+                        find(
+                            &format!("deploy.resources.{rk}.{lk}"),
+                            "not mapped".to_string(),
+                        );
                     }
                 }
             }
@@ -512,7 +523,10 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
         };
         if !disabled {
             let dur = |k: &str, default: Duration| {
-                h.get(k).and_then(text).and_then(|t| go_duration(&t)).unwrap_or(default)
+                h.get(k)
+                    .and_then(text)
+                    .and_then(|t| go_duration(&t))
+                    .unwrap_or(default)
             };
             if let Some(exec) = health_exec(&test) {
                 s.health = Some(Health {
@@ -526,7 +540,10 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
                     start_period: dur("start_period", Duration::ZERO),
                 });
             } else if !test.is_empty() && test[0] != "NONE" {
-                find("healthcheck.test", format!("{test:?} is not CMD, CMD-SHELL or NONE"));
+                find(
+                    "healthcheck.test",
+                    format!("{test:?} is not CMD, CMD-SHELL or NONE"),
+                );
             }
         }
     }
@@ -586,9 +603,11 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
             for (i, c) in list.iter().filter_map(text).enumerate() {
                 match capability_name(&c) {
                     Ok(c) => slot.push(c),
-                    Err(reason) => s
-                        .findings
-                        .push(Finding::new(name, format!("{field}[{i}]"), format!("{reason}; left out"))),
+                    Err(reason) => s.findings.push(Finding::new(
+                        name,
+                        format!("{field}[{i}]"),
+                        format!("{reason}; left out"),
+                    )),
                 }
             }
         }
@@ -605,7 +624,9 @@ fn port(v: &Value) -> Result<Option<String>, String> {
             m.get("host_ip").and_then(text),
             m.get("published").and_then(text),
             m.get("target").and_then(text).unwrap_or_default(),
-            m.get("protocol").and_then(text).unwrap_or_else(|| "tcp".into()),
+            m.get("protocol")
+                .and_then(text)
+                .unwrap_or_else(|| "tcp".into()),
         ),
         other => {
             let s = text(other).ok_or("is not a port")?;
@@ -617,7 +638,12 @@ fn port(v: &Value) -> Result<Option<String>, String> {
             match parts.as_slice() {
                 [c] => (None, None, c.to_string(), proto),
                 [c, h] => (None, Some(h.to_string()), c.to_string(), proto),
-                [c, h, ip] => (Some(ip.to_string()), Some(h.to_string()), c.to_string(), proto),
+                [c, h, ip] => (
+                    Some(ip.to_string()),
+                    Some(h.to_string()),
+                    c.to_string(),
+                    proto,
+                ),
                 _ => return Err("is not a port".into()),
             }
         }
@@ -632,7 +658,9 @@ fn port(v: &Value) -> Result<Option<String>, String> {
         ));
     }
     if container.contains('-') || host.as_deref().is_some_and(|h| h.contains('-')) {
-        return Err(format!("{shown}: port ranges are not supported; list each port; left out"));
+        return Err(format!(
+            "{shown}: port ranges are not supported; list each port; left out"
+        ));
     }
     let Some(host) = host.filter(|h| !h.is_empty()) else {
         return Err(format!(
@@ -649,7 +677,10 @@ fn port(v: &Value) -> Result<Option<String>, String> {
 fn mount(ctx: &Context, v: &Value, field: &str) -> Result<Mount, String> {
     let (kind, source, target, read_only) = match v {
         Value::Mapping(m) => {
-            let kind = m.get("type").and_then(text).unwrap_or_else(|| "volume".into());
+            let kind = m
+                .get("type")
+                .and_then(text)
+                .unwrap_or_else(|| "volume".into());
             (
                 kind,
                 m.get("source").and_then(text).unwrap_or_default(),
@@ -673,7 +704,9 @@ fn mount(ctx: &Context, v: &Value, field: &str) -> Result<Mount, String> {
         }
     };
     if !target.starts_with('/') {
-        return Err(format!("{target:?} is not an absolute path in the container"));
+        return Err(format!(
+            "{target:?} is not an absolute path in the container"
+        ));
     }
     let name_hint = (kind == "volume" && !source.is_empty()).then(|| source.clone());
     let source = match kind.as_str() {
@@ -704,7 +737,10 @@ mod tests {
         assert_eq!(compose_bytes(&v("512m")), Some(512 << 20));
         assert_eq!(compose_bytes(&v("1g")), Some(1 << 30));
         assert_eq!(compose_bytes(&v("1.5GB")), Some(1536 << 20));
-        assert_eq!(compose_bytes(&Value::Number(67108864.into())), Some(64 << 20));
+        assert_eq!(
+            compose_bytes(&Value::Number(67108864.into())),
+            Some(64 << 20)
+        );
         assert_eq!(compose_bytes(&v("lots")), None);
         assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(go_duration("5m"), Some(Duration::from_secs(300)));

@@ -35,7 +35,8 @@ pub fn service(c: &ForeignContainer) -> Service {
         memory_field: "memory".to_string(),
         ..Service::default()
     };
-    let mut find = |field: &str, reason: String| s.findings.push(Finding::new(&name, field, reason));
+    let mut find =
+        |field: &str, reason: String| s.findings.push(Finding::new(&name, field, reason));
     if c.entrypoint != c.image_entrypoint {
         s.entrypoint = Some(c.entrypoint.clone());
     }
@@ -73,7 +74,13 @@ pub fn service(c: &ForeignContainer) -> Service {
                 mountpoint: Some(m.source.clone()),
             },
             other => {
-                find(&field, format!("{other} mount at {}: not supported; left out", m.destination));
+                find(
+                    &field,
+                    format!(
+                        "{other} mount at {}: not supported; left out",
+                        m.destination
+                    ),
+                );
                 continue;
             }
         };
@@ -110,7 +117,10 @@ pub fn service(c: &ForeignContainer) -> Service {
     s.restart = restart_policy(&c.restart_policy).unwrap_or_else(|| {
         find(
             "restart_policy",
-            format!("{:?} is not a restart policy; the draft says never", c.restart_policy),
+            format!(
+                "{:?} is not a restart policy; the draft says never",
+                c.restart_policy
+            ),
         );
         RestartPolicy::Never
     });
@@ -128,10 +138,16 @@ pub fn service(c: &ForeignContainer) -> Service {
         s.network = Some(c.network_mode.clone());
     }
     if c.privileged {
-        find("privileged", "privileged containers are not supported; left out".to_string());
+        find(
+            "privileged",
+            "privileged containers are not supported; left out".to_string(),
+        );
     }
     for d in &c.devices {
-        find("devices", format!("{d}: host devices cannot be given to an app; left out"));
+        find(
+            "devices",
+            format!("{d}: host devices cannot be given to an app; left out"),
+        );
     }
     for (field, list, slot) in [
         ("cap_add", &c.cap_add, &mut s.cap_add),
@@ -140,9 +156,10 @@ pub fn service(c: &ForeignContainer) -> Service {
         for cap in list {
             match capability_name(cap) {
                 Ok(cap) => slot.push(cap),
-                Err(reason) => s
-                    .findings
-                    .push(Finding::new(&name, field, format!("{reason}; left out"))),
+                Err(reason) => {
+                    s.findings
+                        .push(Finding::new(&name, field, format!("{reason}; left out")))
+                }
             }
         }
     }

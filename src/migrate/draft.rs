@@ -175,7 +175,12 @@ const MIN_MEMORY: u64 = 6 << 20;
 
 /// Bytes in the largest IEC unit that divides them (`512Mi`, `1Gi`), else plain bytes.
 pub fn iec(bytes: u64) -> String {
-    for (unit, size) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+    for (unit, size) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{unit}", bytes / size);
         }
@@ -413,8 +418,11 @@ pub struct Drafts {
 fn order(services: &mut [Service]) -> Vec<usize> {
     let names: BTreeSet<String> = services.iter().map(|s| s.name.clone()).collect();
     for s in services.iter_mut() {
-        let (known, unknown): (Vec<String>, Vec<String>) =
-            s.depends_on.iter().cloned().partition(|d| names.contains(d));
+        let (known, unknown): (Vec<String>, Vec<String>) = s
+            .depends_on
+            .iter()
+            .cloned()
+            .partition(|d| names.contains(d));
         for d in unknown {
             let reason = format!("{d:?} is not one of the imported services; dependency left out");
             s.findings.push(Finding::new(&s.name, "depends_on", reason));
@@ -509,7 +517,11 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
             }
             match std::fs::metadata(&path) {
                 Ok(meta) if !meta.is_dir() => {
-                    let what = if meta.is_file() { "a single file" } else { "a special file" };
+                    let what = if meta.is_file() {
+                        "a single file"
+                    } else {
+                        "a special file"
+                    };
                     s.findings.push(refuse(format!(
                         "bind of {what} {}: a volume is a folder; put the file in one of the app's volumes (or build it into the image); left out",
                         path.display()
@@ -540,7 +552,9 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
                     )
                 };
                 let reason = format!("{place} {why}; left out");
-                services[si].findings.push(Finding::new(&name, field, reason));
+                services[si]
+                    .findings
+                    .push(Finding::new(&name, field, reason));
                 uses[si][mi] = MountUse::Dropped;
             }
             continue;
@@ -554,7 +568,9 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
                 outer.display(),
                 ids[*osi]
             );
-            services[si].findings.push(Finding::new(&name, field, reason));
+            services[si]
+                .findings
+                .push(Finding::new(&name, field, reason));
             uses[si][mi] = MountUse::Dropped;
             continue;
         }
@@ -592,11 +608,7 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
         let shared_with = services
             .iter()
             .enumerate()
-            .filter(|(oi, _)| {
-                uses[*oi]
-                    .iter()
-                    .any(|u| *u == MountUse::Shared(*si, *mi))
-            })
+            .filter(|(oi, _)| uses[*oi].contains(&MountUse::Shared(*si, *mi)))
             .map(|(oi, _)| ids[oi].clone())
             .collect();
         out.folders.push(PlannedFolder {
@@ -637,11 +649,7 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
                 b.insert(key("context"), key(&context.to_string_lossy()));
                 b.insert(key("dockerfile"), key(&build.dockerfile));
                 if !build.args.is_empty() {
-                    let args = build
-                        .args
-                        .iter()
-                        .map(|(k, v)| (key(k), key(v)))
-                        .collect();
+                    let args = build.args.iter().map(|(k, v)| (key(k), key(v))).collect();
                     b.insert(key("args"), Value::Mapping(args));
                 }
                 container.insert(key("build"), Value::Mapping(b));
@@ -743,7 +751,9 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
                 findings.push(Finding::new(
                     &s.name,
                     s.memory_field.clone(),
-                    format!("{bytes} bytes is below the engine's minimum of 6Mi; the draft says 6Mi"),
+                    format!(
+                        "{bytes} bytes is below the engine's minimum of 6Mi; the draft says 6Mi"
+                    ),
                 ));
                 MIN_MEMORY
             }
@@ -781,7 +791,10 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
         m.insert(key("id"), key(id));
         m.insert(key("name"), key(&s.name));
         m.insert(key("version"), key(&version_of(s)));
-        m.insert(key("description"), key(&format!("Imported from {}", s.origin)));
+        m.insert(
+            key("description"),
+            key(&format!("Imported from {}", s.origin)),
+        );
         if !d.is_empty() {
             m.insert(key("dependencies"), strings(d));
         }
@@ -894,8 +907,14 @@ mod tests {
         assert_eq!(version_of(&s("reg:5000/a/b:27.1")), "27.1");
         assert_eq!(version_of(&s("reg:5000/a/b")), "imported");
         assert_eq!(version_of(&s("b:1@sha256:00")), "1");
-        assert_eq!(restart_policy("on-failure:3"), Some(RestartPolicy::OnFailure));
-        assert_eq!(restart_policy("unless-stopped"), Some(RestartPolicy::Always));
+        assert_eq!(
+            restart_policy("on-failure:3"),
+            Some(RestartPolicy::OnFailure)
+        );
+        assert_eq!(
+            restart_policy("unless-stopped"),
+            Some(RestartPolicy::Always)
+        );
         assert_eq!(
             health_exec(&["CMD-SHELL".into(), "true".into()]),
             Some(vec!["/bin/sh".into(), "-c".into(), "true".into()])

@@ -217,14 +217,16 @@ mod tests {
             .iter()
             .map(|u| format!("{} {}", u.var, u.reason))
             .collect();
-        assert_eq!(got, ["X is not set", "Y is not set: give Y", "Z is not set"]);
+        assert_eq!(
+            got,
+            ["X is not set", "Y is not set: give Y", "Z is not set"]
+        );
     }
 
     #[test]
     fn dotenv_lines() {
-        let vars = parse_dotenv(
-            "# c\nexport A=1\nB='x # y'\nC=\"q\\\"\"\nD=plain # note\n\nnot a line\n",
-        );
+        let vars =
+            parse_dotenv("# c\nexport A=1\nB='x # y'\nC=\"q\\\"\"\nD=plain # note\n\nnot a line\n");
         let got: Vec<_> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(got, ["A=1", "B=x # y", "C=q\"", "D=plain"]);
     }

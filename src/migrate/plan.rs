@@ -141,9 +141,10 @@ impl fmt::Display for Entry {
             Step::Moved => write!(f, "moved {src} -> {dst}; {src} now links to it")?,
             Step::AlreadyMoved => write!(f, "{src} already links to {dst}; nothing to do")?,
             Step::TargetExists => write!(f, "target {dst} exists; nothing touched")?,
-            Step::SourceMissing => {
-                write!(f, "{src} does not exist; the app starts with an empty {dst}")?
-            }
+            Step::SourceMissing => write!(
+                f,
+                "{src} does not exist; the app starts with an empty {dst}"
+            )?,
             Step::Failed(e) => write!(f, "rename {src} -> {dst} failed: {e}; nothing moved")?,
         }
         if !self.folder.shared_with.is_empty() {
@@ -186,7 +187,10 @@ mod tests {
 
         let other = dir.path().join("other");
         std::fs::create_dir_all(&other).unwrap();
-        assert_eq!(plan(&[folder(other)], &data_dir)[0].step, Step::TargetExists);
+        assert_eq!(
+            plan(&[folder(other)], &data_dir)[0].step,
+            Step::TargetExists
+        );
         let gone = plan(
             &[PlannedFolder {
                 app: "x".into(),
@@ -210,6 +214,9 @@ mod tests {
             Step::Copy { bytes, free } => assert!(bytes >= 10_000 && free.is_some()),
             ref other => panic!("expected a copy, got {other:?}"),
         }
-        assert!(entry.to_string().contains("cp -a --reflink=auto"), "{entry}");
+        assert!(
+            entry.to_string().contains("cp -a --reflink=auto"),
+            "{entry}"
+        );
     }
 }
