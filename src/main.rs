@@ -1,7 +1,8 @@
 //! The `archipelago` binary: command-line entry point.
 //!
 //! Parses the command line, sets up logging and hands over to the library. Exit codes:
-//! 0 success, 1 `validate` found problems, 2 unusable config or command line.
+//! 0 success, 1 `validate` or `import` found problems, 2 unusable config, input or
+//! command line.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -125,7 +125,8 @@ fn command(v: &Value) -> Result<Vec<String>, String> {
             .collect(),
         other => {
             let s = text(other).ok_or("is neither a string nor a list")?;
-            shlex::split(&s).ok_or_else(|| format!("{s:?} has an unclosed quote"))
+            // The text is not echoed: it may hold a password.
+            shlex::split(&s).ok_or_else(|| "has an unclosed quote; left out".to_string())
         }
     }
 }
@@ -542,7 +543,7 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
             } else if !test.is_empty() && test[0] != "NONE" {
                 find(
                     "healthcheck.test",
-                    format!("{test:?} is not CMD, CMD-SHELL or NONE"),
+                    format!("{:?} is not CMD, CMD-SHELL or NONE; left out", test[0]),
                 );
             }
         }
