@@ -421,12 +421,17 @@ fn commands_environment_and_interpolation() {
     worker.env = vec![
         ("API_KEY", "key-abc".into()),
         ("COUNT", "3".into()),
+        ("DATABASE_URL", "postgres://app:tok-from-env@db/app".into()),
         ("ENABLED", "true".into()),
         ("PLAIN", "v0.18.3-beta".into()),
         ("TOKEN_AGAIN", "tok-from-env".into()),
     ];
     check(&node, "worker", worker);
     let drafts = node.drafts_text();
+    assert!(
+        drafts.contains("postgres://app:${secret:api-token}@db/app"),
+        "{drafts}"
+    );
     assert!(
         !drafts.contains("tok-from-env") && !drafts.contains("key-abc"),
         "{drafts}"
@@ -603,6 +608,10 @@ fn findings_name_service_field_and_reason() {
             "odd: volumes[1]: bind of /var/run/docker.sock (under /var/run): a host system path cannot be an app volume; left out",
             "odd: volumes[2]: anonymous volume at /data: the draft gets an empty volume data; what the engine's anonymous volume holds is not carried over",
             "odd: mem_limit: no memory limit; the draft says 1Gi: set what the app needs",
+            "builder: build.target: not mapped",
+            "builder: healthcheck.start_interval: not mapped",
+            "builder: build.context: {dir}/src/builder is outside the draft folder {dir}/apps/builder: copy the build context into it; the draft says `.`",
+            "builder: build.args.GITHUB_TOKEN: looks like a secret, and build arguments stay in the image's history; left out",
             "init: restart: \"sometimes\" is not a restart policy",
             "sidecar: depends_on.init.condition: a dependency that runs once and exits has no manifest equivalent: archipelago waits for dependencies to run and be healthy",
             "sidecar: memswap_limit: archipelago gives containers no swap beyond their memory limit; left out",
@@ -611,12 +620,14 @@ fn findings_name_service_field_and_reason() {
             "sidecar: volumes[1]: bind of {dir}/src/shared/inner lies inside {dir}/src/shared, planned as a volume of init: a volume is one whole folder; left out",
             "plan: init: from-sidecar: rename {dir}/src/shared -> {dir}/data/apps/init/from-sidecar (same file system; run with --move to do it)",
             "draft: odd: {dir}/apps/odd/manifest.yml",
+            "draft: builder: {dir}/apps/builder/manifest.yml",
             "draft: init: {dir}/apps/init/manifest.yml",
             "draft: sidecar: {dir}/apps/sidecar/manifest.yml",
         ]
     );
     assert_eq!(code, 1);
     node.validates();
+    assert!(!node.drafts_text().contains("ghp-not-a-real-token"));
 }
 
 #[test]

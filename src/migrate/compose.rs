@@ -321,6 +321,12 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
     if let Some(b) = get("build") {
         let (context, dockerfile, args) = match b {
             Value::Mapping(m) => {
+                for k in m.keys().filter_map(text) {
+                    if !["context", "dockerfile", "args"].contains(&k.as_str()) {
+                        s.findings
+                            .push(Finding::new(name, format!("build.{k}"), "not mapped"));
+                    }
+                }
                 let args = match m.get("args") {
                     Some(Value::Mapping(a)) => a
                         .iter()
@@ -514,6 +520,24 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
     }
 
     if let Some(h) = get("healthcheck") {
+        let known = [
+            "test",
+            "interval",
+            "timeout",
+            "retries",
+            "start_period",
+            "disable",
+        ];
+        for k in h
+            .as_mapping()
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter_map(text)
+        {
+            if !known.contains(&k.as_str()) {
+                find(&format!("healthcheck.{k}"), "not mapped".to_string());
+            }
+        }
         let disabled = h.get("disable").is_some_and(|d| d == &Value::Bool(true));
         let test = match h.get("test") {
             Some(Value::Sequence(list)) => list.iter().filter_map(text).collect(),

@@ -351,6 +351,42 @@ impl SecretBook {
         arg.to_string()
     }
 
+    /// `text` with every known secret value of the app or its dependencies (8 characters
+    /// or more, so that short common words are left alone) replaced by its reference:
+    /// a password inside a URL does not reach the draft either.
+    fn scrub(&self, id: &str, deps: &[String], text: &str) -> String {
+        let mut known: Vec<(&String, String)> = Vec::new();
+        if let Some(own) = self.by_app.get(id) {
+            known.extend(own.iter().map(|(v, n)| (v, format!("${{secret:{n}}}"))));
+        }
+        for dep in deps {
+            if let Some(theirs) = self.by_app.get(dep) {
+                known.extend(
+                    theirs
+                        .iter()
+                        .map(|(v, n)| (v, format!("${{secret:{dep}/{n}}}"))),
+                );
+            }
+        }
+        known.retain(|(v, _)| v.len() >= 8);
+        known.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        let mut out = text.to_string();
+        for (value, reference) in known {
+            out = out.replace(value.as_str(), &reference);
+        }
+        out
+    }
+
+    /// An argument as the draft writes it: [`SecretBook::argument`], then scrubbed.
+    fn render_argument(&mut self, id: &str, deps: &[String], arg: &str) -> String {
+        let replaced = self.argument(id, deps, arg);
+        if replaced == arg {
+            self.scrub(id, deps, arg)
+        } else {
+            replaced
+        }
+    }
+
     fn declared(&self, id: &str) -> Vec<&String> {
         self.by_app
             .get(id)
@@ -648,8 +684,19 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
                 };
                 b.insert(key("context"), key(&context.to_string_lossy()));
                 b.insert(key("dockerfile"), key(&build.dockerfile));
-                if !build.args.is_empty() {
-                    let args = build.args.iter().map(|(k, v)| (key(k), key(v))).collect();
+                let mut args = Mapping::new();
+                for (k, v) in &build.args {
+                    if is_secret_key(k) || is_rpcauth(v) {
+                        findings.push(Finding::new(
+                            &s.name,
+                            format!("build.args.{k}"),
+                            "looks like a secret, and build arguments stay in the image's history; left out",
+                        ));
+                    } else {
+                        args.insert(key(k), key(v));
+                    }
+                }
+                if !args.is_empty() {
                     b.insert(key("args"), Value::Mapping(args));
                 }
                 container.insert(key("build"), Value::Mapping(b));
@@ -667,12 +714,21 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
             }
         }
         let d = &deps[si];
+        // Every secret of the service is declared before any field is written, so that a
+        // value inside another field (a URL) is replaced whatever the order.
+        let args = s.command.iter().chain(&s.entrypoint).flatten();
+        for a in args {
+            book.argument(id, d, a);
+        }
+        for (k, v) in &s.env {
+            book.reference(id, d, v, k, is_secret_key(k) || is_rpcauth(v));
+        }
         if let Some(cmd) = &s.command {
-            let args: Vec<String> = cmd.iter().map(|a| book.argument(id, d, a)).collect();
+            let args: Vec<String> = cmd.iter().map(|a| book.render_argument(id, d, a)).collect();
             container.insert(key("command"), strings(&args));
         }
         if let Some(ep) = &s.entrypoint {
-            let args: Vec<String> = ep.iter().map(|a| book.argument(id, d, a)).collect();
+            let args: Vec<String> = ep.iter().map(|a| book.render_argument(id, d, a)).collect();
             container.insert(key("entrypoint"), strings(&args));
         }
         if let Some(user) = &s.user {
@@ -681,10 +737,9 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
         if !s.env.is_empty() {
             let mut env = Mapping::new();
             for (k, v) in &s.env {
-                let declare = is_secret_key(k) || is_rpcauth(v);
                 let value = book
-                    .reference(id, d, v, k, declare)
-                    .unwrap_or_else(|| v.clone());
+                    .reference(id, d, v, k, false)
+                    .unwrap_or_else(|| book.scrub(id, d, v));
                 env.insert(key(k), key(&value));
             }
             container.insert(key("env"), Value::Mapping(env));
@@ -777,7 +832,11 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
         };
         container.insert(key("restart"), key(restart));
         if let Some(h) = &s.health {
-            let exec: Vec<String> = h.exec.iter().map(|a| book.argument(id, d, a)).collect();
+            let exec: Vec<String> = h
+                .exec
+                .iter()
+                .map(|a| book.render_argument(id, d, a))
+                .collect();
             let mut health = Mapping::new();
             health.insert(key("exec"), strings(&exec));
             health.insert(key("interval"), duration(h.interval));
