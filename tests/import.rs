@@ -662,14 +662,19 @@ fn unusable_input_exits_2_naming_it() {
     );
 }
 
-/// A container made through bollard as `docker run` would, with a bind folder, a password
-/// in env, a memory limit and restart unless-stopped, imported from the test dockerd.
+/// Containers made through bollard as `docker run` (and compose) would, outside
+/// archipelago, imported from the test dockerd: `db` with a bind folder, a password in env,
+/// a memory limit, restart unless-stopped and compose's labels naming it and its dependency
+/// `cache`, which has a named volume and no memory limit.
 #[tokio::test]
-async fn a_running_container_is_imported_from_the_engine() {
+async fn running_containers_are_imported_from_the_engine() {
     use bollard::models::{
         ContainerCreateBody, HostConfig, RestartPolicy as EnginePolicy, RestartPolicyNameEnum,
     };
-    use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+    use bollard::query_parameters::{
+        CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptions,
+        StartContainerOptions,
+    };
 
     let host = common::docker_host();
     let docker = common::connect(&host).await;
@@ -677,53 +682,107 @@ async fn a_running_container_is_imported_from_the_engine() {
     let data = node.path("old/data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("state"), "old state").unwrap();
-    let name = common::unique("import-run");
-    let body = ContainerCreateBody {
-        image: Some(common::BUSYBOX_IMAGE.to_string()),
-        cmd: Some(vec!["sleep".into(), "3600".into()]),
-        env: Some(vec!["DB_PASSWORD=s3cret-value".into(), "MODE=live".into()]),
-        host_config: Some(HostConfig {
-            binds: Some(vec![format!("{}:/data", data.display())]),
-            memory: Some(64 << 20),
-            restart_policy: Some(EnginePolicy {
-                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+    let db = common::unique("import-db");
+    let cache = common::unique("import-cache");
+    let volume = common::unique("import-vol");
+    let labels = |service: &str, depends: Option<&str>| {
+        let mut l = std::collections::HashMap::new();
+        l.insert(
+            "com.docker.compose.service".to_string(),
+            service.to_string(),
+        );
+        l.insert(
+            "com.docker.compose.project".to_string(),
+            "oldnode".to_string(),
+        );
+        if let Some(d) = depends {
+            l.insert("com.docker.compose.depends_on".to_string(), d.to_string());
+        }
+        Some(l)
     };
-    let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-    docker
-        .create_container(Some(opts), body)
-        .await
-        .expect("create");
+    let bodies = [
+        (
+            &db,
+            ContainerCreateBody {
+                image: Some(common::BUSYBOX_IMAGE.to_string()),
+                cmd: Some(vec!["sleep".into(), "3600".into()]),
+                env: Some(vec!["DB_PASSWORD=s3cret-value".into(), "MODE=live".into()]),
+                labels: labels("db", Some("cache:service_started:false")),
+                host_config: Some(HostConfig {
+                    binds: Some(vec![format!("{}:/data", data.display())]),
+                    memory: Some(64 << 20),
+                    restart_policy: Some(EnginePolicy {
+                        name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                        maximum_retry_count: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            &cache,
+            ContainerCreateBody {
+                image: Some(common::BUSYBOX_IMAGE.to_string()),
+                cmd: Some(vec!["sleep".into(), "3600".into()]),
+                labels: labels("cache", None),
+                host_config: Some(HostConfig {
+                    binds: Some(vec![format!("{volume}:/cache")]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+    ];
     let result = std::panic::AssertUnwindSafe(async {
-        docker
-            .start_container(
-                &name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .expect("start");
+        for (name, body) in bodies {
+            let opts = CreateContainerOptionsBuilder::new().name(name).build();
+            docker
+                .create_container(Some(opts), body)
+                .await
+                .expect("create");
+            docker
+                .start_container(name, None::<StartContainerOptions>)
+                .await
+                .expect("start");
+        }
         let config = node.config();
-        let out = node.run(&["import", "container", &name, "--config", &config], &[]);
+        let out = node.run(
+            &["import", "container", &db, &cache, "--config", &config],
+            &[],
+        );
         let stdout = String::from_utf8_lossy(&out.stdout)
             .replace(&node.dir.path().display().to_string(), "{dir}");
-        let id = name.clone();
+        let lines: Vec<&str> = stdout.lines().collect();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(lines.len(), 6, "{stdout}{stderr}");
         assert_eq!(
-            stdout.lines().collect::<Vec<_>>(),
-            [
-                format!("plan: {id}: data: rename {{dir}}/old/data -> {{dir}}/data/apps/{id}/data (same file system; run with --move to do it)"),
-                format!("secret: {id}/db_password: stored in {{dir}}/data/secrets/{id}/db_password"),
-                format!("draft: {id}: {{dir}}/apps/{id}/manifest.yml"),
-            ],
-            "stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
+            lines[0],
+            "cache: memory: no memory limit; the draft says 1Gi: set what the app needs"
         );
-        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(
+            lines[1],
+            "plan: db: data: rename {dir}/old/data -> {dir}/data/apps/db/data (same file system; run with --move to do it)"
+        );
+        let copy = format!("plan: cache: {volume}: copy engine volume {volume} /");
+        assert!(lines[2].starts_with(&copy), "{}", lines[2]);
+        assert!(
+            lines[2].contains(&format!(" -> {{dir}}/data/apps/cache/{volume}: ")),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].contains("cp -a --reflink=auto"), "{}", lines[2]);
+        assert_eq!(
+            lines[3..],
+            [
+                "secret: db/db_password: stored in {dir}/data/secrets/db/db_password",
+                "draft: cache: {dir}/apps/cache/manifest.yml",
+                "draft: db: {dir}/apps/db/manifest.yml",
+            ]
+        );
+        assert_eq!(out.status.code(), Some(1), "a finding");
         node.validates();
-        let secret = node.path("data/secrets").join(&id).join("db_password");
+        let secret = node.path("data/secrets/db/db_password");
         assert_eq!(std::fs::read_to_string(&secret).unwrap(), "s3cret-value");
         assert_eq!(mode(&secret), 0o600);
         assert!(!node.drafts_text().contains("s3cret-value"));
@@ -733,9 +792,17 @@ async fn a_running_container_is_imported_from_the_engine() {
             ("DB_PASSWORD", "s3cret-value".into()),
             ("MODE", "live".into()),
         ];
-        w.binds = vec![(format!("apps/{id}/data").leak(), "/data", false)];
+        w.binds = vec![("apps/db/data", "/data", false)];
         w.restart = RestartPolicy::Always;
-        check(&node, &id, w);
+        check(&node, "db", w);
+        let mut w = want(common::BUSYBOX_IMAGE, 1 << 30, "bridge");
+        w.command = Some(vec!["sleep", "3600"]);
+        w.binds = vec![(format!("apps/cache/{volume}").leak(), "/cache", false)];
+        check(&node, "cache", w);
+        let specs = node.specs();
+        let db_manifest = &specs["db"].1;
+        assert_eq!(db_manifest.dependencies[0].as_str(), "cache");
+        assert_eq!(db_manifest.name, "db");
 
         let out = node.run(
             &[
@@ -755,11 +822,14 @@ async fn a_running_container_is_imported_from_the_engine() {
         );
     });
     let outcome = futures_util::FutureExt::catch_unwind(result).await;
-    let rm = RemoveContainerOptionsBuilder::new().force(true).build();
+    for name in [&db, &cache] {
+        let rm = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = docker.remove_container(name, Some(rm)).await;
+    }
     docker
-        .remove_container(&name, Some(rm))
+        .remove_volume(&volume, None::<RemoveVolumeOptions>)
         .await
-        .expect("remove the container");
+        .expect("remove the volume");
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
