@@ -270,7 +270,7 @@ impl Context<'_> {
             let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_string());
             return PathBuf::from(home).join(rest);
         }
-        super::draft::normalize(&self.dir.join(p))
+        super::mounts::normalize(&self.dir.join(p))
     }
 
     /// The engine name of a top-level network or volume: its `name:`, the key itself when

@@ -1,17 +1,19 @@
 //! What `import compose` and `import container` share: a service read from either source
 //! ([`Service`]), turned into manifest drafts with their secrets taken out, their host
 //! folders planned (see [`super::plan`]) and every field that could not be mapped reported
-//! as a [`Finding`]. No I/O here but reading what the host folders are (file, folder,
+//! as a [`Finding`]. No I/O here but looking at what the host folders are (file, folder,
 //! socket); writing is the caller's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
-use crate::manifest::{is_valid_secret_name, RestartPolicy};
+use super::mounts::{share_mounts, MountUse, PlannedFolder};
+use super::secret_scan::{is_rpcauth, is_secret_key, SecretBook, TakenSecret};
+use crate::manifest::RestartPolicy;
 
 /// One field that could not be mapped, or was mapped with a loss: `SERVICE: FIELD: reason`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,39 +65,6 @@ pub struct Mount {
     /// What the draft's volume is named after when not the target's last component
     /// (a compose volume's key).
     pub name_hint: Option<String>,
-}
-
-/// A mount's data as one thing two services can share.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Place {
-    Folder(PathBuf),
-    Volume(String),
-}
-
-impl Place {
-    fn depth(&self) -> usize {
-        match self {
-            Place::Folder(p) => p.components().count(),
-            Place::Volume(_) => 0,
-        }
-    }
-
-    /// True when this folder lies inside `outer` (volumes never nest).
-    fn inside(&self, outer: &Place) -> bool {
-        match (self, outer) {
-            (Place::Folder(a), Place::Folder(b)) => a != b && a.starts_with(b),
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for Place {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Place::Folder(p) => write!(f, "bind of {}", p.display()),
-            Place::Volume(v) => write!(f, "engine volume {v}"),
-        }
-    }
 }
 
 /// A health check as compose and the engine write it.
@@ -206,7 +175,7 @@ pub fn sanitize_id(name: &str) -> String {
 }
 
 /// A volume or secret name: `[A-Za-z0-9_.-]`, not starting with `.` or `-`.
-fn sanitize_name(name: &str, fallback: &str) -> String {
+pub(super) fn sanitize_name(name: &str, fallback: &str) -> String {
     let mut out: String = name
         .chars()
         .map(|c| {
@@ -227,7 +196,7 @@ fn sanitize_name(name: &str, fallback: &str) -> String {
 }
 
 /// `base`, or `base-2`, `base-3`… whichever is not in `taken`; the result is taken.
-fn unique(base: String, taken: &mut BTreeSet<String>) -> String {
+pub(super) fn unique(base: String, taken: &mut BTreeSet<String>) -> String {
     let mut name = base.clone();
     let mut n = 2;
     while taken.contains(&name) {
@@ -236,205 +205,6 @@ fn unique(base: String, taken: &mut BTreeSet<String>) -> String {
     }
     taken.insert(name.clone());
     name
-}
-
-/// True for env keys that hold secrets: PASSWORD, PASSWD, PASS (as a word or suffix),
-/// SECRET, TOKEN, APIKEY, API_KEY, PRIVATE_KEY, RPCAUTH, in any case.
-pub fn is_secret_key(key: &str) -> bool {
-    let upper = key.to_ascii_uppercase();
-    const ANYWHERE: &[&str] = &[
-        "PASSWORD",
-        "PASSWD",
-        "SECRET",
-        "TOKEN",
-        "APIKEY",
-        "API_KEY",
-        "PRIVATE_KEY",
-        "RPCAUTH",
-    ];
-    ANYWHERE.iter().any(|w| upper.contains(w))
-        || upper.ends_with("PASS")
-        || upper
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|word| word == "PASS")
-}
-
-/// True for a bitcoind rpcauth line: `user:<32 hex>$<64 hex>`.
-pub fn is_rpcauth(value: &str) -> bool {
-    let Some((user, rest)) = value.split_once(':') else {
-        return false;
-    };
-    let Some((salt, hash)) = rest.split_once('$') else {
-        return false;
-    };
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    !user.is_empty()
-        && !user.starts_with('-')
-        && !user.contains(|c: char| c.is_whitespace() || c == '=')
-        && hex(salt, 32)
-        && hex(hash, 64)
-}
-
-/// A secret taken out of a draft, with its value for the secret file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TakenSecret {
-    pub app: String,
-    pub name: String,
-    pub value: String,
-}
-
-/// Secrets known so far: per app, value → name.
-#[derive(Debug, Default)]
-struct SecretBook {
-    by_app: BTreeMap<String, BTreeMap<String, String>>,
-    taken: Vec<TakenSecret>,
-}
-
-impl SecretBook {
-    /// The reference for `value` in app `id` (with dependencies `deps`): a known one of the
-    /// app or a dependency, else a new secret named from `hint` when `declare`.
-    fn reference(
-        &mut self,
-        id: &str,
-        deps: &[String],
-        value: &str,
-        hint: &str,
-        declare: bool,
-    ) -> Option<String> {
-        if value.is_empty() {
-            return None;
-        }
-        if let Some(name) = self.by_app.get(id).and_then(|m| m.get(value)) {
-            return Some(format!("${{secret:{name}}}"));
-        }
-        for dep in deps {
-            if let Some(name) = self.by_app.get(dep).and_then(|m| m.get(value)) {
-                return Some(format!("${{secret:{dep}/{name}}}"));
-            }
-        }
-        if !declare {
-            return None;
-        }
-        let own = self.by_app.entry(id.to_string()).or_default();
-        let mut names: BTreeSet<String> = own.values().cloned().collect();
-        let base = if is_rpcauth(value) {
-            "rpcauth".to_string()
-        } else {
-            sanitize_name(&hint.to_ascii_lowercase(), "secret")
-        };
-        let name = unique(base, &mut names);
-        debug_assert!(is_valid_secret_name(&name));
-        own.insert(value.to_string(), name.clone());
-        self.taken.push(TakenSecret {
-            app: id.to_string(),
-            name: name.clone(),
-            value: value.to_string(),
-        });
-        Some(format!("${{secret:{name}}}"))
-    }
-
-    /// An argument with its secret part replaced: a whole rpcauth line or known value, or
-    /// the value of `-key=value` when the key or the value says it is a secret.
-    fn argument(&mut self, id: &str, deps: &[String], arg: &str) -> String {
-        if let Some(r) = self.reference(id, deps, arg, "rpcauth", is_rpcauth(arg)) {
-            return r;
-        }
-        if let Some((key, value)) = arg.split_once('=') {
-            let bare = key.trim_start_matches('-');
-            if !bare.is_empty() && !bare.contains(char::is_whitespace) {
-                let declare = is_rpcauth(value) || is_secret_key(bare);
-                if let Some(r) = self.reference(id, deps, value, bare, declare) {
-                    return format!("{key}={r}");
-                }
-            }
-        }
-        arg.to_string()
-    }
-
-    /// `text` with every known secret value of the app or its dependencies (8 characters
-    /// or more, so that short common words are left alone) replaced by its reference:
-    /// a password inside a URL does not reach the draft either.
-    fn scrub(&self, id: &str, deps: &[String], text: &str) -> String {
-        let mut known: Vec<(&String, String)> = Vec::new();
-        if let Some(own) = self.by_app.get(id) {
-            known.extend(own.iter().map(|(v, n)| (v, format!("${{secret:{n}}}"))));
-        }
-        for dep in deps {
-            if let Some(theirs) = self.by_app.get(dep) {
-                known.extend(
-                    theirs
-                        .iter()
-                        .map(|(v, n)| (v, format!("${{secret:{dep}/{n}}}"))),
-                );
-            }
-        }
-        known.retain(|(v, _)| v.len() >= 8);
-        known.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
-        let mut out = text.to_string();
-        for (value, reference) in known {
-            out = out.replace(value.as_str(), &reference);
-        }
-        out
-    }
-
-    /// An argument as the draft writes it: [`SecretBook::argument`], then scrubbed.
-    fn render_argument(&mut self, id: &str, deps: &[String], arg: &str) -> String {
-        let replaced = self.argument(id, deps, arg);
-        if replaced == arg {
-            self.scrub(id, deps, arg)
-        } else {
-            replaced
-        }
-    }
-
-    fn declared(&self, id: &str) -> Vec<&String> {
-        self.by_app
-            .get(id)
-            .map(|m| m.values().collect())
-            .unwrap_or_default()
-    }
-}
-
-/// What becomes of one mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum MountUse {
-    /// An own volume (name given later).
-    Own,
-    /// The same folder as another service's own volume: `(service index, mount index)`.
-    Shared(usize, usize),
-    /// Left out of the draft (a finding says why).
-    Dropped,
-}
-
-/// Host paths a container must not be given as an app volume.
-const SYSTEM_PATHS: &[&str] = &["/var/run", "/run", "/dev", "/proc", "/sys", "/etc", "/boot"];
-
-/// `path` without `.` and `..` components (no file system access).
-pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// One planned move of a host folder into an app volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedFolder {
-    pub app: String,
-    pub volume: String,
-    pub source: PathBuf,
-    /// Another service's engine volume or host folder (`true` for an engine volume's
-    /// mount point, which is copied, never renamed).
-    pub engine_volume: Option<String>,
-    /// Other apps that use the same folder.
-    pub shared_with: Vec<String>,
 }
 
 /// The drafts of one import, before anything is written.
@@ -503,7 +273,8 @@ fn duration(d: Duration) -> Value {
 }
 
 /// Turns services into drafts: ids, secrets, volumes and the data plan's folders.
-/// `data_dir` is where targets go (None: not known, nothing is planned beyond names).
+/// `draft_root` is the folder the drafts go to (`<draft_root>/<id>/manifest.yml`), against
+/// which build contexts are made relative.
 pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
     let mut out = Drafts::default();
     let order = order(&mut services);
@@ -525,136 +296,9 @@ pub fn assemble(mut services: Vec<Service>, draft_root: &Path) -> Drafts {
         .map(|s| s.depends_on.iter().map(|d| id_of(d)).collect())
         .collect();
 
-    // Host folders: outer folders first, dependencies before dependants.
-    let mut uses: Vec<Vec<MountUse>> = services
-        .iter()
-        .map(|s| vec![MountUse::Own; s.mounts.len()])
-        .collect();
-    let rank: BTreeMap<usize, usize> = order.iter().enumerate().map(|(r, i)| (*i, r)).collect();
-    let mut binds: Vec<(usize, usize, Place)> = Vec::new();
-    for (si, s) in services.iter_mut().enumerate() {
-        for (mi, m) in s.mounts.iter().enumerate() {
-            let path = match &m.source {
-                MountSource::Host(path) => normalize(path),
-                MountSource::Volume { name, .. } => {
-                    binds.push((si, mi, Place::Volume(name.clone())));
-                    continue;
-                }
-                MountSource::Anonymous => continue,
-            };
-            let refuse = |reason: String| Finding::new(&s.name, m.field.clone(), reason);
-            if let Some(sys) = SYSTEM_PATHS.iter().find(|p| path.starts_with(p)) {
-                s.findings.push(refuse(format!(
-                    "bind of {} (under {sys}): a host system path cannot be an app volume; left out",
-                    path.display()
-                )));
-                uses[si][mi] = MountUse::Dropped;
-                continue;
-            }
-            match std::fs::metadata(&path) {
-                Ok(meta) if !meta.is_dir() => {
-                    let what = if meta.is_file() {
-                        "a single file"
-                    } else {
-                        "a special file"
-                    };
-                    s.findings.push(refuse(format!(
-                        "bind of {what} {}: a volume is a folder; put the file in one of the app's volumes (or build it into the image); left out",
-                        path.display()
-                    )));
-                    uses[si][mi] = MountUse::Dropped;
-                }
-                _ => binds.push((si, mi, Place::Folder(path))),
-            }
-        }
-    }
-    binds.sort_by_key(|(si, mi, p)| (p.depth(), rank[si], *mi));
-    let mut planned: Vec<(usize, usize, Place)> = Vec::new();
-    for (si, mi, place) in binds {
-        let name = services[si].name.clone();
-        let field = services[si].mounts[mi].field.clone();
-        if let Some((osi, omi, _)) = planned.iter().find(|(_, _, p)| *p == place) {
-            let (osi, omi) = (*osi, *omi);
-            let owner = &ids[osi];
-            let ro = services[si].mounts[mi].read_only;
-            if osi != si && deps[si].contains(owner) && ro {
-                uses[si][mi] = MountUse::Shared(osi, omi);
-            } else {
-                let why = if osi == si {
-                    "is mounted twice by this service".to_string()
-                } else {
-                    format!(
-                        "is also {owner}'s volume: a folder belongs to one app; another may mount it read-only as {owner}/NAME when it depends on {owner}"
-                    )
-                };
-                let reason = format!("{place} {why}; left out");
-                services[si]
-                    .findings
-                    .push(Finding::new(&name, field, reason));
-                uses[si][mi] = MountUse::Dropped;
-            }
-            continue;
-        }
-        if let Some((osi, _, outer)) = planned.iter().find(|(_, _, p)| place.inside(p)) {
-            let Place::Folder(outer) = outer else {
-                continue;
-            };
-            let reason = format!(
-                "{place} lies inside {}, planned as a volume of {}: a volume is one whole folder; left out",
-                outer.display(),
-                ids[*osi]
-            );
-            services[si]
-                .findings
-                .push(Finding::new(&name, field, reason));
-            uses[si][mi] = MountUse::Dropped;
-            continue;
-        }
-        planned.push((si, mi, place));
-    }
-
-    // Volume names, per service in mount order.
-    let mut volume_names: Vec<Vec<Option<String>>> = Vec::new();
-    for (si, s) in services.iter().enumerate() {
-        let mut taken = BTreeSet::new();
-        let names = s
-            .mounts
-            .iter()
-            .enumerate()
-            .map(|(mi, m)| {
-                if uses[si][mi] != MountUse::Own {
-                    return None;
-                }
-                let base = match &m.name_hint {
-                    Some(hint) => sanitize_name(hint, "data"),
-                    None => sanitize_name(
-                        m.target.rsplit('/').find(|c| !c.is_empty()).unwrap_or(""),
-                        "data",
-                    ),
-                };
-                Some(unique(base, &mut taken))
-            })
-            .collect();
-        volume_names.push(names);
-    }
-    for (si, mi, place) in &planned {
-        let Place::Folder(path) = place else {
-            continue;
-        };
-        let shared_with = services
-            .iter()
-            .enumerate()
-            .filter(|(oi, _)| uses[*oi].contains(&MountUse::Shared(*si, *mi)))
-            .map(|(oi, _)| ids[oi].clone())
-            .collect();
-        out.folders.push(PlannedFolder {
-            app: ids[*si].clone(),
-            volume: volume_names[*si][*mi].clone().unwrap_or_default(),
-            source: path.clone(),
-            engine_volume: None,
-            shared_with,
-        });
-    }
+    let shares = share_mounts(&mut services, &ids, &deps, &order);
+    out.folders = shares.folders;
+    let (uses, volume_names) = (shares.uses, shares.names);
 
     let mut book = SecretBook::default();
     for &si in &order {
@@ -914,37 +558,9 @@ pub fn restart_policy(text: &str) -> Option<RestartPolicy> {
         _ => None,
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_keys_and_rpcauth_lines() {
-        for k in [
-            "PASSWORD",
-            "db_passwd",
-            "RPCPASS",
-            "BITCOIN_RPC_PASS",
-            "PASS_FILE",
-            "client_secret",
-            "API_TOKEN",
-            "apikey",
-            "X_API_KEY",
-            "PRIVATE_KEY",
-            "RPCAUTH",
-        ] {
-            assert!(is_secret_key(k), "{k}");
-        }
-        for k in ["PASSAGE", "COMPASS_HOST", "USER", "PATH", "KEYS"] {
-            assert!(!is_secret_key(k), "{k}");
-        }
-        let line = format!("u:{}${}", "a1".repeat(16), "0f".repeat(32));
-        assert!(is_rpcauth(&line));
-        assert!(!is_rpcauth(&line[..line.len() - 1]));
-        assert!(!is_rpcauth("user:pass"));
-        assert!(!is_rpcauth(&format!("-rpcauth={line}")));
-    }
 
     #[test]
     fn names_and_sizes() {

@@ -5,8 +5,9 @@
 //! running container that matches its app's manifest without restarting it.
 //!
 //! `compose` and `container` read their source into `draft::Service`s; `draft` turns
-//! those into manifests (ids, secrets, volumes); `plan` moves host folders; `cli` is
-//! the command and its report; `interpolate` is compose's `${VAR}` handling.
+//! those into manifests, with `secret_scan` taking the secrets out and `mounts` deciding
+//! whose volume each folder becomes; `plan` moves host folders; `cli` is the command and
+//! its report; `interpolate` is compose's `${VAR}` handling.
 
 pub mod adopt;
 pub mod cli;
@@ -14,4 +15,6 @@ pub mod compose;
 pub mod container;
 pub mod draft;
 pub mod interpolate;
+pub mod mounts;
 pub mod plan;
+pub mod secret_scan;

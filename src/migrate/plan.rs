@@ -9,7 +9,7 @@ use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::draft::PlannedFolder;
+use super::mounts::PlannedFolder;
 
 /// What to do with one folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
