@@ -547,10 +547,12 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
             None => Vec::new(),
         };
         if !disabled {
+            // Zero means the engine's default, as compose passes it on.
             let dur = |k: &str, default: Duration| {
                 h.get(k)
                     .and_then(text)
                     .and_then(|t| go_duration(&t))
+                    .filter(|d| !d.is_zero())
                     .unwrap_or(default)
             };
             if let Some(exec) = health_exec(&test) {
@@ -561,7 +563,9 @@ fn service(ctx: &Context, name: &str, def: &Value, vars: &Vars) -> Service {
                     retries: h
                         .get("retries")
                         .and_then(Value::as_u64)
-                        .map_or(ENGINE_HEALTH_RETRIES, |r| r as u32),
+                        .and_then(|r| u32::try_from(r).ok())
+                        .filter(|r| *r > 0)
+                        .unwrap_or(ENGINE_HEALTH_RETRIES),
                     start_period: dur("start_period", Duration::ZERO),
                 });
             } else if !test.is_empty() && test[0] != "NONE" {

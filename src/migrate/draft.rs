@@ -561,6 +561,73 @@ pub fn restart_policy(text: &str) -> Option<RestartPolicy> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::AppManifest;
+
+    /// Awkward services still give drafts that load and validate.
+    #[test]
+    fn awkward_services_still_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        let service = |name: &str| Service {
+            name: name.into(),
+            origin: "a test".into(),
+            image: Some("x/y".into()),
+            memory_field: "mem_limit".into(),
+            ..Service::default()
+        };
+        let mut a = service("a_b");
+        a.memory = Some(1 << 20);
+        a.env.insert("Api-Token".into(), "value-one-long".into());
+        a.mounts.push(Mount {
+            field: "volumes[0]".into(),
+            source: MountSource::Host(shared.clone()),
+            target: "/".into(),
+            read_only: false,
+            name_hint: None,
+        });
+        let mut b = service("A-B");
+        b.depends_on = vec!["a_b".into()];
+        b.command = Some(vec!["--token=value-one-long".into(), "x".into()]);
+        b.mounts.push(Mount {
+            field: "volumes[0]".into(),
+            source: MountSource::Host(shared),
+            target: "/in".into(),
+            read_only: true,
+            name_hint: None,
+        });
+        b.health = Some(Health {
+            exec: vec!["check".into()],
+            interval: ENGINE_HEALTH_INTERVAL,
+            timeout: ENGINE_HEALTH_TIMEOUT,
+            retries: ENGINE_HEALTH_RETRIES,
+            start_period: Duration::ZERO,
+        });
+        let drafts = assemble(vec![b, a], dir.path());
+        let ids: Vec<&str> = drafts.manifests.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a-b-2", "a-b"], "dependency first, ids unique");
+        for (id, text) in &drafts.manifests {
+            let path = dir.path().join(id).join("manifest.yml");
+            let m = AppManifest::from_yaml(&path, text).expect("parses");
+            assert_eq!(m.validate(&path, &dir.path().join(id)), vec![], "{text}");
+            assert!(!text.contains("value-one-long"), "{text}");
+        }
+        let (_, b_text) = &drafts.manifests[1];
+        assert!(
+            b_text.contains("--token=${secret:a-b-2/api-token}"),
+            "{b_text}"
+        );
+        assert!(b_text.contains("a-b-2/data:/in:ro"), "{b_text}");
+        let lines: Vec<String> = drafts.findings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "a_b: mem_limit: 1048576 bytes is below the engine's minimum of 6Mi; the draft says 6Mi",
+                "A-B: mem_limit: no memory limit; the draft says 1Gi: set what the app needs",
+            ]
+        );
+        assert_eq!(drafts.secrets.len(), 1);
+    }
 
     #[test]
     fn names_and_sizes() {
