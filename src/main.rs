@@ -1,7 +1,8 @@
 //! The `archipelago` binary: command-line entry point.
 //!
 //! Parses the command line, sets up logging and hands over to the library. Exit codes:
-//! 0 success, 1 `validate` found problems, 2 unusable config or command line.
+//! 0 success, 1 `validate` or `import` found problems, 2 unusable config, input or
+//! command line.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,6 +70,10 @@ enum Command {
     /// Backups: run, list and status through the RPC; restore onto a new node.
     #[command(subcommand)]
     Backup(archipelago::backup::cli::BackupCommand),
+    /// Turn compose services or running containers into manifest drafts, with a report of
+    /// what could not be mapped, their secrets and a plan for their data (docs/migrate.md).
+    #[command(subcommand)]
+    Import(archipelago::migrate::cli::ImportCommand),
     /// Set the dashboard password: reads it from the first line of stdin and writes its
     /// argon2 hash to the config's auth.password_file. A running serve notices and ends
     /// every session.
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
             command: archipelago::ctl::CtlCommand::Adopt { container, app },
         }),
         Command::Backup(command) => archipelago::backup::cli::run(command),
+        Command::Import(command) => archipelago::migrate::cli::run(command),
         Command::Passwd { config } => passwd(&config),
     }
 }

@@ -26,6 +26,15 @@ pub enum SecretError {
     },
     #[error("secret {app}/{name}: not generated yet (is {app} installed?)")]
     Missing { app: String, name: String },
+    #[error(
+        "secret {app}/{name}: imported from the old node but missing: put its value in {}",
+        path.display()
+    )]
+    ImportedMissing {
+        app: String,
+        name: String,
+        path: PathBuf,
+    },
     #[error("secret {app}/{name}: rpcauth refers to unknown secret {password}")]
     UnknownPassword {
         app: String,
@@ -169,10 +178,18 @@ pub fn generate(
     let mut ordered: Vec<(&String, &SecretSpec)> = specs.iter().collect();
     ordered.sort_by_key(|(_, s)| matches!(s, SecretSpec::Rpcauth { .. }));
     for (name, spec) in ordered {
-        if secret_path(store, app, name).exists() {
+        let path = secret_path(store, app, name);
+        if path.exists() {
             continue;
         }
         let value = match spec {
+            SecretSpec::Imported => {
+                return Err(SecretError::ImportedMissing {
+                    app: app.into(),
+                    name: name.clone(),
+                    path,
+                })
+            }
             SecretSpec::Password { length } => random_password(*length)?,
             SecretSpec::Hex { bytes } => random_hex(*bytes)?,
             SecretSpec::Rpcauth { user, password } => {
@@ -190,6 +207,44 @@ pub fn generate(
         write_new(store, app, name, &value)?;
     }
     Ok(())
+}
+
+/// What [`write_imported`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// The file did not exist and now holds the value.
+    Written,
+    /// The file already held this value.
+    AlreadySame,
+    /// The file holds another value; it was left as it is.
+    Conflict,
+}
+
+/// Stores the value of an imported secret (`{kind: imported}`) taken from the node the
+/// app comes from: `<data_dir>/secrets/<app>/<name>`, 0600, in a 0700 folder. An existing
+/// file with another value is never overwritten: the app's data may depend on it.
+pub fn write_imported(
+    store: &Store,
+    app: &str,
+    name: &str,
+    value: &str,
+) -> Result<Imported, SecretError> {
+    let dir = store.secrets_dir(app);
+    fs::create_dir_all(&dir).map_err(|source| SecretError::Io {
+        app: app.into(),
+        name: name.into(),
+        source,
+    })?;
+    set_mode(&dir, 0o700)?;
+    match read(store, app, name) {
+        Ok(existing) if existing == value => Ok(Imported::AlreadySame),
+        Ok(_) => Ok(Imported::Conflict),
+        Err(SecretError::Missing { .. }) => {
+            write_new(store, app, name, value)?;
+            Ok(Imported::Written)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes all of an app's secrets (uninstall with purge).
@@ -309,5 +364,37 @@ mod tests {
             "secret lnd/missing: not generated yet (is lnd installed?)"
         );
         assert!(render(&store, "lnd", "${secret:open").is_err());
+    }
+
+    #[test]
+    fn imported_secrets_are_written_once_and_never_generated() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut specs = BTreeMap::new();
+        specs.insert("rpcpassword".to_string(), SecretSpec::Imported);
+        let err = generate(&store, "bitcoind", &specs).unwrap_err();
+        let path = store.secrets_dir("bitcoind").join("rpcpassword");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "secret bitcoind/rpcpassword: imported from the old node but missing: put its value in {}",
+                path.display()
+            )
+        );
+        assert!(!path.exists(), "an imported secret is never generated");
+
+        let write = |value| write_imported(&store, "bitcoind", "rpcpassword", value).unwrap();
+        assert_eq!(write("old value"), Imported::Written);
+        assert_eq!(write("old value"), Imported::AlreadySame);
+        assert_eq!(write("other"), Imported::Conflict);
+        assert_eq!(
+            read(&store, "bitcoind", "rpcpassword").unwrap(),
+            "old value"
+        );
+        let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&store.secrets_dir("bitcoind")), 0o700);
+        generate(&store, "bitcoind", &specs).expect("present now");
     }
 }

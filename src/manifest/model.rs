@@ -396,8 +396,8 @@ pub(super) fn default_hook_timeout() -> Duration {
 
 /// A secret generated once at install, stored as `<data_dir>/secrets/<id>/<NAME>`.
 ///
-/// YAML: `{kind: password, length: 32}`, `{kind: hex, bytes: 32}` or
-/// `{kind: rpcauth, user: NAME, password: SECRET}`.
+/// YAML: `{kind: password, length: 32}`, `{kind: hex, bytes: 32}`,
+/// `{kind: rpcauth, user: NAME, password: SECRET}` or `{kind: imported}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum SecretSpec {
@@ -407,6 +407,9 @@ pub enum SecretSpec {
     Hex { bytes: usize },
     /// bitcoind's `rpcauth=` value for `user`, from the app's secret named `password`.
     Rpcauth { user: String, password: String },
+    /// Never generated: the value comes from the node the app was imported from
+    /// (`archipelago import` writes it with [`crate::secrets::write_imported`]).
+    Imported,
 }
 
 pub(super) fn default_secret_size() -> usize {
@@ -420,6 +423,7 @@ pub(super) enum SecretKind {
     Password,
     Hex,
     Rpcauth,
+    Imported,
 }
 
 /// Every field any kind of secret has; the kind decides which are allowed.
@@ -458,6 +462,7 @@ impl<'de> Deserialize<'de> for SecretSpec {
                     SecretKind::Password => &["length"],
                     SecretKind::Hex => &["bytes"],
                     SecretKind::Rpcauth => &["user", "password"],
+                    SecretKind::Imported => &[],
                 };
                 if let Some((name, _)) = given.iter().find(|(n, set)| *set && !allowed.contains(n))
                 {
@@ -476,6 +481,7 @@ impl<'de> Deserialize<'de> for SecretSpec {
                             .password
                             .ok_or_else(|| de::Error::missing_field("password"))?,
                     },
+                    SecretKind::Imported => SecretSpec::Imported,
                 })
             }
         }
@@ -625,6 +631,22 @@ mod tests {
             .expect("build is set");
         assert_eq!(spec.context, PathBuf::from("."));
         assert_eq!(spec.dockerfile, "Dockerfile");
+    }
+
+    #[test]
+    fn imported_secrets_have_no_fields() {
+        let m = parse(&format!("{MINIMAL}secrets: {{old: {{kind: imported}}}}\n"))
+            .expect("an imported secret parses");
+        assert_eq!(m.secrets["old"], SecretSpec::Imported);
+        let text = serde_yaml::to_string(&m).expect("manifests serialize");
+        assert!(text.contains("kind: imported"), "{text}");
+        assert_eq!(parse(&text), Ok(m));
+        let err = parse(&format!(
+            "{MINIMAL}secrets: {{old: {{kind: imported, length: 9}}}}\n"
+        ))
+        .expect_err("an imported secret takes no length");
+        let text = lines(&err).join("\n");
+        assert!(text.contains("unknown field `length`"), "{text}");
     }
 
     #[test]

@@ -274,7 +274,7 @@ mod tests {
             ("\"10009:10009/tcp\"", "\"10009:10009/sctp\"", "container.ports[1]: line 15: invalid port mapping \"10009:10009/sctp\": unknown protocol \"sctp\", expected tcp or udp"),
             ("\"conf:/etc/lnd:ro\"", "\"conf\"", "container.volumes[1]: line 16: invalid volume \"conf\": expected NAME:PATH[:ro], e.g. data:/data"),
             ("{kind: hex}", "{kind: hex, length: 3}", "secrets.macaroon_key.length: line 33: unknown field `length`, expected `bytes`"),
-            ("{kind: hex}", "{kind: rsa}", "secrets.macaroon_key.kind: line 33: unknown variant `rsa`, expected one of `password`, `hex`, `rpcauth`"),
+            ("{kind: hex}", "{kind: rsa}", "secrets.macaroon_key.kind: line 33: unknown variant `rsa`, expected one of `password`, `hex`, `rpcauth`, `imported`"),
             ("user: archipelago, ", "", "secrets.rpcauth.user: line 34: is required"),
             ("    http: {port: 8080, path: /}\n", "", "container.health: line 22: needs one probe: http, tcp or exec"),
             ("    http: {port: 8080, path: /}\n", "    http: {port: 8080, path: /}\n    tcp: {port: 1}\n", "container.health: line 22: has more than one probe: keep one of http, tcp and exec"),
