@@ -126,40 +126,6 @@ fn write_new(store: &Store, app: &str, name: &str, value: &str) -> Result<(), Se
     fs::rename(&tmp, &path).map_err(io)
 }
 
-/// What [`write_imported`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Imported {
-    Written,
-    AlreadySame,
-    /// A file with another value exists; it was left as it is.
-    Conflict,
-}
-
-/// Stores a secret value found on the node being migrated (0600, folder 0700); an existing
-/// file with another value is never overwritten.
-pub fn write_imported(
-    store: &Store,
-    app: &str,
-    name: &str,
-    value: &str,
-) -> Result<Imported, SecretError> {
-    match read(store, app, name) {
-        Ok(existing) if existing == value => return Ok(Imported::AlreadySame),
-        Ok(_) => return Ok(Imported::Conflict),
-        Err(SecretError::Missing { .. }) => {}
-        Err(e) => return Err(e),
-    }
-    let dir = store.secrets_dir(app);
-    fs::create_dir_all(&dir).map_err(|source| SecretError::Io {
-        app: app.into(),
-        name: name.into(),
-        source,
-    })?;
-    set_mode(&dir, 0o700)?;
-    write_new(store, app, name, value)?;
-    Ok(Imported::Written)
-}
-
 /// Generates every secret the app declares that does not exist yet. Existing secrets are
 /// never changed: a reinstall keeps the passwords its data was made with.
 pub fn generate(

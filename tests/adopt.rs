@@ -122,7 +122,7 @@ async fn operation(client: &mut RpcClient, method: &str, params: Value) -> Value
 /// The old node's manifest for the container, as `import container` drafts it.
 fn manifest(image: &str, version: &str) -> String {
     format!(
-        "id: {{id}}\nname: Old DB\nversion: \"{version}\"\ncontainer:\n  image: {image}:{version}\n  command: [\"sh\", \"-c\", {LOOP:?}]\n  env:\n    DB_PASSWORD: \"${{secret:db_password}}\"\n  volumes: [\"data:/data\"]\n  network: none\n  memory_limit: 64Mi\n  restart: always\nsecrets:\n  db_password: {{kind: password}}\n"
+        "id: {{id}}\nname: Old DB\nversion: \"{version}\"\ncontainer:\n  image: {image}:{version}\n  command: [\"sh\", \"-c\", {LOOP:?}]\n  env:\n    DB_PASSWORD: \"${{secret:db_password}}\"\n  volumes: [\"data:/data\"]\n  network: none\n  memory_limit: 64Mi\n  restart: always\nsecrets:\n  db_password: {{kind: imported}}\n"
     )
 }
 
