@@ -119,19 +119,53 @@ async fn operation(client: &mut RpcClient, method: &str, params: Value) -> Value
     op
 }
 
-/// The old node's manifest for the container, as `import container` drafts it.
-fn manifest(image: &str, version: &str) -> String {
-    format!(
-        "id: {{id}}\nname: Old DB\nversion: \"{version}\"\ncontainer:\n  image: {image}:{version}\n  command: [\"sh\", \"-c\", {LOOP:?}]\n  env:\n    DB_PASSWORD: \"${{secret:db_password}}\"\n  volumes: [\"data:/data\"]\n  network: none\n  memory_limit: 64Mi\n  restart: always\nsecrets:\n  db_password: {{kind: imported}}\n"
-    )
+/// `archipelago import container NAME… --move --config CONFIG`: drafts into the node's
+/// catalog, secrets into its data folder, data folders renamed into app volumes. Answers
+/// the report.
+fn import(config: &Path, containers: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archipelago"))
+        .args(["import", "container"])
+        .args(containers)
+        .args(["--move", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "import {containers:?}:\n{report}"
+    );
+    report
 }
 
-/// Moves the old data folder into the app's volume as the migration plan's rename does:
-/// the running container keeps writing into it, and the old path still resolves.
-fn move_data(old: &Path, volume: &Path) {
-    std::fs::create_dir_all(volume.parent().unwrap()).unwrap();
-    std::fs::rename(old, volume).unwrap();
-    std::os::unix::fs::symlink(volume, old).unwrap();
+/// The draft import wrote for `id`.
+fn draft(node: &ServeNode, id: &str) -> PathBuf {
+    node.dir.path().join("apps").join(id).join("manifest.yml")
+}
+
+/// Removes containers by name or id when the test ends, however it ends.
+struct Cleanup {
+    host: String,
+    containers: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (host, containers) = (self.host.clone(), std::mem::take(&mut self.containers));
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let docker = connect(&host).await;
+                let rm = RemoveContainerOptionsBuilder::new().force(true).build();
+                for c in containers {
+                    let _ = docker.remove_container(&c, Some(rm.clone())).await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 fn file_len(path: &PathBuf) -> u64 {
@@ -142,42 +176,49 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     let docker = connect(host).await;
     let repo = tag_versions(&docker).await;
     let node = ServeNode::new(tag);
-    let id = node.manifest("olddb", &manifest(&repo, "1"));
+    let id = node.id("olddb");
     let password = format!("hunter2-{}", std::process::id());
+    let other = format!("other-{id}");
+    let mut cleanup = Cleanup {
+        host: host.to_string(),
+        containers: vec![id.clone(), other.clone()],
+    };
 
+    // The old node: a container run by hand with its data in a folder of its own.
     let old = node.dir.path().join("old-node/db");
     std::fs::create_dir_all(&old).unwrap();
     std::fs::write(old.join("chain.dat"), "block 1\n").unwrap();
-    let by_hand = format!("old-{id}");
-    let container = run_by_hand(
-        &docker,
-        &by_hand,
-        &format!("{repo}:1"),
-        &[("DB_PASSWORD", &password)],
-        &old,
-    )
-    .await;
+    let env = [("DB_PASSWORD", password.as_str())];
+    let container = run_by_hand(&docker, &id, &format!("{repo}:1"), &env, &old).await;
     let before = inspect(&docker, &container).await;
-
-    // The mismatch case first: a container whose env differs is refused and untouched.
-    let other = format!("other-{id}");
+    // And one that will not match the app: other env, other data folder.
     let other_dir = node.dir.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
-    let other_id = run_by_hand(
-        &docker,
-        &other,
-        &format!("{repo}:1"),
-        &[("DB_PASSWORD", "x"), ("EXTRA", "1")],
-        &other_dir,
-    )
-    .await;
+    let env = [("DB_PASSWORD", "x"), ("EXTRA", "1")];
+    let other_id = run_by_hand(&docker, &other, &format!("{repo}:1"), &env, &other_dir).await;
 
-    let volume = node.dir.path().join("data/apps").join(&id).join("data");
-    move_data(&old, &volume);
+    // Import: the draft, the password into a 0600 file, the data renamed into the volume.
+    let config = node.config(host, "none", &[], "");
+    let report = import(&config, &[&id]);
+    let manifest = std::fs::read_to_string(draft(&node, &id)).unwrap();
+    assert!(!manifest.contains(&password), "{manifest}");
+    assert!(!report.contains(&password), "{report}");
+    let volume = std::fs::read_link(&old)
+        .unwrap_or_else(|e| panic!("{} is a link now: {e}\n{report}", old.display()));
+    assert!(
+        volume.starts_with(node.dir.path().join("data/apps").join(&id)),
+        "{}",
+        volume.display()
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("chain.dat")).unwrap(),
+        "block 1\n"
+    );
 
-    let mut server = TestNode::start(&node.config(host, "none", &[], ""));
+    let mut server = TestNode::start(&config);
     let mut client = server.client().await;
 
+    // The wrong container is refused, field by field, and left as it was.
     let refused = operation(
         &mut client,
         "package.adopt",
@@ -186,11 +227,11 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     .await;
     assert_eq!(refused["status"], "failed", "{refused}");
     let error = refused["error"].as_str().unwrap();
-    for field in ["env.EXTRA", "volume /data"] {
+    for field in ["env.EXTRA", "volume /data", "secrets.db_password"] {
         assert!(error.contains(field), "the refusal names {field}: {error}");
     }
     assert!(
-        !error.contains("hunter2"),
+        !error.contains(&password) && !error.contains("=x"),
         "no secret value in a message: {error}"
     );
     let untouched = inspect(&docker, &other_id).await;
@@ -213,7 +254,7 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     let adopted = operation(
         &mut client,
         "package.adopt",
-        json!({ "id": id, "container": by_hand }),
+        json!({ "id": id, "container": id }),
     )
     .await;
     assert_eq!(adopted["status"], "succeeded", "{adopted}");
@@ -258,24 +299,22 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     assert_eq!(pkg["installed_version"], "1");
 
     // The password left the env for a 0600 file, and is in no manifest.
-    let secret = node
-        .dir
-        .path()
-        .join("data/secrets")
-        .join(&id)
-        .join("db_password");
+    let secrets = node.dir.path().join("data/secrets").join(&id);
+    let stored: Vec<_> = std::fs::read_dir(&secrets)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(
-        std::fs::read_to_string(&secret).unwrap().trim_end(),
+        std::fs::read_to_string(&stored[0]).unwrap().trim_end(),
         password
     );
     assert_eq!(
-        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&stored[0]).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let catalog =
-        std::fs::read_to_string(node.dir.path().join("apps").join(&id).join("manifest.yml"))
-            .unwrap();
-    assert!(!catalog.contains(&password));
+    let manifest = std::fs::read_to_string(draft(&node, &id)).unwrap();
+    assert!(!manifest.contains(&password), "{manifest}");
 
     // The container writes into the app's volume now.
     let log = volume.join("log");
@@ -296,7 +335,7 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     // A supervisor killed and started again keeps it: same container, same run.
     server.kill9();
     drop(server);
-    let server = TestNode::start(&node.config(host, "none", &[], ""));
+    let server = TestNode::start(&config);
     let mut client = server.client().await;
     wait_until(
         "the same container after a restart",
@@ -328,7 +367,15 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     assert_eq!(start["status"], "succeeded", "{start}");
 
     // package.upgrade replaces it with a container of ours, data kept.
-    node.manifest("olddb", &manifest(&repo, "2"));
+    let next = manifest
+        .replace(&format!("{repo}:1"), &format!("{repo}:2"))
+        .replace("version: '1'", "version: '2'")
+        .replace("version: \"1\"", "version: \"2\"");
+    assert_ne!(
+        next, manifest,
+        "the draft names version 1 of {repo}:\n{manifest}"
+    );
+    std::fs::write(draft(&node, &id), next).unwrap();
     client.call("catalog.reload", Value::Null).await.unwrap();
     let upgrade = operation(&mut client, "package.upgrade", json!({ "id": id })).await;
     assert_eq!(upgrade["status"], "succeeded", "{upgrade}");
@@ -338,6 +385,7 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
         .unwrap();
     assert_eq!(pkg["installed_version"], "2");
     let new_id = pkg["container_id"].as_str().unwrap().to_string();
+    cleanup.containers.push(new_id.clone());
     assert_ne!(new_id, container, "the upgrade made a new container");
     let new = inspect(&docker, &new_id).await;
     let labels = new.config.unwrap().labels.unwrap();
@@ -357,13 +405,8 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
         !state.contains("\"adopted\""),
         "the adoption ended with the old container: {state}"
     );
-
     drop(client);
     drop(server);
-    let rm = RemoveContainerOptionsBuilder::new().force(true).build();
-    for c in [&other_id, &new_id, &container] {
-        let _ = docker.remove_container(c, Some(rm.clone())).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,52 +18,9 @@ use archipelago::ctl::RpcClient;
 use archipelago::engine::docker::DockerRuntime;
 use archipelago::engine::ContainerRuntime;
 use common::serve;
-use common::{connect, docker_host};
+use common::{connect, docker_host, networks_named, servers_image, NetworkGuard};
 use serde_json::json;
 use serve::{get, require_engine, ServeNode};
-
-/// The image of Debian-packaged servers (`scripts/test-env.sh up`).
-fn servers_image() -> String {
-    std::env::var("ARCHIPELAGO_TEST_SERVERS_IMAGE")
-        .unwrap_or_else(|_| "archipelago-test/servers:latest".to_string())
-}
-
-/// Every network named exactly `name`.
-async fn networks_named(docker: &bollard::Docker, name: &str) -> Vec<String> {
-    let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
-        .filters(&std::collections::HashMap::from([("name", vec![name])]))
-        .build();
-    docker
-        .list_networks(Some(opts))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.name.as_deref() == Some(name))
-        .filter_map(|n| n.id)
-        .collect()
-}
-
-/// Removes every network of a name when the test ends, however it ends.
-struct NetworkGuard {
-    host: String,
-    name: String,
-}
-
-impl Drop for NetworkGuard {
-    fn drop(&mut self) {
-        let (host, name) = (self.host.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let docker = connect(&host).await;
-                for id in networks_named(&docker, &name).await {
-                    let _ = docker.remove_network(&id).await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 async fn exec(engine: &DockerRuntime, id: &str, script: &str) -> (i64, String) {
     let cmd = ["sh", "-c", script].map(String::from);

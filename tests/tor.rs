@@ -11,15 +11,10 @@ use std::time::{Duration, Instant};
 use archipelago::ctl::RpcClient;
 use archipelago::engine::docker::DockerRuntime;
 use archipelago::engine::ContainerRuntime;
-use common::docker_host;
 use common::serve;
+use common::{docker_host, servers_image};
 use serde_json::{json, Value};
 use serve::{get, require_engine, ServeNode};
-
-fn servers_image() -> String {
-    std::env::var("ARCHIPELAGO_TEST_SERVERS_IMAGE")
-        .unwrap_or_else(|_| "archipelago-test/servers:latest".to_string())
-}
 
 /// Waits until `id` is running and healthy (or has no check), and its operation ended.
 async fn healthy(c: &mut RpcClient, id: &str, within: Duration) -> Value {

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::ENGINE_ENV;
 use crate::engine::{ContainerSpec, ForeignContainer};
 
 /// One field in which the container is not what the manifest would create.
@@ -426,10 +427,6 @@ fn compare_args(
         }
     }
 }
-
-/// Variables the engine gives every container it creates, ours too (Podman sets all four,
-/// Docker `HOSTNAME` with a TTY): not the old node's settings.
-const ENGINE_ENV: [&str; 4] = ["HOME", "HOSTNAME", "TERM", "container"];
 
 fn compare_env(
     c: &ForeignContainer,

@@ -51,6 +51,7 @@ pub fn service(c: &ForeignContainer) -> Service {
         .env
         .iter()
         .filter(|(k, v)| c.image_env.get(*k) != Some(*v))
+        .filter(|(k, _)| !super::ENGINE_ENV.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     s.ports = c

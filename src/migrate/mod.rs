@@ -9,6 +9,11 @@
 //! whose volume each folder becomes; `plan` moves host folders; `cli` is the command and
 //! its report; `interpolate` is compose's `${VAR}` handling.
 
+/// Variables the engine gives every container it creates, archipelago's too (Podman sets
+/// all four, Docker `HOSTNAME` with a TTY): not the old node's settings, so a draft leaves
+/// them out and adoption does not ask the manifest for them.
+pub const ENGINE_ENV: [&str; 4] = ["HOME", "HOSTNAME", "TERM", "container"];
+
 pub mod adopt;
 pub mod cli;
 pub mod compose;

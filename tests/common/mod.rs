@@ -181,3 +181,67 @@ pub fn remove_containers(prefix: &str) {
     });
     let _ = cleanup.join();
 }
+
+/// The image of Debian-packaged servers (`scripts/test-env.sh up`).
+pub fn servers_image() -> String {
+    std::env::var("ARCHIPELAGO_TEST_SERVERS_IMAGE")
+        .unwrap_or_else(|_| "archipelago-test/servers:latest".to_string())
+}
+
+/// Every network named exactly `name`.
+pub async fn networks_named(docker: &bollard::Docker, name: &str) -> Vec<String> {
+    let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+        .filters(&std::collections::HashMap::from([("name", vec![name])]))
+        .build();
+    docker
+        .list_networks(Some(opts))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.name.as_deref() == Some(name))
+        .filter_map(|n| n.id)
+        .collect()
+}
+
+/// Removes every network of a name when the test ends, however it ends.
+pub struct NetworkGuard {
+    pub host: String,
+    pub name: String,
+}
+
+impl NetworkGuard {
+    /// Makes a bridge network `name` on the engine at `host`, as compose makes a
+    /// project's, and removes it when dropped.
+    pub async fn create(host: &str, name: &str) -> NetworkGuard {
+        let docker = connect(host).await;
+        let body = bollard::models::NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            ..Default::default()
+        };
+        docker
+            .create_network(body)
+            .await
+            .unwrap_or_else(|e| panic!("create network {name}: {e}"));
+        NetworkGuard {
+            host: host.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        let (host, name) = (self.host.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let docker = connect(&host).await;
+                for id in networks_named(&docker, &name).await {
+                    let _ = docker.remove_network(&id).await;
+                }
+            });
+        })
+        .join();
+    }
+}
