@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use archipelago::ctl::RpcClient;
+use archipelago::engine::docker::DockerRuntime;
+use archipelago::engine::ContainerRuntime;
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, PushImageOptionsBuilder,
@@ -17,7 +19,8 @@ use bollard::query_parameters::{
 };
 use common::serve::{ServeNode, TestNode};
 use common::{
-    connect, docker_host, podman_host, registry, system_docker_host, wait_until, BUSYBOX_IMAGE,
+    connect, docker_host, podman_host, registry, servers_image, system_docker_host, wait_until,
+    NetworkGuard, BUSYBOX_IMAGE,
 };
 use serde_json::{json, Value};
 
@@ -422,4 +425,348 @@ async fn a_container_run_by_hand_is_adopted_without_a_restart_on_podman() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_run_by_hand_is_adopted_without_a_restart_on_the_system_docker() {
     adopt_stop_and_upgrade(&system_docker_host(), "adopts").await;
+}
+
+/// `docker run` of one real server, compose-style: on the project's network with the
+/// service's alias and compose's labels, a bind-mounted data folder, a health check.
+struct Run<'a> {
+    name: &'a str,
+    user: &'a str,
+    env: Vec<String>,
+    command: &'a str,
+    bind: Option<String>,
+    health: &'a str,
+    depends_on: String,
+}
+
+async fn run_server(
+    docker: &bollard::Docker,
+    image: &str,
+    network: &str,
+    project: &str,
+    run: Run<'_>,
+) -> String {
+    use bollard::models::{EndpointSettings, HealthConfig, NetworkingConfig};
+    let mut labels = std::collections::HashMap::from([
+        (
+            "com.docker.compose.project".to_string(),
+            project.to_string(),
+        ),
+        (
+            "com.docker.compose.service".to_string(),
+            run.name.to_string(),
+        ),
+    ]);
+    if !run.depends_on.is_empty() {
+        labels.insert("com.docker.compose.depends_on".into(), run.depends_on);
+    }
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        user: Some(run.user.to_string()),
+        env: Some(run.env),
+        cmd: Some(vec!["sh".into(), "-c".into(), run.command.into()]),
+        labels: Some(labels),
+        healthcheck: Some(HealthConfig {
+            test: Some(vec!["CMD-SHELL".into(), run.health.into()]),
+            interval: Some(1_000_000_000),
+            timeout: Some(3_000_000_000),
+            retries: Some(60),
+            ..Default::default()
+        }),
+        host_config: Some(HostConfig {
+            binds: run.bind.map(|b| vec![b]),
+            memory: Some(256 << 20),
+            network_mode: Some(network.to_string()),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(std::collections::HashMap::from([(
+                network.to_string(),
+                EndpointSettings {
+                    aliases: Some(vec![run.name.to_string()]),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        ..Default::default()
+    };
+    let opts = CreateContainerOptionsBuilder::new().name(run.name).build();
+    let id = docker
+        .create_container(Some(opts), body)
+        .await
+        .unwrap_or_else(|e| panic!("create {}: {e}", run.name))
+        .id;
+    docker
+        .start_container(
+            &id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// Waits until the client has reached postgres (and so redis before it): the old node
+/// serves. Not by the engine's health status: Podman runs its checks from systemd timers,
+/// which a container host without systemd never fires.
+async fn old_node_serves(engine: &DockerRuntime, client: &str) {
+    wait_until(
+        "the old node serving",
+        Duration::from_secs(90),
+        async || {
+            let cmd = ["grep", "-q", "42", "/tmp/pg"].map(String::from);
+            match engine.exec(client, &cmd, Duration::from_secs(10)).await {
+                Ok(out) if out.exit_code == 0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Postgres from Debian's packages as its own user, initialised on first start.
+const PG_CMD: &str = "test -s $PGDATA/PG_VERSION || { /usr/lib/postgresql/15/bin/initdb -g --auth=trust -U postgres && echo \"host all all 0.0.0.0/0 trust\" >> $PGDATA/pg_hba.conf; } && exec /usr/lib/postgresql/15/bin/postgres -c listen_addresses=* -c unix_socket_directories=/tmp";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_of_real_servers_run_by_hand_is_imported_moved_and_adopted() {
+    real_servers_migrate(docker_host(), "mig").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_of_real_servers_run_by_hand_is_imported_moved_and_adopted_on_podman() {
+    real_servers_migrate(podman_host(), "migp").await;
+}
+
+/// Postgres, redis and a client of both, started by hand as compose would (project
+/// network, aliases, labels, health checks), with a password in env: imported, their
+/// data moved, adopted bottom-up without a restart, then run by the supervisor.
+async fn real_servers_migrate(host: String, tag: &str) {
+    let docker = connect(&host).await;
+    let node = ServeNode::new(tag);
+    let project = node.prefix.clone();
+    let network = format!("{project}_default");
+    let _net = NetworkGuard::create(&host, &network).await;
+    let _cleanup = Cleanup {
+        host: host.clone(),
+        containers: vec![node.id("pg"), node.id("redis"), node.id("client")],
+    };
+    let image = servers_image();
+    let (pg, redis, client) = (node.id("pg"), node.id("redis"), node.id("client"));
+
+    // The old node: its folders, owned by the servers' users as its owner set them up.
+    let old = node.dir.path().join("old-node");
+    for dir in ["pg", "redis"] {
+        std::fs::create_dir_all(old.join(dir)).unwrap();
+    }
+    run_once(
+        &docker,
+        &image,
+        "chown postgres:postgres /old/pg && chown redis:redis /old/redis",
+        &format!("{}:/old", old.display()),
+    )
+    .await;
+    let password = format!("pw-{}", std::process::id());
+    let pg_id = run_server(
+        &docker,
+        &image,
+        &network,
+        &project,
+        Run {
+            name: &pg,
+            user: "postgres",
+            env: vec!["PGDATA=/var/lib/postgresql/data".into()],
+            command: PG_CMD,
+            bind: Some(format!(
+                "{}:/var/lib/postgresql/data",
+                old.join("pg").display()
+            )),
+            health: "psql -h 127.0.0.1 -U postgres -tAc 'select 1'",
+            depends_on: String::new(),
+        },
+    )
+    .await;
+    let redis_id = run_server(&docker, &image, &network, &project, Run {
+        name: &redis,
+        user: "redis",
+        env: vec![format!("REDIS_PASSWORD={password}")],
+        command: "exec redis-server --requirepass \"$REDIS_PASSWORD\" --dir /data --protected-mode no",
+        bind: Some(format!("{}:/data", old.join("redis").display())),
+        health: "redis-cli -a \"$REDIS_PASSWORD\" --no-auth-warning ping | grep -q PONG",
+        depends_on: String::new(),
+    })
+    .await;
+    let client_cmd = format!(
+        "while true; do redis-cli -h {redis} -a \"$REDIS_PASSWORD\" --no-auth-warning incr hits > /tmp/hits; psql -h {pg} -U postgres -tAc 'select 40+2' > /tmp/pg; sleep 1; done"
+    );
+    let client_id = run_server(
+        &docker,
+        &image,
+        &network,
+        &project,
+        Run {
+            name: &client,
+            user: "nobody",
+            env: vec![format!("REDIS_PASSWORD={password}")],
+            command: &client_cmd,
+            bind: None,
+            health: "grep -q 42 /tmp/pg",
+            depends_on: format!("{pg}:service_healthy:false,{redis}:service_healthy:false"),
+        },
+    )
+    .await;
+    let ids = [&pg_id, &redis_id, &client_id];
+    let engine = DockerRuntime::connect(&host).await.unwrap();
+    old_node_serves(&engine, &client_id).await;
+    let mut before = Vec::new();
+    for id in ids {
+        before.push(started_at(&inspect(&docker, id).await));
+    }
+
+    // Import: drafts into the catalog, the password into secret files, data renamed.
+    let config = node.config(&host, "none", &[], "");
+    let report = import(&config, &[&pg, &redis, &client]);
+    assert!(
+        !report.contains(&password),
+        "no secret in the report:\n{report}"
+    );
+    for id in [&pg, &redis, &client] {
+        let draft = std::fs::read_to_string(draft(&node, id)).unwrap();
+        assert!(
+            !draft.contains(&password),
+            "{id}'s draft holds the password:\n{draft}"
+        );
+    }
+    let moved = std::fs::read_link(old.join("pg"))
+        .unwrap_or_else(|e| panic!("old/pg is a link now: {e}\n{report}"));
+    assert!(
+        moved.starts_with(node.dir.path().join("data/apps").join(&pg)),
+        "{}",
+        moved.display()
+    );
+
+    // Adopt, dependencies first: nothing restarts.
+    let server = TestNode::start(&config);
+    let mut c = server.client().await;
+    for id in [&pg, &redis, &client] {
+        let op = operation(
+            &mut c,
+            "package.adopt",
+            json!({ "id": id, "container": id }),
+        )
+        .await;
+        assert_eq!(op["status"], "succeeded", "{op}");
+        wait_until(
+            "adopted, running and healthy",
+            Duration::from_secs(60),
+            async || {
+                let p = c.call("package.get", json!({ "id": id })).await.unwrap();
+                if p["state"] == "running" && p["health"] == "healthy" {
+                    Ok(())
+                } else {
+                    Err(p.to_string())
+                }
+            },
+        )
+        .await;
+    }
+    for (id, started) in ids.iter().zip(&before) {
+        let now = inspect(&docker, id).await;
+        assert_eq!(&started_at(&now), started, "{id} was not restarted");
+    }
+    let secret = node
+        .dir
+        .path()
+        .join("data/secrets")
+        .join(&redis)
+        .join("redis_password");
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap().trim_end(),
+        password
+    );
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The client still talks to both with the password: redis's counter moves on.
+    let hits = async || -> u64 {
+        let cmd = ["cat", "/tmp/hits"].map(String::from);
+        let out = engine
+            .exec(&client_id, &cmd, Duration::from_secs(10))
+            .await
+            .unwrap();
+        out.output.trim().parse().unwrap_or(0)
+    };
+    let first = hits().await;
+    assert!(first > 0, "the client counted hits in redis");
+    wait_until(
+        "the client's counter moving on",
+        Duration::from_secs(10),
+        async || {
+            let now = hits().await;
+            if now > first {
+                Ok(())
+            } else {
+                Err(format!("{now} after {first}"))
+            }
+        },
+    )
+    .await;
+
+    // They are the node's apps now: a restart of postgres is the supervisor's.
+    let op = operation(&mut c, "package.restart", json!({ "id": pg })).await;
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_ne!(started_at(&inspect(&docker, &pg_id).await), before[0]);
+    let op = operation(&mut c, "package.stop", json!({ "id": client })).await;
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(
+        inspect(&docker, &client_id).await.state.unwrap().running,
+        Some(false)
+    );
+}
+
+/// Runs `script` as root in a throwaway container with `bind`, to its end: the owner's own
+/// set-up of the old node.
+async fn run_once(docker: &bollard::Docker, image: &str, script: &str, bind: &str) {
+    use futures_util::StreamExt;
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        user: Some("0".into()),
+        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        host_config: Some(HostConfig {
+            binds: Some(vec![bind.to_string()]),
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            body,
+        )
+        .await
+        .unwrap()
+        .id;
+    docker
+        .start_container(
+            &id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let mut wait =
+        docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
+    while let Some(item) = wait.next().await {
+        let code = item
+            .map(|w| w.status_code)
+            .unwrap_or_else(|e| panic!("{script}: {e}"));
+        assert_eq!(code, 0, "{script}");
+    }
+    let rm = RemoveContainerOptionsBuilder::new().force(true).build();
+    let _ = docker.remove_container(&id, Some(rm)).await;
 }
