@@ -1,4 +1,4 @@
-//! Adoption on a real engine: a container started by hand (`docker run`, outside
+//! Adoption on a real engine: a container started by hand (the `docker run` command line, outside
 //! archipelago, with a bind-mounted data folder and a password in its env) becomes an
 //! app's container without a restart; `package.stop` and `package.upgrade` then work on it;
 //! a container that does not match is listed field by field and left as it was.
@@ -48,44 +48,37 @@ async fn tag_versions(docker: &bollard::Docker) -> String {
     repo
 }
 
-/// `docker run -d --name NAME --restart unless-stopped -m 64m -e K=V… -v SRC:/data IMAGE sh -c LOOP`.
-async fn run_by_hand(
-    docker: &bollard::Docker,
-    name: &str,
-    image: &str,
-    env: &[(&str, &str)],
-    data: &Path,
-) -> String {
-    let body = ContainerCreateBody {
-        image: Some(image.to_string()),
-        cmd: Some(vec!["sh".into(), "-c".into(), LOOP.into()]),
-        env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        host_config: Some(HostConfig {
-            binds: Some(vec![format!("{}:/data", data.display())]),
-            memory: Some(64 << 20),
-            network_mode: Some("none".into()),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let opts = CreateContainerOptionsBuilder::new().name(name).build();
-    let id = docker
-        .create_container(Some(opts), body)
-        .await
-        .unwrap_or_else(|e| panic!("create {name}: {e}"))
-        .id;
-    docker
-        .start_container(
-            &id,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await
-        .unwrap();
-    id
+/// `docker run -d --name NAME --restart unless-stopped -m 64m --network none -e K=V…
+/// -v SRC:/data IMAGE sh -c LOOP`, with the docker command line against the engine at
+/// `host` (Podman's socket speaks the same API). Answers the container id.
+fn run_by_hand(host: &str, name: &str, image: &str, env: &[(&str, &str)], data: &Path) -> String {
+    let mut cmd = std::process::Command::new("docker");
+    cmd.args([
+        "-H",
+        host,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--restart",
+        "unless-stopped",
+    ])
+    .args(["-m", "64m", "--network", "none"])
+    .arg("-v")
+    .arg(format!("{}:/data", data.display()));
+    for (k, v) in env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    let out = cmd
+        .args([image, "sh", "-c", LOOP])
+        .output()
+        .expect("the docker command line runs");
+    assert!(
+        out.status.success(),
+        "docker run {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 async fn inspect(docker: &bollard::Docker, id: &str) -> bollard::models::ContainerInspectResponse {
@@ -192,13 +185,13 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     std::fs::create_dir_all(&old).unwrap();
     std::fs::write(old.join("chain.dat"), "block 1\n").unwrap();
     let env = [("DB_PASSWORD", password.as_str())];
-    let container = run_by_hand(&docker, &id, &format!("{repo}:1"), &env, &old).await;
+    let container = run_by_hand(host, &id, &format!("{repo}:1"), &env, &old);
     let before = inspect(&docker, &container).await;
     // And one that will not match the app: other env, other data folder.
     let other_dir = node.dir.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
     let env = [("DB_PASSWORD", "x"), ("EXTRA", "1")];
-    let other_id = run_by_hand(&docker, &other, &format!("{repo}:1"), &env, &other_dir).await;
+    let other_id = run_by_hand(host, &other, &format!("{repo}:1"), &env, &other_dir);
 
     // Import: the draft, the password into a 0600 file, the data renamed into the volume.
     let config = node.config(host, "none", &[], "");
