@@ -117,16 +117,7 @@ pub fn check(budget: Option<u64>, reserved: u64, needed: u64) -> Result<(), Over
 /// (an upgrade or rollback to a larger limit) are checked; a restart of an app already
 /// wanted running at its limit is not (it holds nothing new).
 pub fn needs_check(kind: OperationKind, already_wanted: bool, current: u64, needed: u64) -> bool {
-    let starts = matches!(
-        kind,
-        OperationKind::Install
-            | OperationKind::Start
-            | OperationKind::Restart
-            | OperationKind::Upgrade
-            | OperationKind::Rollback
-            | OperationKind::Adopt
-    );
-    starts && (!already_wanted || needed > current)
+    kind.starts() && (!already_wanted || needed > current)
 }
 
 #[cfg(test)]

@@ -114,6 +114,20 @@ impl OperationKind {
         OperationKind::Adopt,
     ];
 
+    /// True when the operation leaves the app running: it needs its dependencies ready
+    /// and holds memory against the budget.
+    pub fn starts(self) -> bool {
+        matches!(
+            self,
+            OperationKind::Install
+                | OperationKind::Start
+                | OperationKind::Restart
+                | OperationKind::Upgrade
+                | OperationKind::Rollback
+                | OperationKind::Adopt
+        )
+    }
+
     /// The state an app shows while an operation of this kind runs.
     pub fn state(self) -> AppState {
         match self {

@@ -115,6 +115,37 @@ async fn operation(client: &mut RpcClient, method: &str, params: Value) -> Value
     op
 }
 
+/// Waits (at most 60 s) until `package.get` of `id` passes `ok`; answers the package.
+async fn wait_package(
+    client: &mut RpcClient,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_until(
+        &format!("{id} {what}"),
+        Duration::from_secs(60),
+        async || {
+            let p = client
+                .call("package.get", json!({ "id": id }))
+                .await
+                .unwrap();
+            if ok(&p) {
+                Ok(p)
+            } else {
+                Err(p.to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// `package.adopt` of `container` as app `id`, to its end.
+async fn adopt(client: &mut RpcClient, id: &str, container: &str) -> Value {
+    let params = json!({ "id": id, "container": container });
+    operation(client, "package.adopt", params).await
+}
+
 /// `archipelago import container NAME… --move --config CONFIG`: drafts into the node's
 /// catalog, secrets into its data folder, data folders renamed into app volumes. Answers
 /// the report.
@@ -215,12 +246,7 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     let mut client = server.client().await;
 
     // The wrong container is refused, field by field, and left as it was.
-    let refused = operation(
-        &mut client,
-        "package.adopt",
-        json!({ "id": id, "container": other }),
-    )
-    .await;
+    let refused = adopt(&mut client, &id, &other).await;
     assert_eq!(refused["status"], "failed", "{refused}");
     let error = refused["error"].as_str().unwrap();
     for field in ["env.EXTRA", "volume /data", "secrets.db_password"] {
@@ -247,12 +273,7 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     assert_eq!(pkg["state"], "not-installed", "{pkg}");
 
     // The matching one is adopted: same container, same run.
-    let adopted = operation(
-        &mut client,
-        "package.adopt",
-        json!({ "id": id, "container": id }),
-    )
-    .await;
+    let adopted = adopt(&mut client, &id, &id).await;
     assert_eq!(adopted["status"], "succeeded", "{adopted}");
     let after = inspect(&docker, &container).await;
     assert_eq!(after.id, before.id);
@@ -275,22 +296,7 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
             "the engine's restart policy is off: the supervisor restarts apps"
         );
     }
-    let pkg = wait_until(
-        "the adopted app running",
-        Duration::from_secs(20),
-        async || {
-            let p = client
-                .call("package.get", json!({ "id": id }))
-                .await
-                .unwrap();
-            if p["state"] == "running" {
-                Ok(p)
-            } else {
-                Err(p.to_string())
-            }
-        },
-    )
-    .await;
+    let pkg = wait_package(&mut client, &id, "running", |p| p["state"] == "running").await;
     assert_eq!(pkg["container_id"], json!(container));
     assert_eq!(pkg["installed_version"], "1");
 
@@ -333,20 +339,11 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     drop(server);
     let server = TestNode::start(&config);
     let mut client = server.client().await;
-    wait_until(
+    wait_package(
+        &mut client,
+        &id,
         "the same container after a restart",
-        Duration::from_secs(20),
-        async || {
-            let p = client
-                .call("package.get", json!({ "id": id }))
-                .await
-                .unwrap();
-            if p["state"] == "running" && p["container_id"] == json!(container) {
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
+        |p| p["state"] == "running" && p["container_id"] == json!(container),
     )
     .await;
     assert_eq!(
@@ -487,11 +484,20 @@ async fn run_server(
         }),
         ..Default::default()
     };
-    let opts = CreateContainerOptionsBuilder::new().name(run.name).build();
+    create_and_start(docker, Some(run.name), body).await
+}
+
+/// Creates a container (named, or by the engine) and starts it; answers its id.
+async fn create_and_start(
+    docker: &bollard::Docker,
+    name: Option<&str>,
+    body: ContainerCreateBody,
+) -> String {
+    let opts = name.map(|n| CreateContainerOptionsBuilder::new().name(n).build());
     let id = docker
-        .create_container(Some(opts), body)
+        .create_container(opts, body)
         .await
-        .unwrap_or_else(|e| panic!("create {}: {e}", run.name))
+        .unwrap_or_else(|e| panic!("create {name:?}: {e}"))
         .id;
     docker
         .start_container(
@@ -499,7 +505,7 @@ async fn run_server(
             None::<bollard::query_parameters::StartContainerOptions>,
         )
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("start {name:?}: {e}"));
     id
 }
 
@@ -645,25 +651,11 @@ async fn real_servers_migrate(host: String, tag: &str) {
     let server = TestNode::start(&config);
     let mut c = server.client().await;
     for id in [&pg, &redis, &client] {
-        let op = operation(
-            &mut c,
-            "package.adopt",
-            json!({ "id": id, "container": id }),
-        )
-        .await;
+        let op = adopt(&mut c, id, id).await;
         assert_eq!(op["status"], "succeeded", "{op}");
-        wait_until(
-            "adopted, running and healthy",
-            Duration::from_secs(60),
-            async || {
-                let p = c.call("package.get", json!({ "id": id })).await.unwrap();
-                if p["state"] == "running" && p["health"] == "healthy" {
-                    Ok(())
-                } else {
-                    Err(p.to_string())
-                }
-            },
-        )
+        wait_package(&mut c, id, "running and healthy", |p| {
+            p["state"] == "running" && p["health"] == "healthy"
+        })
         .await;
     }
     for (id, started) in ids.iter().zip(&before) {
@@ -737,21 +729,7 @@ async fn run_once(docker: &bollard::Docker, image: &str, script: &str, bind: &st
         }),
         ..Default::default()
     };
-    let id = docker
-        .create_container(
-            None::<bollard::query_parameters::CreateContainerOptions>,
-            body,
-        )
-        .await
-        .unwrap()
-        .id;
-    docker
-        .start_container(
-            &id,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await
-        .unwrap();
+    let id = create_and_start(docker, None, body).await;
     let mut wait =
         docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
     while let Some(item) = wait.next().await {

@@ -127,23 +127,10 @@ impl Supervisor {
         kind: OperationKind,
         mut params: OpParams,
     ) -> ResponseActFuture<Self, Result<Operation, AppError>> {
-        let msg = RunOperation {
-            id: id.clone(),
-            kind,
-            purge: params.purge,
-        };
         let Some(addr) = self.actors.get(&id).cloned() else {
             return Box::pin(fut::ready(Err(AppError::UnknownApp { id })));
         };
-        let starts = matches!(
-            msg.kind,
-            OperationKind::Install
-                | OperationKind::Start
-                | OperationKind::Restart
-                | OperationKind::Upgrade
-                | OperationKind::Rollback
-                | OperationKind::Adopt
-        );
+        let starts = kind.starts();
         let pkg = self.packages.get(&id).cloned();
         let already_running = pkg.as_ref().is_some_and(|p| p.state == AppState::Running);
         let mut deps_ready = true;
@@ -169,7 +156,7 @@ impl Supervisor {
             .as_ref()
             .is_some_and(|p| p.desired == crate::api::Desired::Running);
         let current = pkg.as_ref().map_or(0, |p| p.memory_limit_bytes);
-        let checked = admission::needs_check(msg.kind, wanted, current, needed);
+        let checked = admission::needs_check(kind, wanted, current, needed);
         if checked {
             let reserved = self.reserved_memory(&id);
             if let Err(over) = admission::check(self.memory_budget, reserved, needed) {
@@ -183,14 +170,11 @@ impl Supervisor {
             // Held from now, before the actor has seen the command.
             self.ledger.admit(&id, needed);
         }
-        if msg.kind == OperationKind::Uninstall && msg.purge {
+        if kind == OperationKind::Uninstall && params.purge {
             self.onion.purging.insert(id.clone());
         }
         params.deps_ready = deps_ready;
-        let command = addr.send(Command {
-            kind: msg.kind,
-            params,
-        });
+        let command = addr.send(Command { kind, params });
         Box::pin(async move { command.await? }.into_actor(self).map(
             move |result: Result<Operation, AppError>, act, _| {
                 if checked {
