@@ -5,7 +5,7 @@
 //! says, field by field, what differs, which secret values the container holds (an
 //! `${secret:NAME}` of the manifest read back out of the container's env and command),
 //! what adoption changes live and what only the next recreate brings. The operation that
-//! acts on it is `ops::adopt`.
+//! acts on it is `ops::adopt`. Over 600 lines only with its table tests, one row a field.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
