@@ -145,6 +145,9 @@ pub enum CtlError {
     Http { url: String, reason: String },
     #[error("{message} (code {code})")]
     Rpc { code: i64, message: String },
+    /// An operation the command waited for ended `failed`; its error, one problem a line.
+    #[error("{0}")]
+    OperationFailed(String),
     #[error("{url}: unexpected answer: {reason}")]
     BadResponse { url: String, reason: String },
     #[error("cannot read password file {path}: {reason}")]
@@ -225,10 +228,11 @@ async fn wait_for_operation(client: &mut RpcClient, op: &Value) -> Result<String
             }
             Some("failed") => {
                 let error = op["error"].as_str().unwrap_or("failed");
-                return Err(CtlError::Rpc {
-                    code: -32000,
-                    message: error.replace("; ", "\n  "),
-                });
+                // One line on the wire; one difference a line here.
+                let message = error
+                    .replacen("nothing was changed: ", "nothing was changed:\n  ", 1)
+                    .replace("; ", "\n  ");
+                return Err(CtlError::OperationFailed(message));
             }
             _ if tokio::time::Instant::now() > deadline => {
                 return Err(CtlError::BadResponse {
