@@ -172,7 +172,8 @@ fn draft(node: &ServeNode, id: &str) -> PathBuf {
     node.dir.path().join("apps").join(id).join("manifest.yml")
 }
 
-/// Removes containers by name or id when the test ends, however it ends.
+/// Removes containers when the test ends, however it ends: by id, as adoption renames
+/// them.
 struct Cleanup {
     host: String,
     containers: Vec<String>,
@@ -208,7 +209,7 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     let other = format!("other-{id}");
     let mut cleanup = Cleanup {
         host: host.to_string(),
-        containers: vec![id.clone(), other.clone()],
+        containers: Vec::new(),
     };
 
     // The old node: a container run by hand with its data in a folder of its own.
@@ -217,12 +218,14 @@ async fn adopt_stop_and_upgrade(host: &str, tag: &str) {
     std::fs::write(old.join("chain.dat"), "block 1\n").unwrap();
     let env = [("DB_PASSWORD", password.as_str())];
     let container = run_by_hand(host, &id, &format!("{repo}:1"), &env, &old);
+    cleanup.containers.push(container.clone());
     let before = inspect(&docker, &container).await;
     // And one that will not match the app: other env, other data folder.
     let other_dir = node.dir.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
     let env = [("DB_PASSWORD", "x"), ("EXTRA", "1")];
     let other_id = run_by_hand(host, &other, &format!("{repo}:1"), &env, &other_dir);
+    cleanup.containers.push(other_id.clone());
 
     // Import: the draft, the password into a 0600 file, the data renamed into the volume.
     let config = node.config(host, "none", &[], "");
@@ -564,9 +567,9 @@ async fn real_servers_migrate(host: String, tag: &str) {
     let project = node.prefix.clone();
     let network = format!("{project}_default");
     let _net = NetworkGuard::create(&host, &network).await;
-    let _cleanup = Cleanup {
+    let mut cleanup = Cleanup {
         host: host.clone(),
-        containers: vec![node.id("pg"), node.id("redis"), node.id("client")],
+        containers: Vec::new(),
     };
     let image = servers_image();
     let (pg, redis, client) = (node.id("pg"), node.id("redis"), node.id("client"));
@@ -603,6 +606,7 @@ async fn real_servers_migrate(host: String, tag: &str) {
         },
     )
     .await;
+    cleanup.containers.push(pg_id.clone());
     let redis_id = run_server(&docker, &image, &network, &project, Run {
         name: &redis,
         user: "redis",
@@ -613,6 +617,7 @@ async fn real_servers_migrate(host: String, tag: &str) {
         depends_on: String::new(),
     })
     .await;
+    cleanup.containers.push(redis_id.clone());
     let client_cmd = format!(
         "while true; do redis-cli -h {redis} -a \"$REDIS_PASSWORD\" --no-auth-warning incr hits > /tmp/hits; psql -h {pg} -U postgres -tAc 'select 40+2' > /tmp/pg; sleep 1; done"
     );
@@ -632,6 +637,10 @@ async fn real_servers_migrate(host: String, tag: &str) {
         },
     )
     .await;
+    cleanup.containers.push(client_id.clone());
+    cleanup
+        .containers
+        .extend([&pg_id, &redis_id, &client_id].map(String::clone));
     let ids = [&pg_id, &redis_id, &client_id];
     let engine = DockerRuntime::connect(&host).await.unwrap();
     old_node_serves(&engine, &client_id).await;
