@@ -1,7 +1,9 @@
-//! Adoption on a real engine: a container started by hand (the `docker run` command line, outside
-//! archipelago, with a bind-mounted data folder and a password in its env) becomes an
-//! app's container without a restart; `package.stop` and `package.upgrade` then work on it;
-//! a container that does not match is listed field by field and left as it was.
+//! Adoption on a real engine: a container started by hand (the `docker run` command
+//! line, outside archipelago, with a bind-mounted data folder and a password in its env)
+//! is imported, its data moved, and it becomes an app's container without a restart;
+//! `package.stop` and `package.upgrade` then work on it; a container that does not match is
+//! listed field by field and left as it was. And a compose-style node of real servers is
+//! migrated the same way, bottom-up.
 
 mod common;
 
