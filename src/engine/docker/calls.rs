@@ -11,10 +11,9 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    EventsOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
-    TagImageOptionsBuilder,
+    EventsOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use futures_util::stream::{BoxStream, StreamExt};
 
@@ -552,11 +551,7 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn inspect_foreign(&self, container: &str) -> Result<ForeignContainer, EngineError> {
         let fut = async {
-            let info = self
-                .docker
-                .inspect_container(container, None::<InspectContainerOptions>)
-                .await
-                .map_err(|e| self.err(Target::Container(container), e))?;
+            let info = self.inspect_container(container).await?;
             let image_id = info.image.clone().unwrap_or_default();
             let image = match self.docker.inspect_image(&image_id).await {
                 Ok(image) => Some(image),
